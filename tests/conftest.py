@@ -1,0 +1,40 @@
+"""Shared fixtures.
+
+The Penn Treebank corpus is read from one place only: $SPARSELM_DATA when set, otherwise
+../shared/data/ptb next to the checkout (the workplace's shared folder).
+"""
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def ptb_dir() -> Path:
+    env = os.environ.get("SPARSELM_DATA")
+    return Path(env) if env else REPO.parent / "shared" / "data" / "ptb"
+
+
+@pytest.fixture(scope="session")
+def ptb_path() -> Path:
+    """Folder holding ptb.{train,valid,test}.txt; skips the test when the corpus is absent."""
+    path = ptb_dir()
+    if not (path / "ptb.train.txt").is_file():
+        pytest.skip(f"PTB corpus not found at {path} (set SPARSELM_DATA)")
+    return path
+
+
+@pytest.fixture
+def tiny_corpus(tmp_path) -> Path:
+    """A tiny corpus folder in PTB format (train/valid/test), fast enough for any test."""
+    words = "the cat sat on the mat and the dog ate a bone <unk> N".split()
+    lines = []
+    for i in range(60):
+        n = 3 + (i * 7) % 9
+        lines.append(" ".join(words[(i * 3 + k * 5) % len(words)] for k in range(n)))
+    (tmp_path / "ptb.train.txt").write_text("\n".join(lines[:40]) + "\n")
+    (tmp_path / "ptb.valid.txt").write_text("\n".join(lines[40:50]) + "\n")
+    (tmp_path / "ptb.test.txt").write_text("\n".join(lines[50:]) + "\n")
+    return tmp_path
