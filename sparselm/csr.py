@@ -1,0 +1,357 @@
+"""Sparse gate weights: the CSRMatrix, its pattern checks, and the random masks of the study.
+
+A CSRMatrix W of shape (R, C) stores N non-zeros as `data` (N,), `indices` (N,) int32 column
+numbers (sorted ascending within each row) and `indptr` (R+1,) int32 row offsets. It also keeps
+the CSR pattern of W^T (`t_indptr`, `t_indices`) and the permutation `t_perm` mapping that
+pattern's entries back to `data`, so products with W^T are race-free without atomics and need no
+transpose per step. `data` may be a view into a flat parameter buffer: it is never copied.
+
+Dimension letters: R rows and C columns of W, N nnz, M rows of a batched product.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+# floor(d * cols) must not lose an exact integer to float rounding (0.29 * 100 = 28.999...).
+_EPS = 1e-9
+
+
+# ---------------------------------------------------------------------------------------------
+# pattern validation
+
+
+def _check_shape(shape) -> tuple[int, int]:
+    try:
+        rows, cols = (int(s) for s in shape)
+    except (TypeError, ValueError):
+        raise ValueError(f"CSR shape must be a pair of integers (R, C), got {shape!r}") from None
+    if rows < 0 or cols < 0:
+        raise ValueError(f"CSR shape must be non-negative, got {(rows, cols)}")
+    return rows, cols
+
+
+def validate_csr_pattern(indices, indptr, shape) -> None:
+    """Raise ValueError naming the first problem found in a CSR pattern; return None if valid.
+
+    indices: (N,) any integer dtype, column numbers in [0, C), strictly increasing in each row.
+    indptr: (R+1,) any integer dtype, starts at 0, non-decreasing, ends at N.
+    shape: (R, C). O(N + R) time and memory, never O(R * C).
+    """
+    rows, cols = _check_shape(shape)
+    indices = np.asarray(indices)
+    indptr = np.asarray(indptr)
+    for name, arr in (("indices", indices), ("indptr", indptr)):
+        if arr.ndim != 1:
+            raise ValueError(f"CSR {name} must be 1-D, got shape {arr.shape}")
+        if not np.issubdtype(arr.dtype, np.integer):
+            raise ValueError(f"CSR {name} must have an integer dtype, got {arr.dtype}")
+    n = indices.shape[0]
+    if indptr.shape[0] != rows + 1:
+        raise ValueError(f"CSR indptr has length {indptr.shape[0]}, expected R+1 = {rows + 1}")
+    if indptr[0] != 0:
+        raise ValueError(f"CSR indptr must start at 0, starts at {indptr[0]}")
+    steps = np.diff(indptr.astype(np.int64))
+    if np.any(steps < 0):
+        bad = int(np.flatnonzero(steps < 0)[0])
+        raise ValueError(f"CSR indptr decreases at row {bad} ({indptr[bad]} -> {indptr[bad + 1]})")
+    if indptr[-1] != n:
+        raise ValueError(f"CSR indptr ends at {indptr[-1]} but there are {n} indices")
+    if n == 0:
+        return
+    lo, hi = indices.min(), indices.max()
+    if lo < 0 or hi >= cols:
+        bad = lo if lo < 0 else hi
+        raise ValueError(f"CSR column index {bad} out of range [0, {cols})")
+    _check_rows_sorted(indices, indptr, steps)
+
+
+def _check_rows_sorted(indices, indptr, steps) -> None:
+    """indices (N,), indptr (R+1,), steps (R,) = row lengths: strictly increasing within rows."""
+    rises = np.diff(indices.astype(np.int64)) > 0
+    # A pair (k, k+1) that straddles a row boundary may go down; those pairs end where a
+    # non-empty row (other than the first entry) starts.
+    n = indices.shape[0]
+    starts = indptr[:-1][steps > 0]
+    starts = starts[(starts > 0) & (starts < n)]
+    rises[starts - 1] = True
+    if not rises.all():
+        k = int(np.flatnonzero(~rises)[0])
+        row = int(np.searchsorted(indptr, k, side="right") - 1)
+        what = "duplicate" if indices[k] == indices[k + 1] else "unsorted"
+        raise ValueError(
+            f"CSR row {row} has {what} column indices ({indices[k]} then {indices[k + 1]}); "
+            "indices must be strictly increasing within each row"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# the matrix
+
+
+def _transpose_pattern(indices, indptr, cols):
+    """CSR pattern of W^T from W's (indices (N,) int32, indptr (R+1,) int32).
+
+    Returns t_indptr (C+1,), t_indices (N,) (row numbers of W), t_perm (N,) with
+    data_T = data[t_perm]; all int32. A stable sort by column keeps rows ascending per column.
+    """
+    rows = indptr.shape[0] - 1
+    t_perm = np.argsort(indices, kind="stable").astype(np.int32)
+    row_of = np.repeat(np.arange(rows, dtype=np.int32), np.diff(indptr))
+    t_indices = row_of[t_perm]
+    t_indptr = np.zeros(cols + 1, dtype=np.int32)
+    np.cumsum(np.bincount(indices, minlength=cols), out=t_indptr[1:])
+    return t_indptr, t_indices, t_perm
+
+
+def _kernels_for(array):
+    """The kernel module that runs on `array`'s device: the single place to add backends.
+
+    NumPy arrays run on `sparselm.kernels.cpu_csr`. A CUDA backend (numba.cuda device arrays)
+    is meant to be added here, keyed on `__cuda_array_interface__`, as `sparselm.kernels.cuda`.
+    A backend module may define `empty(shape, dtype)` (output allocation) and
+    `csr_pattern(matrix)` (its own copies of the pattern arrays, e.g. on the device).
+    """
+    if isinstance(array, np.ndarray):
+        from sparselm.kernels import cpu_csr  # imported here so pattern checks need no Numba
+
+        return cpu_csr
+    raise ValueError(f"no CSR kernel backend for arrays of type {type(array).__name__}")
+
+
+class CSRMatrix:
+    """W (R, C) in CSR form plus the CSR pattern of W^T; see the module docstring.
+
+    data: (N,) float32|float64, C-contiguous, kept as given (may be a view; never copied).
+    indices: (N,) int32 sorted ascending per row. indptr: (R+1,) int32. shape: (R, C).
+    """
+
+    __slots__ = ("data", "indices", "indptr", "shape", "t_indptr", "t_indices", "t_perm")
+
+    def __init__(self, data, indices, indptr, shape, *, _transpose=None, _validate=True):
+        self.shape = _check_shape(shape)
+        if _validate:
+            validate_csr_pattern(indices, indptr, self.shape)
+        self.indices = np.ascontiguousarray(indices, dtype=np.int32)
+        self.indptr = np.ascontiguousarray(indptr, dtype=np.int32)
+        self.data = self._checked_data(data)
+        if _transpose is None:
+            _transpose = _transpose_pattern(self.indices, self.indptr, self.shape[1])
+        self.t_indptr, self.t_indices, self.t_perm = _transpose
+
+    def _checked_data(self, data):
+        if not isinstance(data, np.ndarray) and not hasattr(data, "__cuda_array_interface__"):
+            raise ValueError(f"CSR data must be an array, got {type(data).__name__}")
+        if data.ndim != 1 or data.shape[0] != self.indices.shape[0]:
+            raise ValueError(f"CSR data has shape {data.shape}, expected ({self.indices.shape[0]},)")
+        if np.dtype(data.dtype) not in _FLOAT_DTYPES:
+            raise ValueError(f"CSR data must be float32 or float64, got {data.dtype}")
+        if not data.flags["C_CONTIGUOUS"]:
+            raise ValueError("CSR data must be C-contiguous (a view with stride 1)")
+        return data
+
+    @property
+    def nnz(self) -> int:
+        return int(self.indices.shape[0])
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.data.dtype)
+
+    def __repr__(self) -> str:
+        return f"CSRMatrix(shape={self.shape}, nnz={self.nnz}, dtype={self.dtype})"
+
+    def with_data(self, data) -> CSRMatrix:
+        """Same pattern (shared arrays, transpose included), other values. data: (N,) float."""
+        return CSRMatrix(data, self.indices, self.indptr, self.shape,
+                         _transpose=(self.t_indptr, self.t_indices, self.t_perm), _validate=False)
+
+    def to_dense(self) -> np.ndarray:
+        """(R, C) dense copy, same dtype."""
+        out = np.zeros(self.shape, dtype=self.dtype)
+        rows = np.repeat(np.arange(self.shape[0]), np.diff(self.indptr))
+        out[rows, self.indices] = np.asarray(self.data)
+        return out
+
+    def to_scipy(self):
+        """scipy.sparse.csr_array (R, C) sharing data, indices and indptr (no copies)."""
+        import scipy.sparse as sp
+
+        return sp.csr_array((self.data, self.indices, self.indptr), shape=self.shape, copy=False)
+
+    # --- products -----------------------------------------------------------------------------
+
+    def _pattern(self, kern):
+        custom = getattr(kern, "csr_pattern", None)
+        if custom is not None:
+            return custom(self)
+        return self.indices, self.indptr, self.t_indices, self.t_indptr, self.t_perm
+
+    def _check_operand(self, name, a, cols):
+        if not hasattr(a, "shape") or len(a.shape) != 2:
+            raise ValueError(f"{name} must be a 2-D array, got {getattr(a, 'shape', type(a))}")
+        if np.dtype(a.dtype) != self.dtype:
+            raise ValueError(f"{name} has dtype {a.dtype}, the matrix has {self.dtype}")
+        if not a.flags["C_CONTIGUOUS"]:
+            raise ValueError(f"{name} must be C-contiguous (use np.ascontiguousarray)")
+        if a.shape[1] != cols:
+            raise ValueError(f"{name} has shape {tuple(a.shape)}, expected (M, {cols})")
+
+    def _prepare_out(self, kern, out, shape, accumulate):
+        if out is None:
+            empty = getattr(kern, "empty", np.empty)
+            return empty(shape, dtype=self.dtype), False
+        if tuple(out.shape) != tuple(shape):
+            raise ValueError(f"out has shape {tuple(out.shape)}, expected {tuple(shape)}")
+        if np.dtype(out.dtype) != self.dtype:
+            raise ValueError(f"out has dtype {out.dtype}, the matrix has {self.dtype}")
+        if not out.flags["C_CONTIGUOUS"]:
+            raise ValueError("out must be C-contiguous")
+        return out, bool(accumulate)
+
+    def matmul(self, x, out=None, accumulate=False):
+        """out (M, R) = x @ W^T (or += when accumulate). x: (M, C) same float dtype, C-contiguous."""
+        rows, cols = self.shape
+        self._check_operand("x", x, cols)
+        kern = _kernels_for(x)
+        out, acc = self._prepare_out(kern, out, (x.shape[0], rows), accumulate)
+        indices, indptr, _, _, _ = self._pattern(kern)
+        kern.csr_matmul(self.data, indices, indptr, x, out, acc)
+        return out
+
+    def matmul_t(self, dy, out=None, accumulate=False):
+        """out (M, C) = dy @ W (or += when accumulate). dy: (M, R) same float dtype, C-contiguous."""
+        rows, cols = self.shape
+        self._check_operand("dy", dy, rows)
+        kern = _kernels_for(dy)
+        out, acc = self._prepare_out(kern, out, (dy.shape[0], cols), accumulate)
+        _, _, t_indices, t_indptr, t_perm = self._pattern(kern)
+        kern.csr_matmul_t(self.data, t_perm, t_indices, t_indptr, dy, out, acc)
+        return out
+
+    def sddmm(self, dy, x, out=None, accumulate=False):
+        """out (N,)[k] = sum_m dy[m, row_k] * x[m, col_k] (or += when accumulate): dL/d data.
+
+        dy: (M, R), x: (M, C), both the matrix's float dtype and C-contiguous.
+        """
+        rows, cols = self.shape
+        self._check_operand("dy", dy, rows)
+        self._check_operand("x", x, cols)
+        if dy.shape[0] != x.shape[0]:
+            raise ValueError(f"dy has {dy.shape[0]} rows but x has {x.shape[0]}")
+        kern = _kernels_for(dy)
+        out, acc = self._prepare_out(kern, out, (self.nnz,), accumulate)
+        indices, indptr, _, _, _ = self._pattern(kern)
+        kern.csr_sddmm(indices, indptr, dy, x, out, acc)
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# masks and initial values
+
+
+def _check_density(density) -> float:
+    density = float(density)
+    if not 0.0 < density <= 1.0:
+        raise ValueError(f"density must be in (0, 1], got {density}")
+    return density
+
+
+def _distinct_columns(counts, cols, rng, chunk_elems=1 << 21):
+    """Sorted distinct columns per row: counts (R,) int64 with 0 <= counts <= cols.
+
+    Returns (indices (N,) int32, indptr (R+1,) int32). Each row's set is uniform among subsets
+    of its size: the counts[r] smallest of cols iid uniform keys. Rows are processed in chunks
+    so memory stays O(chunk_elems + N).
+    """
+    rows = counts.shape[0]
+    indptr = np.zeros(rows + 1, dtype=np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    if indptr[-1] > np.iinfo(np.int32).max:
+        raise ValueError(f"{indptr[-1]} non-zeros do not fit int32 indices")
+    indices = np.empty(indptr[-1], dtype=np.int32)
+    step = max(1, chunk_elems // max(cols, 1))
+    for r0 in range(0, rows, step):
+        r1 = min(rows, r0 + step)
+        indices[indptr[r0]:indptr[r1]] = _draw_chunk(counts[r0:r1], cols, rng)
+    return indices, indptr.astype(np.int32)
+
+
+def _draw_chunk(counts, cols, rng):
+    """Flattened sorted column sets for a few rows; counts (r,) int64. Returns (sum counts,)."""
+    kmax = int(counts.max()) if counts.size else 0
+    if kmax == 0:
+        return np.empty(0, dtype=np.int32)
+    keys = rng.random((counts.shape[0], cols))
+    if kmax < cols:
+        cand = np.argpartition(keys, kmax - 1, axis=1)[:, :kmax]
+    else:
+        cand = np.broadcast_to(np.arange(cols), keys.shape)
+    if not np.all(counts == kmax):
+        # Rows wanting fewer than kmax take their smallest keys: order candidates by key first.
+        order = np.argsort(np.take_along_axis(keys, cand, axis=1), axis=1)
+        cand = np.take_along_axis(cand, order, axis=1)
+    chosen = cand[np.arange(kmax) < counts[:, None]]
+    row_local = np.repeat(np.arange(counts.shape[0], dtype=np.int64), counts)
+    return (np.sort(row_local * cols + chosen) % cols).astype(np.int32)
+
+
+def fanin_mask(rows, cols, density, rng):
+    """Every row gets k = max(1, floor(density*cols)) distinct columns (the study's mask).
+
+    rng: numpy.random.Generator. Returns (indices (R*k,) int32 sorted per row, indptr (R+1,) int32).
+    """
+    density = _check_density(density)
+    k = min(cols, max(1, math.floor(density * cols + _EPS)))
+    if k == cols:
+        indices = np.tile(np.arange(cols, dtype=np.int32), rows)
+        return indices, np.arange(0, rows * cols + 1, cols, dtype=np.int32)
+    return _distinct_columns(np.full(rows, k, dtype=np.int64), cols, rng)
+
+
+def uniform_mask(rows, cols, density, rng):
+    """Exactly max(1, round(density*rows*cols)) distinct entries, uniform over the matrix.
+
+    A uniform n-subset of the R*C cells has multivariate hypergeometric row counts and, given
+    those, uniform column sets per row, which is how it is drawn (no R*C-sized array).
+    rng: numpy.random.Generator. Returns (indices (N,) int32 sorted per row, indptr (R+1,) int32).
+    """
+    density = _check_density(density)
+    n = max(1, round(density * rows * cols))
+    counts = rng.multivariate_hypergeometric(np.full(rows, cols, dtype=np.int64), n)
+    return _distinct_columns(counts.astype(np.int64), cols, rng)
+
+
+def build_mask(kind, rows, cols, density, rng):
+    """Dispatch on kind "fanin" | "uniform"; returns (indices (N,) int32, indptr (R+1,) int32)."""
+    if kind == "fanin":
+        return fanin_mask(rows, cols, density, rng)
+    if kind == "uniform":
+        return uniform_mask(rows, cols, density, rng)
+    raise ValueError(f"unknown mask kind {kind!r}; expected 'fanin' or 'uniform'")
+
+
+def init_values(nnz, rows, cols, scheme, scale, rng, dtype):
+    """Initial values (nnz,) of `dtype` for a CSR weight of dense shape (rows, cols).
+
+    "uniform": U(-scale, scale). "glorot": U(-a, a), a = sqrt(6 / (fan_in + fan_out)) with
+    fan_in = cols and fan_out = rows of the *dense* shape (scale is ignored), so a sparse matrix
+    starts with the same value range as its dense counterpart. Drawn in float64, then cast.
+    """
+    if scheme == "uniform":
+        bound = float(scale)
+    elif scheme == "glorot":
+        bound = math.sqrt(6.0 / (rows + cols))
+    else:
+        raise ValueError(f"unknown init scheme {scheme!r}; expected 'uniform' or 'glorot'")
+    return rng.uniform(-bound, bound, size=int(nnz)).astype(dtype)
+
+
+def csr_random(rows, cols, density, rng, mask="fanin", dtype=np.float64, scale=0.1):
+    """A CSRMatrix (rows, cols) with a `mask` pattern and U(-scale, scale) values of `dtype`."""
+    indices, indptr = build_mask(mask, rows, cols, density, rng)
+    data = init_values(indices.shape[0], rows, cols, "uniform", scale, rng, dtype)
+    return CSRMatrix(data, indices, indptr, (rows, cols))
