@@ -1,0 +1,213 @@
+"""Corpus reading and batching.
+
+PTB conventions: one sentence a line, tokens separated by whitespace, ``<eos>`` appended at every
+line end. The vocabulary is built from the train split; a word unseen in train maps to ``<unk>``
+when the vocabulary has it, otherwise it is an error naming the word, the file and the line.
+
+Two batchings, as in the study:
+- ``stream``: the id stream of a split is cut into B parallel streams read in windows of T steps;
+  the hidden state is carried from one window to the next (truncated BPTT).
+- ``sentence``: one line per sample, ``<eos>`` prepended as the start symbol so every token of the
+  line (and its closing ``<eos>``) is predicted; lines of similar length share a batch, padded,
+  with a mask; the state is reset for every batch.
+Both predict every token of the split except at most B-1 dropped by the stream cut, and count
+exactly how many they predicted, so perplexity = exp(sum of NLL / number of predicted tokens).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError
+
+EOS = "<eos>"
+UNK = "<unk>"
+SPLITS = ("train", "valid", "test")
+PTB_SOURCE = ("Mikolov's simple-examples.tgz (simple-examples/data/ptb.*.txt), "
+              "e.g. from https://www.fit.vutbr.cz/~imikolov/rnnlm/")
+
+
+def split_path(data_dir: Path, split: str) -> Path:
+    """The file of a split: ptb.<split>.txt or <split>.txt inside data_dir."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise DataError(f"data folder {data_dir} not found; get the Penn Treebank from {PTB_SOURCE} "
+                        f"and pass --data DIR or set SPARSELM_DATA")
+    for name in (f"ptb.{split}.txt", f"{split}.txt"):
+        if (data_dir / name).is_file():
+            return data_dir / name
+    raise DataError(f"{data_dir} has no {split} split (expected ptb.{split}.txt or {split}.txt)")
+
+
+def read_lines(path: Path) -> list[list[str]]:
+    """The tokens of every non-blank line of a UTF-8 text file."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DataError(f"{path}, line {line}: not valid UTF-8 (byte offset {exc.start})") from None
+    lines = [line.split() for line in text.splitlines()]
+    lines = [tokens for tokens in lines if tokens]
+    if not lines:
+        raise DataError(f"{path} is empty")
+    return lines
+
+
+class Vocabulary:
+    """Bijection between words and ids 0..V-1; ids ordered by train frequency, then alphabetically."""
+
+    def __init__(self, words: list[str]):
+        self.words = list(words)
+        self.index = {w: i for i, w in enumerate(self.words)}
+        if len(self.index) != len(self.words):
+            raise DataError("vocabulary has duplicate words")
+
+    @classmethod
+    def from_lines(cls, lines: list[list[str]]) -> "Vocabulary":
+        counts = Counter(w for tokens in lines for w in tokens)
+        counts[EOS] += len(lines)
+        return cls(sorted(counts, key=lambda w: (-counts[w], w)))
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+    @property
+    def eos(self) -> int:
+        return self.index[EOS]
+
+    def encode_lines(self, lines: list[list[str]], path: Path) -> list[np.ndarray]:
+        """Ids of each line with <eos> appended: list of (len+1,) int32."""
+        unk = self.index.get(UNK)
+        out = []
+        for number, tokens in enumerate(lines, 1):
+            ids = [self.index.get(w, unk) for w in tokens]
+            if unk is None and None in ids:
+                word = tokens[ids.index(None)]
+                raise DataError(f"{path}, line {number}: word {word!r} is not in the vocabulary "
+                                f"(which has no {UNK})")
+            ids.append(self.index[EOS])
+            out.append(np.asarray(ids, dtype=np.int32))
+        return out
+
+
+@dataclass
+class Corpus:
+    """A vocabulary and the encoded lines of each split that was loaded."""
+
+    vocab: Vocabulary
+    lines: dict[str, list[np.ndarray]]
+
+    def stream(self, split: str) -> np.ndarray:
+        """All ids of a split as one stream: (N,) int32."""
+        return np.concatenate(self.lines[split])
+
+    def n_tokens(self, split: str) -> int:
+        return sum(len(x) for x in self.lines[split])
+
+
+def load_corpus(data_dir, splits=SPLITS, vocab: Vocabulary | None = None) -> Corpus:
+    """Read the splits; build the vocabulary from train unless one (a checkpoint's) is given."""
+    paths = {split: split_path(data_dir, split) for split in {*splits, *([] if vocab else ["train"])}}
+    tokens = {split: read_lines(paths[split]) for split in splits}
+    if vocab is None:
+        train = tokens["train"] if "train" in tokens else read_lines(paths["train"])
+        vocab = Vocabulary.from_lines(train)
+    lines = {split: vocab.encode_lines(tokens[split], paths[split]) for split in splits}
+    return Corpus(vocab, lines)
+
+
+@dataclass
+class Batch:
+    """inputs, targets: (T, B) int32; mask: (T, B) float or None (all real); reset: state resets."""
+
+    inputs: np.ndarray
+    targets: np.ndarray
+    mask: np.ndarray | None
+    reset: bool
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.inputs.size if self.mask is None else np.count_nonzero(self.mask))
+
+
+class StreamBatcher:
+    """Windows of T steps over B parallel streams (truncated BPTT; state carried)."""
+
+    def __init__(self, ids: np.ndarray, batch_size: int, bptt: int, drop_last: bool = True):
+        n = len(ids) // batch_size
+        if n < 2:
+            raise DataError(f"split of {len(ids)} tokens is too short for batch size {batch_size}")
+        self.data = np.ascontiguousarray(ids[: n * batch_size].reshape(batch_size, n).T)  # (n, B)
+        self.bptt = bptt
+        # Training drops a last partial window (the classic recipe); evaluation keeps it so that
+        # every token is predicted once.
+        steps = n - 1
+        self.n_batches = steps // bptt if drop_last else -(-steps // bptt)
+        if self.n_batches < 1:
+            raise DataError(f"split too short: {n} steps per stream with B={batch_size} is less "
+                            f"than one window of T={bptt}")
+
+    def __len__(self) -> int:
+        return self.n_batches
+
+    def batch(self, index: int) -> Batch:
+        start = index * self.bptt
+        stop = min(start + self.bptt, self.data.shape[0] - 1)
+        return Batch(self.data[start:stop], self.data[start + 1: stop + 1], None, reset=index == 0)
+
+    def batches(self, start: int = 0, epoch: int = 0):
+        for index in range(start, self.n_batches):
+            yield self.batch(index)
+
+
+class SentenceBatcher:
+    """One line per sample, similar lengths batched together, padded with a mask; state reset."""
+
+    def __init__(self, lines: list[np.ndarray], batch_size: int, eos: int, seed: int = 0,
+                 shuffle: bool = True):
+        order = sorted(range(len(lines)), key=lambda i: (len(lines[i]), i))
+        self.groups = [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+        self.lines, self.eos, self.seed, self.shuffle = lines, eos, seed, shuffle
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def order(self, epoch: int) -> list[int]:
+        """The batch order of an epoch: a pure function of (seed, epoch), so resuming needs only
+        the epoch and the cursor."""
+        if not self.shuffle:
+            return list(range(len(self.groups)))
+        return list(np.random.default_rng([self.seed, epoch]).permutation(len(self.groups)))
+
+    def batch(self, group: int) -> Batch:
+        rows = [self.lines[i] for i in self.groups[group]]
+        steps = max(len(r) for r in rows)
+        inputs = np.zeros((steps, len(rows)), dtype=np.int32)
+        targets = np.zeros_like(inputs)
+        mask = np.zeros(inputs.shape, dtype=np.float32)
+        for b, r in enumerate(rows):
+            inputs[0, b] = self.eos
+            inputs[1: len(r), b] = r[:-1]
+            targets[: len(r), b] = r
+            mask[: len(r), b] = 1.0
+        return Batch(inputs, targets, mask, reset=True)
+
+    def batches(self, start: int = 0, epoch: int = 0):
+        for group in self.order(epoch)[start:]:
+            yield self.batch(group)
+
+
+def make_batcher(corpus: Corpus, split: str, batching: str, batch_size: int, bptt: int,
+                 seed: int = 0, train: bool = True):
+    """The batcher of one split for the configured batching."""
+    if batching == "stream":
+        return StreamBatcher(corpus.stream(split), batch_size, bptt, drop_last=train)
+    return SentenceBatcher(corpus.lines[split], batch_size, corpus.vocab.eos, seed, shuffle=train)

@@ -1,0 +1,39 @@
+"""The output layer: logits = h W_o^T + b_o, softmax cross-entropy, and its gradient.
+
+The (T*B, V) logits are the largest array of the step. They are computed by one GEMM into a
+reused buffer; one fused kernel then turns them, in place, into the per-row NLL and (when
+training) the gradient d(loss)/d(logits), so the logits are read and written once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .dense import gemm
+from .kernels.cpu import softmax_xent
+from .workspace import Workspace
+
+
+def softmax_forward(h, weight, bias, targets, row_weights, ws: Workspace, grad: bool):
+    """Per-row NLL of the targets, and the logits gradient kept for the backward.
+
+    h: (N, H); weight: (V, H); bias: (V,); targets: (N,) int32; row_weights: (N,) float, each
+    row's factor in the differentiated loss (0 for padding). Returns nll: (N,) float64, cache.
+    """
+    n, nv = h.shape[0], weight.shape[0]
+    logits = ws.get("logits", (n, nv), h.dtype)
+    gemm(h, weight.T, logits)
+    logits += bias
+    nll = ws.get("nll", (n,), np.float64)
+    dbias = ws.zeros("dbias_out", (nv,), h.dtype)
+    softmax_xent(logits, targets, row_weights, nll, dbias, grad)
+    return nll, (h, logits, dbias)
+
+
+def softmax_backward(cache, weight, dweight, dbias, ws: Workspace):
+    """Accumulate dweight: (V, H) and dbias: (V,); return dh: (N, H) = dlogits @ W_o."""
+    h, dlogits, dbias_rows = cache
+    gemm(dlogits.T, h, dweight, accumulate=True)
+    dbias += dbias_rows
+    dh = ws.get("dh_out", h.shape, h.dtype)
+    return gemm(dlogits, weight, dh)

@@ -1,0 +1,106 @@
+"""One LSTM layer over a window of T steps: forward and backward-through-time, dense or CSR gates.
+
+Gate order i, f, g, o. With x_t: (B, I), h_{t-1}, c_{t-1}: (B, H), weights W_x: (G, I),
+W_h: (G, H), b: (G,), G = 4H:
+
+    a_t = x_t W_x^T + h_{t-1} W_h^T + b              (B, G) = [a_i, a_f, a_g, a_o]
+    i = s(a_i), f = s(a_f), g = tanh(a_g), o = s(a_o)  (s = logistic sigmoid)
+    c_t = f * c_{t-1} + i * g
+    h_t = o * tanh(c_t)
+
+Backward, given dh_t (from the layer above or the softmax, plus dh_t^rec from step t+1) and
+dc_t (from step t+1), for t = T-1 .. 0:
+
+    dh     = dh_t + dh_t^rec
+    do     = dh * tanh(c_t)
+    dc     = dc_t + dh * o * (1 - tanh(c_t)^2)
+    da_i   = dc * g * i (1 - i)
+    da_f   = dc * c_{t-1} * f (1 - f)
+    da_g   = dc * i * (1 - g^2)
+    da_o   = do * o (1 - o)
+    dc_{t-1}      = dc * f
+    dh_{t-1}^rec  = da_t W_h
+
+and once after the loop, over all T*B rows at once (one GEMM dense, one SDDMM sparse):
+
+    dW_x += da^T x,   dW_h += da^T h_{<T},   db += sum_t,b da,   dx = da W_x.
+
+The input projection x W_x^T is likewise one product over all T*B rows before the loop, so the
+per-step work is only the recurrent product and the fused cell kernel.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .kernels.cpu import lstm_cell_backward, lstm_cell_forward
+from .workspace import Workspace
+
+
+def lstm_layer_forward(x, h0, c0, w_x, w_h, bias, ws: Workspace, tag: str):
+    """Run one layer over the window.
+
+    x: (T, B, I) C-contiguous; h0, c0: (B, H); w_x: (G, I), w_h: (G, H) DenseMatrix or CSRMatrix;
+    bias: (G,). Returns out: (T, B, H) (the h_t, a view of the cache), (h_T, c_T) views, cache.
+    Buffers come from ws under names prefixed by tag, so two layers never share one.
+    """
+    steps, nb, ni = x.shape
+    ng = bias.shape[0]
+    nh = ng // 4
+    dtype = x.dtype
+    gx = ws.get(tag + "gx", (steps, nb, ng), dtype)
+    w_x.matmul(x.reshape(steps * nb, ni), out=gx.reshape(steps * nb, ng))
+    gx += bias
+    hs = ws.get(tag + "hs", (steps + 1, nb, nh), dtype)
+    cs = ws.get(tag + "cs", (steps + 1, nb, nh), dtype)
+    gates = ws.get(tag + "gates", (steps, nb, ng), dtype)
+    tanh_c = ws.get(tag + "tanh_c", (steps, nb, nh), dtype)
+    rec = ws.get(tag + "rec", (nb, ng), dtype)
+    hs[0] = h0
+    cs[0] = c0
+    for t in range(steps):
+        w_h.matmul(hs[t], out=rec)
+        lstm_cell_forward(gx[t], rec, cs[t], gates[t], cs[t + 1], tanh_c[t], hs[t + 1])
+    cache = (x, hs, cs, gates, tanh_c)
+    return hs[1:], (hs[steps], cs[steps]), cache
+
+
+def lstm_layer_backward(dout, dh_last, dc_last, cache, w_x, w_h, dw_x, dw_h, dbias,
+                        ws: Workspace, tag: str, need_dx: bool = True):
+    """Backward through the window (equations in the module docstring).
+
+    dout: (T, B, H) gradient reaching each h_t from above; dh_last, dc_last: (B, H) gradient
+    reaching (h_T, c_T) from beyond the window, or None for zero (truncated BPTT).
+    Accumulates into dw_x ((G, I) dense, or (N,) CSR values), dw_h, dbias: (G,).
+    Returns dx: (T, B, I) (None unless need_dx), dh0, dc0: (B, H).
+    """
+    x, hs, cs, gates, tanh_c = cache
+    steps, nb, ni = x.shape
+    nh = hs.shape[2]
+    ng = 4 * nh
+    dtype = x.dtype
+    dgates = ws.get(tag + "dgates", (steps, nb, ng), dtype)
+    dh_rec = ws.get(tag + "dh_rec", (nb, nh), dtype)
+    dc = ws.get(tag + "dc", (2, nb, nh), dtype)   # ping-pong: dc_t in, dc_{t-1} out
+    _copy_or_zero(dh_rec, dh_last)
+    _copy_or_zero(dc[steps % 2], dc_last)
+    for t in range(steps - 1, -1, -1):
+        lstm_cell_backward(dout[t], dh_rec, dc[(t + 1) % 2], gates[t], cs[t], tanh_c[t],
+                           dgates[t], dc[t % 2])
+        w_h.matmul_t(dgates[t], out=dh_rec)
+    da = dgates.reshape(steps * nb, ng)
+    w_h.sddmm(da, hs[:-1].reshape(steps * nb, nh), out=dw_h, accumulate=True)
+    w_x.sddmm(da, x.reshape(steps * nb, ni), out=dw_x, accumulate=True)
+    dbias += da.sum(axis=0)
+    dx = None
+    if need_dx:
+        dx = ws.get(tag + "dx", (steps, nb, ni), dtype)
+        w_x.matmul_t(da, out=dx.reshape(steps * nb, ni))
+    return dx, dh_rec, dc[0]
+
+
+def _copy_or_zero(dst: np.ndarray, src) -> None:
+    if src is None:
+        dst.fill(0)
+    else:
+        dst[...] = src

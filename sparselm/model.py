@@ -1,0 +1,197 @@
+"""The language model: embedding -> L LSTM layers (dense or CSR gates) -> softmax.
+
+Parameters (in this order, gate rows in blocks i, f, g, o):
+    embedding.weight (V, E); lstm.{l}.w_x (G, I) dense or (N,) CSR values; lstm.{l}.w_h (G, H) or
+    (N,); lstm.{l}.bias (G,); softmax.weight (V, H); softmax.bias (V,)   with I = E for l = 0 else H.
+Dropout (Zaremba et al.) is applied to the non-recurrent connections only: the embedding output,
+between layers, and before the softmax; inverted, so evaluation needs no rescaling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .config import TrainConfig
+from .csr import CSRMatrix, build_mask, init_values
+from .dense import DenseMatrix
+from .kernels.cpu import embedding_backward
+from .loss import softmax_backward, softmax_forward
+from .lstm import lstm_layer_backward, lstm_layer_forward
+from .params import ParamSet
+from .workspace import Workspace
+
+
+@dataclass
+class ForwardResult:
+    loss: float          # the differentiated objective: sum_n row_weight_n * nll_n
+    nll_sum: float       # summed NLL of the real (unmasked) tokens
+    n_tokens: int        # number of real tokens predicted
+    state: list          # [(h, c)] per layer, (B, H) copies: the carried state
+    cache: tuple | None
+
+
+def gate_names(layers: int):
+    for layer in range(layers):
+        yield f"lstm.{layer}.w_x"
+        yield f"lstm.{layer}.w_h"
+
+
+class LanguageModel:
+    """Parameters, gradients and the hand-written forward and backward of the whole model."""
+
+    def __init__(self, cfg: TrainConfig, vocab_size: int, params: dict | None = None,
+                 patterns: dict | None = None):
+        self.cfg, self.vocab_size = cfg, vocab_size
+        self.dtype = np.dtype(cfg.dtype)
+        rng = np.random.default_rng(cfg.seed)
+        self.patterns = patterns if patterns is not None else self._build_patterns(rng)
+        self.params = ParamSet(self._shapes(), self.dtype)
+        self.grads = self.params.zeros_like()
+        if params is None:
+            self._init_values(rng)
+        else:
+            self.params.load(params)
+        self.weights = {name: self._operator(name, self.params[name])
+                        for name in gate_names(cfg.layers)}
+        self.ws = Workspace()
+
+    # -- construction -------------------------------------------------------------------------
+    def gate_shape(self, name: str) -> tuple[int, int]:
+        layer = int(name.split(".")[1])
+        inputs = self.cfg.emb if layer == 0 else self.cfg.hidden
+        return (4 * self.cfg.hidden, inputs if name.endswith("w_x") else self.cfg.hidden)
+
+    def _build_patterns(self, rng) -> dict:
+        if self.cfg.sparsity >= 1.0:
+            return {}
+        patterns = {}
+        for name in gate_names(self.cfg.layers):
+            rows, cols = self.gate_shape(name)
+            indices, indptr = build_mask(self.cfg.mask, rows, cols, self.cfg.sparsity, rng)
+            patterns[name] = CSRMatrix(np.zeros(len(indices), self.dtype), indices, indptr,
+                                       (rows, cols))
+        return patterns
+
+    def _shapes(self) -> dict:
+        c, nv = self.cfg, self.vocab_size
+        shapes = {"embedding.weight": (nv, c.emb)}
+        for layer in range(c.layers):
+            for name in (f"lstm.{layer}.w_x", f"lstm.{layer}.w_h"):
+                p = self.patterns.get(name)
+                shapes[name] = (len(p.indices),) if p is not None else self.gate_shape(name)
+            shapes[f"lstm.{layer}.bias"] = (4 * c.hidden,)
+        shapes["softmax.weight"] = (nv, c.hidden)
+        shapes["softmax.bias"] = (nv,)
+        return shapes
+
+    def _init_values(self, rng) -> None:
+        """Zaremba: every parameter U(-s, s); CSR gate values by the configured scheme."""
+        for name, arr in self.params.items():
+            if name in self.patterns:
+                rows, cols = self.gate_shape(name)
+                arr[...] = init_values(arr.size, rows, cols, self.cfg.init, self.cfg.init_scale,
+                                       rng, self.dtype)
+            else:
+                arr[...] = rng.uniform(-self.cfg.init_scale, self.cfg.init_scale, arr.shape)
+
+    def _operator(self, name: str, values: np.ndarray):
+        p = self.patterns.get(name)
+        if p is None:
+            return DenseMatrix(values)
+        if isinstance(p, CSRMatrix):       # built here: reuse its transpose pattern
+            return p.with_data(values)
+        return CSRMatrix(values, p.indices, p.indptr, tuple(p.shape))
+
+    def init_state(self, batch_size: int) -> list:
+        zeros = lambda: np.zeros((batch_size, self.cfg.hidden), self.dtype)  # noqa: E731
+        return [(zeros(), zeros()) for _ in range(self.cfg.layers)]
+
+    # -- forward ------------------------------------------------------------------------------
+    def forward(self, batch, state=None, rng=None, train: bool = True) -> ForwardResult:
+        """Loss of one batch. batch.inputs, targets: (T, B) int32; state: [(h, c)] (B, H) or None.
+
+        With train=True the logits gradient is computed on the way (fused kernel) and the cache
+        for backward() is returned; dropout masks are drawn from rng (required when dropout > 0).
+        """
+        c, ws = self.cfg, self.ws
+        steps, nb = batch.inputs.shape
+        n = steps * nb
+        if state is None or batch.reset:
+            state = self.init_state(nb)
+        p = self.params
+        drop = c.dropout if train else 0.0
+        masks = []
+        x = ws.get("emb_out", (steps, nb, c.emb), self.dtype)
+        np.take(p["embedding.weight"], batch.inputs, axis=0, out=x, mode="clip")  # ids are valid
+        x = self._dropout(x, drop, rng, masks, "drop0")
+        layer_caches, new_state = [], []
+        for layer in range(c.layers):
+            out, (h, cc), cache = lstm_layer_forward(
+                x, state[layer][0], state[layer][1], self.weights[f"lstm.{layer}.w_x"],
+                self.weights[f"lstm.{layer}.w_h"], p[f"lstm.{layer}.bias"], ws, f"l{layer}.")
+            layer_caches.append(cache)
+            new_state.append((h.copy(), cc.copy()))
+            x = self._dropout(out, drop, rng, masks, f"drop{layer + 1}")
+        row_w = self._row_weights(batch)
+        targets = batch.targets.reshape(n)
+        nll, out_cache = softmax_forward(x.reshape(n, c.hidden), p["softmax.weight"],
+                                         p["softmax.bias"], targets, row_w, ws, grad=train)
+        real = nll if batch.mask is None else nll * batch.mask.reshape(n)
+        cache = (batch, masks, layer_caches, out_cache) if train else None
+        return ForwardResult(float(np.dot(nll, row_w)), float(real.sum()), batch.n_tokens,
+                             new_state, cache)
+
+    def _dropout(self, x, rate, rng, masks, name):
+        """Inverted dropout: x * m with m = keep / (1 - rate). Returns x itself when rate = 0."""
+        if rate <= 0.0:
+            return x
+        mask = self.ws.get(name + ".mask", x.shape, self.dtype)
+        np.greater_equal(rng.random(x.shape, dtype=self.dtype), rate, out=mask)
+        mask *= 1.0 / (1.0 - rate)
+        masks.append(mask)
+        return np.multiply(x, mask, out=self.ws.get(name + ".out", x.shape, self.dtype))
+
+    def _row_weights(self, batch) -> np.ndarray:
+        """Each row's factor in the differentiated loss: (T*B,) float.
+
+        "batch": sum over steps of the batch mean (Zaremba/TensorFlow; lr 1.0 refers to it);
+        "token": the mean NLL per real token.
+        """
+        steps, nb = batch.inputs.shape
+        scale = 1.0 / nb if self.cfg.loss_reduction == "batch" else 1.0 / max(batch.n_tokens, 1)
+        w = self.ws.get("row_weights", (steps * nb,), self.dtype)
+        if batch.mask is None:
+            w.fill(scale)
+        else:
+            np.multiply(batch.mask.reshape(-1), scale, out=w)
+        return w
+
+    # -- backward -----------------------------------------------------------------------------
+    def backward(self, cache) -> list:
+        """Fill self.grads (zeroed first) with the gradient of the forward's loss.
+
+        Returns [(dh0, dc0)] per layer: the gradient reaching the initial (carried) state.
+        """
+        batch, masks, layer_caches, out_cache = cache
+        c, p, g, ws = self.cfg, self.params, self.grads, self.ws
+        g.flat.fill(0)
+        steps, nb = batch.inputs.shape
+        d = softmax_backward(out_cache, p["softmax.weight"], g["softmax.weight"],
+                             g["softmax.bias"], ws).reshape(steps, nb, c.hidden)
+        state_grads = [None] * c.layers
+        for layer in range(c.layers - 1, -1, -1):
+            if masks:
+                d *= masks[layer + 1]
+            dx, dh0, dc0 = lstm_layer_backward(
+                d, None, None, layer_caches[layer], self.weights[f"lstm.{layer}.w_x"],
+                self.weights[f"lstm.{layer}.w_h"], g[f"lstm.{layer}.w_x"],
+                g[f"lstm.{layer}.w_h"], g[f"lstm.{layer}.bias"], ws, f"l{layer}.")
+            state_grads[layer] = (dh0.copy(), dc0.copy())
+            d = dx
+        if masks:
+            d *= masks[0]
+        embedding_backward(batch.inputs.reshape(-1), d.reshape(steps * nb, c.emb),
+                           g["embedding.weight"])
+        return state_grads
