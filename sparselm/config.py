@@ -74,6 +74,7 @@ class TrainConfig:
     device: str = "auto"
     threads: int = 0               # 0 = all cores
     log_every: int = 50            # steps between progress/metrics lines
+    save_every: int = 1000         # steps between last.h5 saves (also saved every epoch)
     eval_batch_size: int = 10
     on_nonfinite: str = "stop"
     extra: dict = field(default_factory=dict)
@@ -132,7 +133,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             raise ConfigError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
                               f"got {getattr(cfg, name)!r}")
     for name in ("emb", "hidden", "layers", "batch_size", "bptt", "epochs", "eval_batch_size",
-                 "log_every"):
+                 "log_every", "save_every"):
         if int(getattr(cfg, name)) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
     if not (0.0 < cfg.sparsity <= 1.0) or math.isnan(cfg.sparsity):

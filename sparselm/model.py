@@ -38,6 +38,46 @@ def gate_names(layers: int):
         yield f"lstm.{layer}.w_h"
 
 
+def gate_shape(cfg: TrainConfig, name: str) -> tuple[int, int]:
+    """(G, I) of lstm.{l}.w_x, (G, H) of lstm.{l}.w_h."""
+    layer = int(name.split(".")[1])
+    inputs = cfg.emb if layer == 0 else cfg.hidden
+    return (4 * cfg.hidden, inputs if name.endswith("w_x") else cfg.hidden)
+
+
+def build_patterns(cfg: TrainConfig, rng) -> dict:
+    """The fixed CSR patterns of every gate weight ({} when dense), drawn from rng.
+
+    As in the study, the mask is drawn per layer over the joint gate matrix [W_x | W_h]: (G, I+H),
+    so with "fanin" every gate row has max(1, floor(d (I + H))) inputs in total, and is then
+    split into the CSR matrices of W_x and W_h. This is the rule that reproduces the study's
+    Table 1 counts (see docs/SPARSITY.md).
+    """
+    if cfg.sparsity >= 1.0:
+        return {}
+    patterns = {}
+    dtype = np.dtype(cfg.dtype)
+    for layer in range(cfg.layers):
+        rows, n_in = gate_shape(cfg, f"lstm.{layer}.w_x")
+        indices, indptr = build_mask(cfg.mask, rows, n_in + cfg.hidden, cfg.sparsity, rng)
+        for name, part in zip(("w_x", "w_h"), split_columns(indices, indptr, n_in)):
+            shape = gate_shape(cfg, f"lstm.{layer}.{name}")
+            patterns[f"lstm.{layer}.{name}"] = CSRMatrix(np.zeros(len(part[0]), dtype), *part,
+                                                         shape)
+    return patterns
+
+
+def split_columns(indices, indptr, at: int):
+    """Split a CSR pattern into columns [0, at) and [at, C) (re-based): two (indices, indptr)."""
+    rows = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+    parts = []
+    for keep, offset in ((indices < at, 0), (indices >= at, at)):
+        counts = np.bincount(rows[keep], minlength=len(indptr) - 1)
+        part_indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+        parts.append(((indices[keep] - offset).astype(np.int32), part_indptr))
+    return parts
+
+
 class LanguageModel:
     """Parameters, gradients and the hand-written forward and backward of the whole model."""
 
@@ -46,7 +86,7 @@ class LanguageModel:
         self.cfg, self.vocab_size = cfg, vocab_size
         self.dtype = np.dtype(cfg.dtype)
         rng = np.random.default_rng(cfg.seed)
-        self.patterns = patterns if patterns is not None else self._build_patterns(rng)
+        self.patterns = patterns if patterns is not None else build_patterns(cfg, rng)
         self.params = ParamSet(self._shapes(), self.dtype)
         self.grads = self.params.zeros_like()
         if params is None:
@@ -59,20 +99,7 @@ class LanguageModel:
 
     # -- construction -------------------------------------------------------------------------
     def gate_shape(self, name: str) -> tuple[int, int]:
-        layer = int(name.split(".")[1])
-        inputs = self.cfg.emb if layer == 0 else self.cfg.hidden
-        return (4 * self.cfg.hidden, inputs if name.endswith("w_x") else self.cfg.hidden)
-
-    def _build_patterns(self, rng) -> dict:
-        if self.cfg.sparsity >= 1.0:
-            return {}
-        patterns = {}
-        for name in gate_names(self.cfg.layers):
-            rows, cols = self.gate_shape(name)
-            indices, indptr = build_mask(self.cfg.mask, rows, cols, self.cfg.sparsity, rng)
-            patterns[name] = CSRMatrix(np.zeros(len(indices), self.dtype), indices, indptr,
-                                       (rows, cols))
-        return patterns
+        return gate_shape(self.cfg, name)
 
     def _shapes(self) -> dict:
         c, nv = self.cfg, self.vocab_size
@@ -115,16 +142,35 @@ class LanguageModel:
         With train=True the logits gradient is computed on the way (fused kernel) and the cache
         for backward() is returned; dropout masks are drawn from rng (required when dropout > 0).
         """
-        c, ws = self.cfg, self.ws
+        p = self.params
         steps, nb = batch.inputs.shape
         n = steps * nb
-        if state is None or batch.reset:
+        if batch.reset:
+            state = None
+        x, new_state, masks, layer_caches = self.hidden_forward(batch.inputs, state, rng, train)
+        row_w = self._row_weights(batch)
+        targets = batch.targets.reshape(n)
+        nll, out_cache = softmax_forward(x.reshape(n, self.cfg.hidden), p["softmax.weight"],
+                                         p["softmax.bias"], targets, row_w, self.ws, grad=train)
+        real = nll if batch.mask is None else nll * batch.mask.reshape(n)
+        cache = (batch, masks, layer_caches, out_cache) if train else None
+        return ForwardResult(float(np.dot(nll, row_w)), float(real.sum()), batch.n_tokens,
+                             new_state, cache)
+
+    def hidden_forward(self, inputs, state=None, rng=None, train: bool = False):
+        """Embedding and LSTM layers. inputs: (T, B) int32; state: [(h, c)] (B, H) or None.
+
+        Returns top: (T, B, H) the input of the output layer (after dropout), the new state
+        (copies), the dropout masks and the per-layer caches.
+        """
+        c, ws, p = self.cfg, self.ws, self.params
+        steps, nb = inputs.shape
+        if state is None:
             state = self.init_state(nb)
-        p = self.params
         drop = c.dropout if train else 0.0
         masks = []
         x = ws.get("emb_out", (steps, nb, c.emb), self.dtype)
-        np.take(p["embedding.weight"], batch.inputs, axis=0, out=x, mode="clip")  # ids are valid
+        np.take(p["embedding.weight"], inputs, axis=0, out=x, mode="clip")  # ids are valid
         x = self._dropout(x, drop, rng, masks, "drop0")
         layer_caches, new_state = [], []
         for layer in range(c.layers):
@@ -134,14 +180,13 @@ class LanguageModel:
             layer_caches.append(cache)
             new_state.append((h.copy(), cc.copy()))
             x = self._dropout(out, drop, rng, masks, f"drop{layer + 1}")
-        row_w = self._row_weights(batch)
-        targets = batch.targets.reshape(n)
-        nll, out_cache = softmax_forward(x.reshape(n, c.hidden), p["softmax.weight"],
-                                         p["softmax.bias"], targets, row_w, ws, grad=train)
-        real = nll if batch.mask is None else nll * batch.mask.reshape(n)
-        cache = (batch, masks, layer_caches, out_cache) if train else None
-        return ForwardResult(float(np.dot(nll, row_w)), float(real.sum()), batch.n_tokens,
-                             new_state, cache)
+        return x, new_state, masks, layer_caches
+
+    def logits(self, inputs, state=None):
+        """Next-word logits (no dropout). inputs: (T, B) int32 -> (T*B, V) float, new state."""
+        top, new_state, _, _ = self.hidden_forward(inputs, state)
+        flat = top.reshape(-1, self.cfg.hidden)
+        return flat @ self.params["softmax.weight"].T + self.params["softmax.bias"], new_state
 
     def _dropout(self, x, rate, rng, masks, name):
         """Inverted dropout: x * m with m = keep / (1 - rate). Returns x itself when rate = 0."""

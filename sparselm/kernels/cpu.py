@@ -234,3 +234,59 @@ def embedding_backward(ids, dx, dweight):
         src = dx[n]
         for e in range(src.shape[0]):
             row[e] += src[e]
+
+
+# -- optimiser over the flat parameter buffer ----------------------------------------------------
+_NORM_CHUNKS = 64
+
+
+@njit(parallel=True, cache=True, fastmath=FAST)
+def sum_squares(x):
+    """sum(x**2) accumulated in float64 (x: (P,) float32|float64), for the global gradient norm."""
+    n = x.shape[0]
+    partial = np.zeros(_NORM_CHUNKS)
+    for chunk in prange(_NORM_CHUNKS):
+        acc = 0.0
+        for k in range(chunk * n // _NORM_CHUNKS, (chunk + 1) * n // _NORM_CHUNKS):
+            acc += np.float64(x[k]) * np.float64(x[k])
+        partial[chunk] = acc
+    return partial.sum()
+
+
+@njit(parallel=True, cache=True, fastmath=FAST)
+def sgd_update(p, g, velocity, lr, scale, momentum):
+    """p -= lr * u with u = scale * g (plain) or the velocity v = momentum v + scale g.
+
+    p, g, velocity: (P,) same dtype (velocity unused when momentum == 0); scale folds the
+    global-norm clip into the update, so the gradient is read once.
+    """
+    n = p.shape[0]
+    lr_t, scale_t, mom_t = p.dtype.type(lr), p.dtype.type(scale), p.dtype.type(momentum)
+    if momentum == 0.0:
+        for k in prange(n):
+            p[k] -= lr_t * scale_t * g[k]
+    else:
+        for k in prange(n):
+            v = mom_t * velocity[k] + scale_t * g[k]
+            velocity[k] = v
+            p[k] -= lr_t * v
+
+
+@njit(parallel=True, cache=True, fastmath=FAST)
+def adam_update(p, g, m, v, lr, scale, beta1, beta2, eps, step):
+    """Adam (Kingma & Ba) with bias correction, on the clipped gradient scale * g.
+
+    p, g, m, v: (P,) same dtype; step: the 1-based number of this update.
+    """
+    n = p.shape[0]
+    t = p.dtype.type
+    b1, b2, sc = t(beta1), t(beta2), t(scale)
+    step_size = t(lr * np.sqrt(1.0 - beta2 ** step) / (1.0 - beta1 ** step))
+    eps_hat = t(eps * np.sqrt(1.0 - beta2 ** step))
+    for k in prange(n):
+        gk = sc * g[k]
+        mk = b1 * m[k] + (ONE - b1) * gk
+        vk = b2 * v[k] + (ONE - b2) * gk * gk
+        m[k] = mk
+        v[k] = vk
+        p[k] -= step_size * mk / (np.sqrt(vk) + eps_hat)

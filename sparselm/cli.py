@@ -1,0 +1,229 @@
+"""The `sparselm` command line.
+
+Heavy modules (NumPy, Numba, h5py) are imported inside the commands, so `sparselm --help`
+answers at once, and `--threads` can set the thread pools before they start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+DEFAULT_DATA = "data/ptb"
+
+
+def data_dir(value: str | None) -> Path:
+    """--data, else $SPARSELM_DATA, else ./data/ptb."""
+    return Path(value or os.environ.get("SPARSELM_DATA") or DEFAULT_DATA)
+
+
+def set_threads(threads: int | None) -> None:
+    """Size Numba's and BLAS's pools before either starts (they take turns, never share cores)."""
+    if threads:
+        for var in ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
+                    "MKL_NUM_THREADS"):
+            os.environ[var] = str(threads)
+
+
+def fail(message: str, code: int = 1):
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def run_guarded(fn, *args, **kwargs):
+    """Run a command body; a user mistake (SparseLMError) becomes one line on stderr, exit 1."""
+    from .errors import SparseLMError
+    try:
+        return fn(*args, **kwargs)
+    except SparseLMError as exc:
+        code = getattr(exc, "exit_code", 1)
+        fail(str(exc), code)
+    except KeyboardInterrupt:
+        fail("interrupted", 130)
+
+
+# (flag, config field, type, help). Every training hyper-parameter is a flag; unset flags keep the
+# preset's value.
+TRAIN_OPTIONS = [
+    ("--emb", "emb", int, "Embedding size E."),
+    ("--hidden", "hidden", int, "LSTM units per layer H."),
+    ("--layers", "layers", int, "Number of LSTM layers L."),
+    ("--sparsity", "sparsity", float,
+     "Density of every gate weight matrix: fraction of non-zeros in (0, 1]; 1.0 = dense."),
+    ("--mask", "mask", click.Choice(["fanin", "uniform"]),
+     "Sparsity pattern: 'fanin' (same number of inputs per gate row) or 'uniform'."),
+    ("--init", "init", click.Choice(["uniform", "glorot"]), "Gate weight initialisation."),
+    ("--init-scale", "init_scale", float, "Uniform init range: U(-s, s)."),
+    ("--dropout", "dropout", float, "Dropout rate on non-recurrent connections, in [0, 1)."),
+    ("--batching", "batching", click.Choice(["stream", "sentence"]),
+     "'stream' (truncated BPTT, state carried) or 'sentence' (padded lines, state reset)."),
+    ("--batch-size", "batch_size", int, "Batch size B."),
+    ("--bptt", "bptt", int, "Steps per window T (stream batching)."),
+    ("--epochs", "epochs", int, "Number of epochs."),
+    ("--max-steps", "max_steps", int, "Stop after this many optimiser steps (0: no limit)."),
+    ("--optimizer", "optimizer", click.Choice(["sgd", "adam"]), "Optimiser."),
+    ("--lr", "lr", float, "Learning rate (see --loss-reduction for its scale)."),
+    ("--momentum", "momentum", float, "SGD momentum (0: plain SGD)."),
+    ("--warmup", "warmup", click.Choice(["none", "linear", "t2t"]), "Learning-rate warmup."),
+    ("--warmup-steps", "warmup_steps", int, "Warmup length in steps."),
+    ("--decay", "decay", click.Choice(["constant", "step", "halving"]),
+     "Decay: 'step' (x decay-rate per epoch after decay-start), 'halving' or 'constant'."),
+    ("--decay-rate", "decay_rate", float, "lr factor per epoch once decay has started."),
+    ("--decay-start", "decay_start", int, "Epochs at full lr before step decay starts."),
+    ("--clip", "clip", float, "Clip the global gradient norm to this value (0: off)."),
+    ("--loss-reduction", "loss_reduction", click.Choice(["batch", "token"]),
+     "Differentiated loss: 'batch' = summed over T, mean over B (Zaremba/TF); 'token' = mean."),
+    ("--output", "output", click.Choice(["softmax", "factorized"]), "Output layer."),
+    ("--seed", "seed", int, "Random seed (patterns, init, dropout)."),
+    ("--dtype", "dtype", click.Choice(["float32", "float64"]), "Floating-point type."),
+    ("--device", "device", click.Choice(["auto", "cpu", "cuda"]), "Where to train."),
+    ("--threads", "threads", int, "Threads for Numba and BLAS (default: all cores)."),
+    ("--log-every", "log_every", int, "Steps between metric lines."),
+    ("--save-every", "save_every", int, "Steps between saves of last.h5."),
+    ("--on-nonfinite", "on_nonfinite", click.Choice(["stop", "skip"]),
+     "What to do after a NaN/inf loss or gradient (the step is never applied)."),
+]
+
+
+def train_options(fn):
+    for flag, field, kind, help_text in reversed(TRAIN_OPTIONS):
+        fn = click.option(flag, field, type=kind, default=None, help=help_text)(fn)
+    return fn
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="sparselm")
+def main():
+    """sparselm: LSTM language models with sparse gate weights, by hand in NumPy + Numba."""
+
+
+@main.command()
+@click.option("--data", "data", default=None, help="Corpus folder (default $SPARSELM_DATA, "
+              "then ./data/ptb) with ptb.{train,valid,test}.txt or {train,valid,test}.txt.")
+@click.option("--preset", default="small", show_default=True,
+              type=click.Choice(["teach", "small", "medium", "large", "study"]),
+              help="Named configuration; flags override single fields.")
+@click.option("--out", default=None, help="Run folder (default checkpoints/<preset>).")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last.h5.")
+@click.option("--overwrite", is_flag=True, help="Replace a run already in --out.")
+@click.option("--quiet", is_flag=True, help="No progress output.")
+@train_options
+def train(data, preset, out, resume, overwrite, quiet, **overrides):
+    """Train a language model (dense or sparse gates) and save checkpoints."""
+    set_threads(overrides.get("threads"))
+
+    def body():
+        from .config import make_config
+        from .train import train as run_training
+        cfg = make_config(preset, **overrides)
+        folder = Path(out) if out else Path("checkpoints") / preset
+        summary = run_training(cfg, folder, data_dir(data), resume, overwrite, quiet)
+        click.echo(json.dumps(summary))
+    run_guarded(body)
+
+
+@main.command()
+@click.argument("ckpt", type=click.Path(dir_okay=False))
+@click.option("--data", default=None, help="Corpus folder (default $SPARSELM_DATA, then ./data/ptb).")
+@click.option("--split", type=click.Choice(["valid", "test", "train"]), default="valid",
+              show_default=True, help="Which split to score.")
+@click.option("--batch-size", type=int, default=None, help="Evaluation batch size.")
+@click.option("--threads", type=int, default=None, help="Threads for Numba and BLAS.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def evaluate(ckpt, data, split, batch_size, threads, as_json):
+    """Perplexity of a checkpoint on a split."""
+    set_threads(threads)
+
+    def body():
+        from .data import load_corpus
+        from .train import evaluate as run_eval
+        from .train import load_model
+        overrides = {"eval_batch_size": batch_size} if batch_size else {}
+        model, vocab, _ = load_model(ckpt, overrides)
+        corpus = load_corpus(data_dir(data), splits=(split,), vocab=vocab)
+        result = run_eval(model, corpus, split, progress=not as_json)
+        result.update(split=split, checkpoint=str(ckpt))
+        if as_json:
+            click.echo(json.dumps(result))
+        else:
+            click.echo(f"{split}: loss {result['loss']:.4f}  perplexity {result['ppl']:.2f}  "
+                       f"({result['tokens']:,} tokens, {result['tokens_per_s']:,.0f} tokens/s)")
+    run_guarded(body)
+
+
+@main.command()
+@click.argument("ckpt", type=click.Path(dir_okay=False))
+@click.option("--words", type=click.IntRange(1, 100000), default=50, show_default=True,
+              help="Number of words to sample.")
+@click.option("--temperature", type=click.FloatRange(min=0.0, min_open=True), default=1.0,
+              show_default=True, help="Softmax temperature (<1: safer, >1: more varied).")
+@click.option("--prompt", default="", help="Text to condition on (words of the vocabulary).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
+def generate(ckpt, words, temperature, prompt, seed):
+    """Sample text from a checkpoint."""
+    def body():
+        from .generate import sample_text
+        from .train import load_model
+        model, vocab, _ = load_model(ckpt, {"dtype": "float64"})
+        click.echo(sample_text(model, vocab, words, temperature, prompt, seed))
+    run_guarded(body)
+
+
+@main.command()
+@click.argument("ckpt", required=False, type=click.Path(dir_okay=False))
+@click.option("--preset", default="small", show_default=True,
+              type=click.Choice(["teach", "small", "medium", "large", "study"]),
+              help="Configuration to count when no checkpoint is given.")
+@click.option("--vocab-size", type=int, default=10000, show_default=True,
+              help="Vocabulary size V when no checkpoint is given.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@train_options
+def info(ckpt, preset, vocab_size, as_json, **overrides):
+    """Shapes, non-zeros and parameter counts of a checkpoint or of a configuration."""
+    def body():
+        from .counting import count_from_checkpoint, count_from_config, format_counts
+        from .config import make_config
+        if ckpt:
+            counts = count_from_checkpoint(ckpt)
+        else:
+            counts = count_from_config(make_config(preset, **overrides), vocab_size)
+        click.echo(json.dumps(counts) if as_json else format_counts(counts))
+    run_guarded(body)
+
+
+@main.command("plot-weights")
+@click.argument("ckpt", type=click.Path(dir_okay=False))
+@click.option("--out", default=None, help="Output folder (default: plots/ beside the checkpoint).")
+@click.option("--threshold", type=float, default=0.07, show_default=True,
+              help="Report the share of weights with |w| below this.")
+def plot_weights(ckpt, out, threshold):
+    """Histograms, heatmaps and sparsity patterns of every weight matrix."""
+    def body():
+        from .checkpoint import load_checkpoint
+        from .plots import plot_weights as draw
+        checkpoint = load_checkpoint(ckpt)
+        folder = Path(out) if out else Path(ckpt).parent / "plots"
+        paths = draw(checkpoint.params, checkpoint.patterns, folder, threshold,
+                     title=Path(ckpt).name)
+        click.echo(f"wrote {len(paths)} figures to {folder}")
+    run_guarded(body)
+
+
+@main.command("plot-curves")
+@click.argument("runs", nargs=-1, required=True, type=click.Path())
+@click.option("--out", default="curves.png", show_default=True, help="Output PNG file.")
+def plot_curves(runs, out):
+    """Training and validation loss/perplexity of one or more run folders."""
+    def body():
+        from .plots import plot_curves as draw
+        path = draw([Path(r) for r in runs], Path(out))
+        click.echo(f"wrote {path}")
+    run_guarded(body)
+
+
+if __name__ == "__main__":
+    main()
