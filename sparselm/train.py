@@ -241,7 +241,8 @@ class Trainer:
             window["steps"] += 1
             bar.update(1)
             if run.step % cfg.log_every == 0 or run.cursor == steps_per_epoch:
-                self._log_train(window, lr, norm, bar, steps_per_epoch)
+                self._log_train(window, lr, norm, bar, steps_per_epoch,
+                                run.elapsed + time.perf_counter() - t0)
             if run.step % cfg.save_every == 0:
                 run.elapsed += time.perf_counter() - t0
                 t0 = time.perf_counter()
@@ -258,7 +259,7 @@ class Trainer:
             raise NonFiniteError(message + f"; last good checkpoint: {self.out / 'last.h5'}")
         self.say("warning: " + message + "; skipping (--on-nonfinite skip)")
 
-    def _log_train(self, window, lr, norm, bar, steps_per_epoch) -> None:
+    def _log_train(self, window, lr, norm, bar, steps_per_epoch, elapsed) -> None:
         run = self.run
         if not window["tokens"]:
             return
@@ -267,7 +268,7 @@ class Trainer:
         record = {"event": "train", "step": run.step, "epoch": run.epoch + run.cursor /
                   steps_per_epoch, "tokens": run.tokens, "lr": lr, "loss": loss,
                   "ppl": math.exp(min(loss, 700.0)), "grad_norm": norm, "tokens_per_s": speed,
-                  "elapsed": run.elapsed}
+                  "elapsed": elapsed}
         self.log.write(record)
         bar.show(loss=f"{loss:.3f}", ppl=f"{record['ppl']:.1f}", tok_s=f"{speed:,.0f}", lr=f"{lr:.3g}")
         window.update(nll=0.0, tokens=0, steps=0, start=time.perf_counter())
