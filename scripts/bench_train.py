@@ -1,0 +1,240 @@
+#!/usr/bin/env python
+"""Training (and evaluation) tokens/s of sparselm against PyTorch, side by side in one process.
+
+For each configuration both implementations train on the same token windows with the same
+threads: our step (forward, BPTT, clip, SGD) and PyTorch's (nn.Embedding + nn.LSTM + nn.Linear +
+cross-entropy + clip_grad_norm_ + SGD). They alternate, `--reps` times `--steps` steps each, and
+the medians are compared, so machine noise hits both alike. The "softmax bound" is the speed the
+step would have if everything but the output layer were free: the three output GEMMs (logits,
+d(hidden), d(weight)) timed here. Ends with one JSON line per configuration.
+
+    python scripts/bench_train.py --configs small,medium --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+CONFIGS = {
+    # name: (preset, overrides)
+    "small": ("small", {}),
+    "medium": ("medium", {"dropout": 0.0}),
+    "large": ("large", {"dropout": 0.0}),
+    "h1500": ("small", {"hidden": 1500}),
+    "h1500-d0.0005": ("small", {"hidden": 1500, "sparsity": 0.0005}),
+}
+
+
+def parse_args():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--configs", default="small,medium",
+                    help=f"comma-separated, from {', '.join(CONFIGS)} (or H:D e.g. 650:0.01)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for both sides")
+    ap.add_argument("--reps", type=int, default=5, help="alternating repetitions")
+    ap.add_argument("--steps", type=int, default=5, help="training steps per repetition")
+    ap.add_argument("--eval", action="store_true", help="also time evaluation (no gradients)")
+    ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch peer")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="backend")
+    ap.add_argument("--data", default=None, help="PTB folder (default $SPARSELM_DATA or "
+                    "../shared/data/ptb); random tokens when absent")
+    return ap.parse_args()
+
+
+def set_threads(n: int) -> None:
+    for var in ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(n)
+
+
+def config_for(name: str):
+    from sparselm.config import make_config
+    if name in CONFIGS:
+        preset, overrides = CONFIGS[name]
+    else:
+        hidden, density = name.split(":")
+        preset, overrides = "small", {"hidden": int(hidden), "emb": int(hidden),
+                                      "sparsity": float(density)}
+    return make_config(preset, **overrides)
+
+
+def token_stream(args, needed: int):
+    import numpy as np
+    folder = Path(args.data or os.environ.get("SPARSELM_DATA") or
+                  Path(__file__).resolve().parents[2] / "shared" / "data" / "ptb")
+    if (folder / "ptb.train.txt").is_file():
+        from sparselm.data import load_corpus
+        ids = load_corpus(folder, splits=("train",)).stream("train")
+        return ids[:needed] if len(ids) >= needed else np.resize(ids, needed), "ptb"
+    return np.random.default_rng(0).integers(0, 10000, needed).astype(np.int32), "random"
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class Ours:
+    def __init__(self, cfg, vocab_size):
+        from sparselm.model import LanguageModel
+        from sparselm.optim import Optimizer
+        self.model = LanguageModel(cfg, vocab_size)
+        self.opt = Optimizer(cfg, self.model.params.flat.size, self.model.dtype)
+        self.state = None
+
+    def train_step(self, batch) -> float:
+        res = self.model.forward(batch, self.state, None, train=True)
+        self.model.backward(res.cache)
+        self.opt.step(self.model.params.flat, self.model.grads.flat, 1.0)
+        self.state = res.state
+        return res.loss
+
+    def eval_step(self, batch) -> float:
+        res = self.model.forward(batch, self.state, train=False)
+        self.state = res.state
+        return res.nll_sum
+
+
+class Torch:
+    def __init__(self, cfg, vocab_size, threads):
+        import torch
+        torch.set_num_threads(threads)
+        self.torch, self.cfg = torch, cfg
+        self.emb = torch.nn.Embedding(vocab_size, cfg.emb)
+        self.lstm = torch.nn.LSTM(cfg.emb, cfg.hidden, cfg.layers)
+        self.out = torch.nn.Linear(cfg.hidden, vocab_size)
+        self.params = [*self.emb.parameters(), *self.lstm.parameters(), *self.out.parameters()]
+        for p in self.params:
+            torch.nn.init.uniform_(p, -cfg.init_scale, cfg.init_scale)
+        self.opt = torch.optim.SGD(self.params, lr=1.0)
+        self.state = None
+
+    def _loss(self, batch):
+        t = self.torch
+        x = t.from_numpy(batch.inputs.astype("int64"))
+        y = t.from_numpy(batch.targets.astype("int64"))
+        h, state = self.lstm(self.emb(x), self.state)
+        self.state = tuple(s.detach() for s in state)
+        logits = self.out(h).reshape(-1, self.out.out_features)
+        # summed over T, averaged over B: what lr = 1.0 means in Zaremba's recipe
+        return t.nn.functional.cross_entropy(logits, y.reshape(-1)) * x.shape[0]
+
+    def train_step(self, batch) -> float:
+        loss = self._loss(batch)
+        self.opt.zero_grad(set_to_none=False)
+        loss.backward()
+        self.torch.nn.utils.clip_grad_norm_(self.params, self.cfg.clip)
+        self.opt.step()
+        return float(loss)
+
+    def eval_step(self, batch) -> float:
+        with self.torch.no_grad():
+            return float(self._loss(batch))
+
+
+def softmax_bound(cfg, vocab_size, reps=5) -> float:
+    """tokens/s if only the output layer's three GEMMs cost anything."""
+    import numpy as np
+    from sparselm.dense import gemm
+    n = cfg.bptt * cfg.batch_size
+    rng = np.random.default_rng(0)
+    h = rng.standard_normal((n, cfg.hidden), dtype=np.float32)
+    w = rng.standard_normal((vocab_size, cfg.hidden), dtype=np.float32)
+    logits = np.empty((n, vocab_size), np.float32)
+    dh, dw = np.empty_like(h), np.empty_like(w)
+    times = []
+    for _ in range(reps + 1):
+        start = time.perf_counter()
+        gemm(h, w.T, logits)
+        gemm(logits, w, dh)
+        gemm(logits.T, h, dw, accumulate=True)
+        times.append(time.perf_counter() - start)
+    return n / statistics.median(times[1:])
+
+
+def time_steps(fn, batches) -> float:
+    start = time.perf_counter()
+    for b in batches:
+        fn(b)
+    return sum(b.inputs.size for b in batches) / (time.perf_counter() - start)
+
+
+def bench_config(name, args, torch_ok):
+    from sparselm.data import StreamBatcher
+    cfg = config_for(name)
+    vocab = 10000
+    need = cfg.batch_size * cfg.bptt * (args.steps * (args.reps + 1) + 2) + cfg.batch_size
+    ids, source = token_stream(args, need)
+    batcher = StreamBatcher(ids, cfg.batch_size, cfg.bptt)
+    batches = [batcher.batch(i) for i in range(len(batcher))]
+    ours = Ours(cfg, vocab)
+    peer = Torch(cfg, vocab, args.threads) if torch_ok else None
+    t0 = time.perf_counter()
+    ours.train_step(batches[0])                     # compile (or load the Numba cache)
+    first_step = time.perf_counter() - t0
+    if peer:
+        peer.train_step(batches[0])
+    rss_start = rss_mb()
+    rows = {"ours": [], "torch": []}
+    for rep in range(args.reps):
+        chunk = batches[1 + rep * args.steps: 1 + (rep + 1) * args.steps]
+        rows["ours"].append(time_steps(ours.train_step, chunk))
+        if peer:
+            rows["torch"].append(time_steps(peer.train_step, chunk))
+    result = {"config": name, "hidden": cfg.hidden, "emb": cfg.emb, "sparsity": cfg.sparsity,
+              "T": cfg.bptt, "B": cfg.batch_size, "threads": args.threads, "data": source,
+              "ours_tokens_per_s": statistics.median(rows["ours"]),
+              "ours_runs": [round(x) for x in rows["ours"]],
+              "first_step_s": round(first_step, 3),
+              "rss_mb": round(rss_mb()), "rss_growth_mb": round(rss_mb() - rss_start, 1),
+              "softmax_bound_tokens_per_s": softmax_bound(cfg, vocab)}
+    result["share_of_softmax_bound"] = result["ours_tokens_per_s"] / result[
+        "softmax_bound_tokens_per_s"]
+    if peer:
+        result["torch_tokens_per_s"] = statistics.median(rows["torch"])
+        result["torch_runs"] = [round(x) for x in rows["torch"]]
+        result["ratio_ours_over_torch"] = result["ours_tokens_per_s"] / result["torch_tokens_per_s"]
+    if args.eval:
+        chunk = batches[1: 1 + args.steps]
+        result["ours_eval_tokens_per_s"] = statistics.median(
+            time_steps(ours.eval_step, chunk) for _ in range(args.reps))
+        if peer:
+            result["torch_eval_tokens_per_s"] = statistics.median(
+                time_steps(peer.eval_step, chunk) for _ in range(args.reps))
+    return result
+
+
+def main():
+    args = parse_args()
+    set_threads(args.threads)
+    import numba
+    torch_ok = False
+    if not args.no_torch:
+        try:
+            import torch  # noqa: F401
+            torch_ok = True
+        except ImportError:
+            print("torch not importable: PyTorch columns skipped", file=sys.stderr)
+    print(f"threads={args.threads} numba_layer={numba.config.THREADING_LAYER} reps={args.reps} "
+          f"steps/rep={args.steps}", file=sys.stderr)
+    results = []
+    for name in args.configs.split(","):
+        r = bench_config(name.strip(), args, torch_ok)
+        results.append(r)
+        line = (f"{r['config']:>16}: ours {r['ours_tokens_per_s']:8,.0f} tok/s"
+                f"  softmax bound {r['softmax_bound_tokens_per_s']:8,.0f}"
+                f" ({r['share_of_softmax_bound']:.0%})")
+        if "torch_tokens_per_s" in r:
+            line += (f"  torch {r['torch_tokens_per_s']:8,.0f}  ratio "
+                     f"{r['ratio_ours_over_torch']:.2f}x")
+        print(line, file=sys.stderr, flush=True)
+    for r in results:
+        print(json.dumps(r))
+
+
+if __name__ == "__main__":
+    main()
