@@ -15,9 +15,8 @@ extended or bit-flipped file is rejected with a clear message instead of reachin
 parser (which is written in C and not hardened against corrupt input); silent corruption of
 parameter values is detected too. The HDF5 part:
 
-    /                     attrs: format = "sparselm", format_version = 1 (int),
-                                 sparselm_version (str), config (JSON object, str),
-                                 progress (JSON object, str)
+    /                     attrs: format = "sparselm", format_version = 1 (int64),
+                                 sparselm_version, config (JSON object), progress (JSON object)
     /params               group, attr order = JSON list of the parameter names in model order
                           (HDF5 lists members alphabetically, so the order is stored)
     /params/<name>        dense parameter: float32 or float64 dataset of any shape
@@ -25,14 +24,18 @@ parameter values is detected too. The HDF5 part:
         data                (N,) float, the trainable values
         indices             (N,) int32, column numbers, strictly increasing within each row
         indptr              (R+1,) int32, row offsets
-    /vocab                (V,) variable-length UTF-8 strings, id -> word
+    /vocab                scalar string dataset: JSON array of the V words, id -> word
     /optimizer            group, attr order; /optimizer/<name>: (K,) float buffers
     /state                group, attr order; /state/<name>: float arrays, e.g. hidden (L,2,B,H)
 
-All parameters share one float dtype. Datasets are stored contiguous and uncompressed; names
-match [A-Za-z0-9_][A-Za-z0-9_.-]* (dots are fine in HDF5 names). Nothing is pickled or evaluated:
-only numeric and UTF-8 string datasets are read, and links other than plain hard links (soft,
-external), external storage, virtual datasets and filters are refused.
+Every string (attributes and /vocab) is a fixed-length UTF-8 HDF5 string, never a variable-length
+one: variable-length data lives in HDF5's global heap, whose parser loops forever on some damaged
+heaps (HDF5 2.0.0, found by scripts/fuzz_checkpoint.py). An attribute holds at most 64 KiB, so
+config and progress must stay under MAX_ATTR_BYTES as JSON. All parameters share one float dtype.
+Datasets are stored contiguous and uncompressed; names match [A-Za-z0-9_][A-Za-z0-9_.-]* (dots
+are fine in HDF5 names). Nothing is pickled or evaluated: only numeric and fixed-length string
+data are read, and links other than plain hard links (soft, external), external storage,
+virtual datasets, filters and variable-length types are refused before any data is read.
 
 Saving writes a temporary file next to the target, fsyncs it, renames it over the target and
 fsyncs the directory, so the target always holds either the old or the new checkpoint. Every
@@ -68,7 +71,7 @@ HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 # Loads never allocate more than this unless the caller passes max_bytes explicitly.
 ABSOLUTE_MAX_BYTES = 32 * 2**30
 _CHUNK = 1 << 20  # bytes per read while hashing
-_VLEN_ITEMSIZE = 16  # bytes per variable-length string element, as h5py reads it
+MAX_ATTR_BYTES = 60_000  # an HDF5 object header message holds at most 64 KiB
 _INT32_MAX = np.iinfo(np.int32).max
 _NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*\Z")
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -170,7 +173,8 @@ def _check_params(params, patterns) -> None:
         _check_float_array(f"parameter {name}", arr)
         dtypes.add(arr.dtype)
     if len(dtypes) > 1:
-        raise _Invalid(f"parameters mix dtypes {sorted(str(d) for d in dtypes)}; use one float dtype")
+        names = sorted(str(d) for d in dtypes)
+        raise _Invalid(f"parameters mix dtypes {names}; use one float dtype")
     for name, pattern in patterns.items():
         if name not in params:
             raise _Invalid(f"pattern given for {name!r:.80}, which is not a parameter")
@@ -215,9 +219,12 @@ def _to_json(kind: str, obj) -> str:
     if not isinstance(obj, dict):
         raise _Invalid(f"{kind} is a {type(obj).__name__}, expected a dict (JSON object)")
     try:
-        return json.dumps(obj, default=_json_default)
+        text = json.dumps(obj, default=_json_default)
     except (TypeError, ValueError, RecursionError) as exc:
         raise _Invalid(f"{kind} is not JSON-serialisable: {_one_line(exc)}") from None
+    if len(text) > MAX_ATTR_BYTES:  # ASCII: json.dumps escapes everything else
+        raise _Invalid(f"{kind} takes {len(text)} bytes as JSON; at most {MAX_ATTR_BYTES} fit")
+    return text
 
 
 def validate_checkpoint(ckpt: Checkpoint) -> None:
@@ -254,6 +261,8 @@ def save_checkpoint(path, ckpt: Checkpoint) -> None:
         _validate(ckpt)
     except _Invalid as exc:
         raise CheckpointError(f"cannot save checkpoint {path}: {exc}") from None
+    if not path.parent.is_dir():  # HDF5's own message for this is five lines of internals
+        raise CheckpointError(f"cannot save checkpoint {path}: no directory {path.parent}")
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
     try:
         _write_hdf5(tmp, ckpt)
@@ -284,36 +293,45 @@ def _remove_quietly(path: Path) -> None:
 def _write_hdf5(path: Path, ckpt: Checkpoint) -> None:
     # "x": the name is fresh, so an existing file means something else owns it.
     with h5py.File(path, "x", userblock_size=HEADER_SIZE, locking=False) as f:
-        f.attrs["format"] = FORMAT
-        f.attrs["format_version"] = FORMAT_VERSION
-        f.attrs["sparselm_version"] = __version__
-        f.attrs["config"] = _to_json("config", ckpt.config)
-        f.attrs["progress"] = _to_json("progress", ckpt.progress)
+        _set_text(f, "format", FORMAT)
+        f.attrs["format_version"] = np.int64(FORMAT_VERSION)
+        _set_text(f, "sparselm_version", __version__)
+        _set_text(f, "config", _to_json("config", ckpt.config))
+        _set_text(f, "progress", _to_json("progress", ckpt.progress))
         _write_params(f.create_group("params"), ckpt.params, ckpt.patterns)
-        words = np.array(ckpt.vocab, dtype=object).reshape(-1)
-        f.create_dataset("vocab", data=words, dtype=h5py.string_dtype("utf-8"))
+        f.create_dataset("vocab", data=_text(json.dumps(ckpt.vocab, ensure_ascii=False)))
         _write_arrays(f.create_group("optimizer"), ckpt.optimizer)
         _write_arrays(f.create_group("state"), ckpt.state)
 
 
+def _text(text: str) -> np.ndarray:
+    """A scalar fixed-length UTF-8 string array holding `text` (non-empty, no trailing NUL)."""
+    data = text.encode("utf-8")
+    return np.array(data, dtype=h5py.string_dtype("utf-8", len(data)))
+
+
+def _set_text(obj, name: str, text: str) -> None:
+    obj.attrs.create(name, _text(text))
+
+
 def _write_params(group: h5py.Group, params: dict, patterns: dict) -> None:
-    group.attrs["order"] = json.dumps(list(params))
+    _set_text(group, "order", json.dumps(list(params)))
     for name, arr in params.items():
         if name not in patterns:
-            group.create_dataset(name, data=np.ascontiguousarray(arr))
+            group.create_dataset(name, data=np.asarray(arr, order="C"))
             continue
         pattern = patterns[name]
         sub = group.create_group(name)
         sub.attrs["shape"] = np.array(pattern.shape, dtype=np.int64)
-        sub.create_dataset("data", data=np.ascontiguousarray(arr))
+        sub.create_dataset("data", data=np.asarray(arr, order="C"))
         sub.create_dataset("indices", data=np.asarray(pattern.indices, dtype=np.int32))
         sub.create_dataset("indptr", data=np.asarray(pattern.indptr, dtype=np.int32))
 
 
 def _write_arrays(group: h5py.Group, arrays: dict) -> None:
-    group.attrs["order"] = json.dumps(list(arrays))
+    _set_text(group, "order", json.dumps(list(arrays)))
     for name, arr in arrays.items():
-        group.create_dataset(name, data=np.ascontiguousarray(arr))
+        group.create_dataset(name, data=np.asarray(arr, order="C"))
 
 
 def _digest(fh, start: int) -> tuple[str, int]:
@@ -391,7 +409,7 @@ def read_config(path) -> dict:
 
 
 def _guarded(path, reader, max_bytes):
-    """Run reader(h5py.File, _Budget) on the verified file; turn every failure into CheckpointError."""
+    """reader(h5py.File, _Budget) on the verified file; every failure becomes CheckpointError."""
     shown = os.fspath(path)
     try:
         for _ in range(3):  # a concurrent atomic save may replace the file between our two opens
@@ -405,7 +423,7 @@ def _guarded(path, reader, max_bytes):
         raise CheckpointError(f"checkpoint {shown} not found") from None
     except MemoryError:
         raise CheckpointError(f"checkpoint {shown}: not enough memory to load it") from None
-    except Exception as exc:  # h5py raises OSError, KeyError, ValueError, TypeError, RuntimeError...
+    except Exception as exc:  # h5py: OSError, KeyError, ValueError, TypeError, RuntimeError...
         raise CheckpointError(
             f"checkpoint {shown}: unreadable or corrupt ({type(exc).__name__}: {_one_line(exc)})"
         ) from exc
@@ -414,13 +432,20 @@ def _guarded(path, reader, max_bytes):
 _REPLACED = object()
 
 
-def _read_verified(path: str, reader, max_bytes):
+def _open_regular(path: str):
+    """Open `path` for binary reading; returns (file object, os.stat_result). Files only."""
     # O_NONBLOCK: opening a FIFO (or a device) must not block; regular files ignore the flag.
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    with os.fdopen(fd, "rb") as fh:
-        st = os.fstat(fh.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise _Invalid("not a regular file")
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise _Invalid("not a regular file")
+    return os.fdopen(fd, "rb"), st
+
+
+def _read_verified(path: str, reader, max_bytes):
+    fh, st = _open_regular(path)
+    with fh:
         _verify_header(fh, st.st_size)
         with h5py.File(path, "r", locking=False) as f:
             h5_st = os.fstat(f.id.get_vfd_handle())
@@ -432,8 +457,8 @@ def _read_verified(path: str, reader, max_bytes):
 
 
 def _default_max_bytes(file_size: int) -> int:
-    # Uncompressed data cannot take more memory than it takes on disk; the slack covers the
-    # per-string overhead of the vocabulary.
+    # A valid file's datasets are contiguous and uncompressed, so they need no more memory than
+    # the file has bytes; a declared size far beyond that can only come from damage or malice.
     return min(4 * file_size + 2**20, ABSOLUTE_MAX_BYTES)
 
 
@@ -462,8 +487,8 @@ def _parse_header(head: bytes) -> tuple[int, str]:
     if version is None or pad.strip(b"\0"):
         raise _Invalid("malformed sparselm header")
     _check_version(int(version.group(1)))
-    fields = re.fullmatch(rb"[^\n]*\n[^\n]*\npayload_bytes (\d{1,19})\nblake2b-256 ([0-9a-f]{64})\n",
-                          text)
+    fields = re.fullmatch(
+        rb"[^\n]*\n[^\n]*\npayload_bytes (\d{1,19})\nblake2b-256 ([0-9a-f]{64})\n", text)
     if fields is None:
         raise _Invalid("malformed sparselm header")
     return int(fields.group(1)), fields.group(2).decode("ascii")
@@ -503,14 +528,20 @@ def _attr(obj, name: str, what: str):
 
 def _str_attr(obj, name: str, what: str = "the root") -> str:
     aid, attrs = _attr(obj, name, what)
-    if h5py.check_string_dtype(aid.dtype) is None or aid.shape != ():
-        raise _Invalid(f"attribute {name!r} of {what} is not a string")
-    value = attrs[name]
-    if isinstance(value, bytes):
-        value = value.decode("utf-8")
-    if not isinstance(value, str):
-        raise _Invalid(f"attribute {name!r} of {what} is not a string")
-    return value
+    if aid.dtype.kind != "S" or aid.shape != ():  # fixed-length only: see the module docstring
+        raise _Invalid(f"attribute {name!r} of {what} is not a fixed-length string")
+    if aid.dtype.itemsize > 2**16:  # an object header message cannot hold more
+        raise _Invalid(f"attribute {name!r} of {what} claims {aid.dtype.itemsize} bytes")
+    return _decode(attrs[name], f"attribute {name!r} of {what}")
+
+
+def _decode(value, what: str) -> str:
+    if not isinstance(value, bytes):
+        raise _Invalid(f"{what} is not a string")
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _Invalid(f"{what} is not valid UTF-8") from None
 
 
 def _int_attr(obj, name: str, shape: tuple, what: str) -> np.ndarray:
@@ -521,12 +552,16 @@ def _int_attr(obj, name: str, shape: tuple, what: str) -> np.ndarray:
 
 
 def _json_attr(obj, name: str, what: str = "the root", kind=dict):
+    return _parse_json(_str_attr(obj, name, what), f"attribute {name!r} of {what}", kind)
+
+
+def _parse_json(text: str, what: str, kind: type):
     try:
-        value = json.loads(_str_attr(obj, name, what))
+        value = json.loads(text)
     except (ValueError, RecursionError) as exc:
-        raise _Invalid(f"attribute {name!r} of {what} is not valid JSON: {_one_line(exc)}") from None
+        raise _Invalid(f"{what} is not valid JSON: {_one_line(exc)}") from None
     if not isinstance(value, kind):
-        raise _Invalid(f"attribute {name!r} of {what} is not a JSON {kind.__name__}")
+        raise _Invalid(f"{what} is not a JSON {kind.__name__}")
     return value
 
 
@@ -547,7 +582,8 @@ def _member(group: h5py.Group, name: str, what: str):
     if link is None:
         raise _Invalid(f"{what} is missing")
     if not isinstance(link, h5py.HardLink):
-        raise _Invalid(f"{what} is a {type(link).__name__}; only plain members are allowed")
+        kind = {h5py.SoftLink: "soft", h5py.ExternalLink: "external"}.get(type(link), "special")
+        raise _Invalid(f"{what} is a {kind} link; only plain (hard-linked) members are read")
     obj = group[name]
     if not isinstance(obj, (h5py.Dataset, h5py.Group)):
         raise _Invalid(f"{what} is neither a dataset nor a group")
@@ -582,24 +618,24 @@ def _typed(obj, what: str, kind: type):
 # -- datasets
 
 
-def _check_storage(ds: h5py.Dataset, what: str, nbytes: int, vlen: bool) -> None:
+def _check_storage(ds: h5py.Dataset, what: str, nbytes: int) -> None:
     """Refuse what we never write: chunks, filters, external or virtual storage, missing data."""
     plist = ds.id.get_create_plist()
     if plist.get_layout() not in (h5py.h5d.CONTIGUOUS, h5py.h5d.COMPACT):
         raise _Invalid(f"{what} is chunked or virtual; only contiguous datasets are read")
     if plist.get_external_count() or plist.get_nfilters():
         raise _Invalid(f"{what} uses external storage or filters, which are not read")
-    if not vlen and nbytes and ds.id.get_storage_size() != nbytes:
+    if nbytes and ds.id.get_storage_size() != nbytes:
         raise _Invalid(f"{what} declares {nbytes} bytes but stores {ds.id.get_storage_size()}")
 
 
-def _declared(ds: h5py.Dataset, what: str, itemsize: int, budget: _Budget) -> None:
-    """Charge the declared size of `ds` (elements of `itemsize` bytes) and check its storage."""
+def _declared(ds: h5py.Dataset, what: str, budget: _Budget) -> None:
+    """Charge the declared size of `ds` (dtype already checked) and check its storage."""
     if ds.shape is None:
         raise _Invalid(f"{what} has no dataspace")
-    nbytes = math.prod(ds.shape) * itemsize
+    nbytes = math.prod(ds.shape) * ds.dtype.itemsize
     budget.take(nbytes, what)
-    _check_storage(ds, what, nbytes, vlen=ds.dtype.kind == "O")
+    _check_storage(ds, what, nbytes)
 
 
 def _read_numeric(ds: h5py.Dataset, what: str, kinds: str, budget: _Budget) -> np.ndarray:
@@ -612,7 +648,7 @@ def _read_numeric(ds: h5py.Dataset, what: str, kinds: str, budget: _Budget) -> n
     if dtype.kind not in kinds or not ok_size:
         wanted = "float32 or float64" if kinds == "f" else "an integer type"
         raise _Invalid(f"{what} has dtype {dtype}, expected {wanted}")
-    _declared(ds, what, dtype.itemsize, budget)
+    _declared(ds, what, budget)
     arr = np.empty(ds.shape, dtype=np.dtype(f"{dtype.kind}{dtype.itemsize}"))
     if arr.size:
         ds.read_direct(arr)
@@ -629,16 +665,12 @@ def _read_int32(ds: h5py.Dataset, what: str, budget: _Budget) -> np.ndarray:
 
 
 def _read_vocab(ds: h5py.Dataset, budget: _Budget) -> list[str]:
-    if h5py.check_string_dtype(ds.dtype) is None or ds.dtype.kind != "O":
-        raise _Invalid(f"vocab has dtype {ds.dtype}, expected variable-length UTF-8 strings")
-    _declared(ds, "vocab", _VLEN_ITEMSIZE, budget)
-    if len(ds.shape) != 1:
-        raise _Invalid(f"vocab has shape {ds.shape}, expected 1-D")
-    raw = ds[()] if ds.shape[0] else []
-    try:
-        return [w.decode("utf-8") if isinstance(w, bytes) else w for w in raw]
-    except UnicodeDecodeError:
-        raise _Invalid("vocab holds bytes that are not valid UTF-8") from None
+    """/vocab: a scalar fixed-length string holding a JSON array of words."""
+    if ds.dtype.kind != "S" or ds.shape != ():
+        raise _Invalid(f"/vocab has dtype {ds.dtype} and shape {ds.shape}, "
+                       "expected one fixed-length string")
+    _declared(ds, "/vocab", budget)
+    return _parse_json(_decode(ds[()], "/vocab"), "/vocab", list)
 
 
 # -- the whole file
