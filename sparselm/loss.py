@@ -22,11 +22,10 @@ def softmax_forward(h, weight, bias, targets, row_weights, ws: Workspace, grad: 
     """
     n, nv = h.shape[0], weight.shape[0]
     logits = ws.get("logits", (n, nv), h.dtype)
-    gemm(h, weight.T, logits)
-    logits += bias
+    gemm(h, weight.T, logits)             # the bias is added inside the fused kernel
     nll = ws.get("nll", (n,), np.float64)
     dbias = ws.zeros("dbias_out", (nv,), h.dtype)
-    softmax_xent(logits, targets, row_weights, nll, dbias, grad)
+    softmax_xent(logits, bias, targets, row_weights, nll, dbias, grad)
     return nll, (h, logits, dbias)
 
 

@@ -141,20 +141,20 @@ def _exp_mantissa(x):
 
 
 @njit(inline="always", fastmath=FAST)
-def _row_exp_libm(row, shift, bits):
+def _row_exp_libm(row, bias, shift, bits):
     total = row[0] * 0      # a zero of the row's dtype
     for v in range(row.shape[0]):
-        e = np.exp(row[v] - shift)
+        e = np.exp(row[v] + bias[v] - shift)
         row[v] = e
         total += e
     return total
 
 
 @njit(inline="always", fastmath=FAST)
-def _row_exp_approx(row, shift, bits):
+def _row_exp_approx(row, bias, shift, bits):
     # Two vectorisable passes: the polynomial and the exponent bits, then their product.
     for v in range(row.shape[0]):
-        p, n = _exp_mantissa(row[v] - shift)
+        p, n = _exp_mantissa(row[v] + bias[v] - shift)
         row[v] = p
         bits[v] = (np.int32(n) + _BIAS) << _SHIFT     # the float32 2^n
     scale = bits.view(np.float32)
@@ -166,19 +166,20 @@ def _row_exp_approx(row, shift, bits):
     return total
 
 
-def row_exp(row, shift, bits):
-    """row[v] <- exp(row[v] - shift) in place, returns the sum. row: (V,), bits: (V,) int32 scratch.
+def row_exp(row, bias, shift, bits):
+    """row[v] <- exp(row[v] + bias[v] - shift) in place; returns the sum.
 
-    float32 rows use the approximation (relative error <= 3e-7), float64 rows libm.
+    row, bias: (V,); bits: (V,) int32 scratch. float32 rows use the approximation (relative
+    error <= 3e-7), float64 rows libm.
     """
-    return _row_exp_libm(row, shift, bits)
+    return _row_exp_libm(row, bias, shift, bits)
 
 
 @overload(row_exp, inline="always", fastmath=FAST)
-def _row_exp_typed(row, shift, bits):
+def _row_exp_typed(row, bias, shift, bits):
     if row.dtype == types.float32:
-        return lambda row, shift, bits: _row_exp_approx(row, shift, bits)
-    return lambda row, shift, bits: _row_exp_libm(row, shift, bits)
+        return lambda row, bias, shift, bits: _row_exp_approx(row, bias, shift, bits)
+    return lambda row, bias, shift, bits: _row_exp_libm(row, bias, shift, bits)
 
 
 # Rows are split in at most this many chunks, each with its own bias-gradient partial sum
@@ -187,13 +188,15 @@ _MAX_CHUNKS = 32
 
 
 @njit(parallel=True, cache=True, fastmath=FAST)
-def softmax_xent(logits, targets, weights, nll, dbias, grad):
+def softmax_xent(logits, bias, targets, weights, nll, dbias, grad):
     """Fused log-softmax, negative log-likelihood and d(loss)/d(logits), in place.
 
-    logits: (N, V) float; targets: (N,) int32; weights: (N,) float, the factor of each row in the
-    differentiated loss (0 for padding). Writes nll: (N,) float64, -log softmax(logits)[target].
-    If grad: logits <- weights[n] * (softmax(logits[n]) - onehot(target[n])) and
-    dbias: (V,) += the column sums of that gradient (the output bias gradient).
+    logits: (N, V) float, h W^T without the bias; bias: (V,), added here on the fly (saves a
+    pass over the largest array of the step); targets: (N,) int32; weights: (N,) float, the
+    factor of each row in the differentiated loss (0 for padding). Writes nll: (N,) float64,
+    -log softmax(logits + bias)[target]. If grad: logits <- weights[n] * (softmax(logits[n] +
+    bias) - onehot(target[n])) and dbias: (V,) += the column sums of that gradient. Without grad
+    the logits are left holding unnormalised probabilities.
     """
     n_rows, n_vocab = logits.shape
     n_chunks = min(n_rows, _MAX_CHUNKS)
@@ -202,11 +205,11 @@ def softmax_xent(logits, targets, weights, nll, dbias, grad):
         bits = np.empty(n_vocab, dtype=np.int32)
         for n in range(chunk * n_rows // n_chunks, (chunk + 1) * n_rows // n_chunks):
             row = logits[n]
-            shift = row[0]
+            shift = row[0] + bias[0]
             for v in range(n_vocab):
-                shift = max(shift, row[v])
-            target_logit = row[targets[n]]
-            total = row_exp(row, shift, bits)
+                shift = max(shift, row[v] + bias[v])
+            target_logit = row[targets[n]] + bias[targets[n]]
+            total = row_exp(row, bias, shift, bits)
             nll[n] = np.log(total) + shift - target_logit
             if grad:
                 scale = weights[n] / total
