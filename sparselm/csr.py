@@ -15,6 +15,8 @@ import math
 
 import numpy as np
 
+from .device import is_device_array
+
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 # floor(d * cols) must not lose an exact integer to float rounding (0.29 * 100 = 28.999...).
 _EPS = 1e-9
@@ -110,15 +112,19 @@ def _transpose_pattern(indices, indptr, cols):
 def _kernels_for(array):
     """The kernel module that runs on `array`'s device: the single place to add backends.
 
-    NumPy arrays run on `sparselm.kernels.cpu_csr`. A CUDA backend (numba.cuda device arrays)
-    is meant to be added here, keyed on `__cuda_array_interface__`, as `sparselm.kernels.cuda`.
-    A backend module may define `empty(shape, dtype)` (output allocation) and
-    `csr_pattern(matrix)` (its own copies of the pattern arrays, e.g. on the device).
+    NumPy arrays run on `sparselm.kernels.cpu_csr`, CUDA device arrays (numba.cuda, CuPy, the
+    simulator's) on `sparselm.kernels.cuda`. A backend module may define `empty(shape, dtype)`
+    (output allocation) and `csr_pattern(matrix)` (its own copies of the pattern arrays, e.g.
+    on the device).
     """
     if isinstance(array, np.ndarray):
         from sparselm.kernels import cpu_csr  # imported here so pattern checks need no Numba
 
         return cpu_csr
+    if is_device_array(array):
+        from sparselm.kernels import cuda  # only reached when a device array exists
+
+        return cuda
     raise ValueError(f"no CSR kernel backend for arrays of type {type(array).__name__}")
 
 
@@ -143,10 +149,11 @@ class CSRMatrix:
         self.t_indptr, self.t_indices, self.t_perm = _transpose
 
     def _checked_data(self, data):
-        if not isinstance(data, np.ndarray) and not hasattr(data, "__cuda_array_interface__"):
+        if not isinstance(data, np.ndarray) and not is_device_array(data):
             raise ValueError(f"CSR data must be an array, got {type(data).__name__}")
         if data.ndim != 1 or data.shape[0] != self.indices.shape[0]:
-            raise ValueError(f"CSR data has shape {data.shape}, expected ({self.indices.shape[0]},)")
+            n = self.indices.shape[0]
+            raise ValueError(f"CSR data has shape {data.shape}, expected ({n},)")
         if np.dtype(data.dtype) not in _FLOAT_DTYPES:
             raise ValueError(f"CSR data must be float32 or float64, got {data.dtype}")
         if not data.flags["C_CONTIGUOUS"]:
@@ -213,7 +220,10 @@ class CSRMatrix:
         return out, bool(accumulate)
 
     def matmul(self, x, out=None, accumulate=False):
-        """out (M, R) = x @ W^T (or += when accumulate). x: (M, C) same float dtype, C-contiguous."""
+        """out (M, R) = x @ W^T (or += when accumulate).
+
+        x: (M, C) the matrix's float dtype, C-contiguous; out: None or (M, R) likewise.
+        """
         rows, cols = self.shape
         self._check_operand("x", x, cols)
         kern = _kernels_for(x)
@@ -223,7 +233,10 @@ class CSRMatrix:
         return out
 
     def matmul_t(self, dy, out=None, accumulate=False):
-        """out (M, C) = dy @ W (or += when accumulate). dy: (M, R) same float dtype, C-contiguous."""
+        """out (M, C) = dy @ W (or += when accumulate), through the transpose pattern.
+
+        dy: (M, R) the matrix's float dtype, C-contiguous; out: None or (M, C) likewise.
+        """
         rows, cols = self.shape
         self._check_operand("dy", dy, rows)
         kern = _kernels_for(dy)

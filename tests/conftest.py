@@ -1,11 +1,19 @@
-"""Shared fixtures.
+"""Shared fixtures, and the CUDA simulator switch (below).
 
 The Penn Treebank corpus is read from one place only: $SPARSELM_DATA when set, otherwise
 ../shared/data/ptb next to the checkout (the workplace's shared folder).
 """
 
 import os
-from pathlib import Path
+
+# The CUDA kernel tests run on Numba's simulator unless a real GPU is asked for. The variable must
+# be set before numba is first imported in this process; it only changes numba.cuda (the CPU
+# @njit kernels compile and run exactly as without it), and --device auto never picks the
+# simulator.
+if os.environ.get("SPARSELM_REAL_CUDA") != "1":
+    os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+
+from pathlib import Path  # noqa: E402
 
 import pytest
 

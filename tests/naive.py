@@ -68,3 +68,30 @@ def softmax_xent_ref(logits, targets, weights):
     grad[rows, targets] -= 1
     grad *= weights[:, None]
     return -logp[rows, targets], grad, grad.sum(axis=0)
+
+
+# -- embedding and optimiser updates (kernels.cpu / kernels.cuda) ---------------------------------
+def embedding_backward_ref(ids, dx, n_vocab):
+    """(V, E) float64 with row v = sum of dx[n] over n with ids[n] == v."""
+    out = np.zeros((n_vocab, dx.shape[1]))
+    np.add.at(out, ids, np.asarray(dx, np.float64))
+    return out
+
+
+def sgd_update_ref(p, g, velocity, lr, scale, momentum):
+    """Returns (p, velocity) after one step, float64; velocity is unchanged when momentum == 0."""
+    p, g, velocity = (np.asarray(a, np.float64) for a in (p, g, velocity))
+    if momentum == 0:
+        return p - lr * scale * g, velocity
+    velocity = momentum * velocity + scale * g
+    return p - lr * velocity, velocity
+
+
+def adam_update_ref(p, g, m, v, lr, scale, beta1, beta2, eps, step):
+    """Returns (p, m, v) after Adam step `step` (1-based) on scale * g, textbook form, float64."""
+    p, g, m, v = (np.asarray(a, np.float64) for a in (p, g, m, v))
+    g = scale * g
+    m = beta1 * m + (1 - beta1) * g
+    v = beta2 * v + (1 - beta2) * g * g
+    m_hat, v_hat = m / (1 - beta1 ** step), v / (1 - beta2 ** step)
+    return p - lr * m_hat / (np.sqrt(v_hat) + eps), m, v

@@ -1,0 +1,116 @@
+"""Backend selection: one kernel contract, run on the CPU (kernels.cpu, kernels.cpu_csr, dense)
+or on a CUDA GPU (kernels.cuda).
+
+    be = get_backend(cfg.device)        # "cpu" | "cuda" | "auto"
+    be.csr_matmul(data, indices, indptr, x, out, False); be.name -> "cpu" | "cuda"
+
+Importing this package imports nothing heavy (csr.py imports kernels.cpu_csr through it);
+kernels.cuda is imported only when numba.cuda reports a GPU or the simulator is on.
+"auto" uses a real GPU when there is one and otherwise the CPU, saying so once per process
+(a FallbackWarning; the backend's `fallback` attribute holds the reason on every call). It
+never picks the simulator, which runs each GPU thread as a Python thread: only an explicit
+"cuda" does (that is how the tests reach it).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from ..errors import ConfigError
+
+DEVICES = ("auto", "cpu", "cuda")
+# What every backend provides: the kernels (same names, arguments and meaning on both) and the
+# array helpers a step needs around them.
+_NUMBA_KERNELS = ("csr_matmul", "csr_matmul_t", "csr_sddmm",                  # kernels.cpu_csr
+                  "lstm_cell_forward", "lstm_cell_backward", "softmax_xent",  # kernels.cpu
+                  "embedding_backward", "sum_squares", "sgd_update", "adam_update")
+KERNELS = _NUMBA_KERNELS + ("gemm", "col_sum", "fill")    # on the CPU: dense.gemm, NumPy
+ARRAYS = ("empty", "zeros", "to_device", "to_host")
+
+
+class FallbackWarning(UserWarning):
+    """--device auto found no GPU and runs on the CPU."""
+
+
+class Backend:
+    """The kernels of one device (attributes named in KERNELS and ARRAYS).
+
+    name: "cpu" | "cuda"; detail: what runs them (GPU name, "simulator", "NumPy + Numba");
+    fallback: why "auto" did not get a GPU, or None.
+    """
+
+    def __init__(self, name: str, functions: dict, detail: str, fallback: str | None = None):
+        self.name, self.detail, self.fallback = name, detail, fallback
+        for key in KERNELS + ARRAYS:
+            setattr(self, key, functions[key])
+
+    def __repr__(self) -> str:
+        return f"Backend({self.name!r}, {self.detail!r})"
+
+
+_fallback_noted = False     # "auto" says it fell back once per process
+
+
+def get_backend(device: str = "auto") -> Backend:
+    """The backend for --device: "cpu", "cuda" (ConfigError without a GPU) or "auto"."""
+    if device not in DEVICES:
+        raise ConfigError(f"unknown device {device!r}; expected one of {', '.join(DEVICES)}")
+    if device == "cpu":
+        return _cpu_backend()
+    from ..device import cuda_status, simulator_enabled
+
+    usable, detail = cuda_status()
+    if device == "cuda":
+        if not usable:
+            raise ConfigError(f"--device cuda: {detail}; use --device cpu (or auto)")
+        return _cuda_backend(detail)
+    if usable and not simulator_enabled():
+        return _cuda_backend(detail)
+    reason = detail if not usable else "only the CUDA simulator is available"
+    _note_fallback(reason)
+    return _cpu_backend(fallback=reason)
+
+
+def _note_fallback(reason: str) -> None:
+    global _fallback_noted
+    if not _fallback_noted:
+        _fallback_noted = True
+        warnings.warn(f"--device auto: {reason}; running on the CPU", FallbackWarning,
+                      stacklevel=3)
+
+
+def _cuda_backend(detail: str) -> Backend:
+    from . import cuda
+
+    return Backend("cuda", {key: getattr(cuda, key) for key in KERNELS + ARRAYS}, detail)
+
+
+def _cpu_backend(fallback: str | None = None) -> Backend:
+    from . import cpu, cpu_csr
+
+    functions = {key: getattr(cpu_csr if key.startswith("csr_") else cpu, key)
+                 for key in _NUMBA_KERNELS}
+    functions.update(gemm=_cpu_gemm, col_sum=_cpu_col_sum, fill=_cpu_fill, empty=np.empty,
+                     zeros=np.zeros, to_device=np.ascontiguousarray, to_host=np.asarray)
+    return Backend("cpu", functions, "NumPy + Numba", fallback)
+
+
+def _cpu_gemm(a, b, out, accumulate=False, trans_a=False, trans_b=False):
+    """kernels.cuda.gemm's signature on dense.gemm (transposes are free views on the CPU)."""
+    from ..dense import gemm
+
+    return gemm(a.T if trans_a else a, b.T if trans_b else b, out, accumulate)
+
+
+def _cpu_col_sum(a, out, accumulate=False) -> None:
+    """out (V,) = a (N, V).sum(axis=0), or += when accumulate."""
+    if accumulate:
+        out += a.sum(axis=0)
+    else:
+        np.sum(a, axis=0, out=out)
+
+
+def _cpu_fill(a, value) -> None:
+    a.fill(value)
