@@ -35,15 +35,30 @@ def fail(message: str, code: int = 1):
 
 
 def run_guarded(fn, *args, **kwargs):
-    """Run a command body; a user mistake (SparseLMError) becomes one line on stderr, exit 1."""
+    """Run a command body; a user mistake (SparseLMError) becomes one line on stderr, exit 1.
+
+    So do the environment's failures that no module turned into one (an OSError from a file
+    we write, memory for an absurd size): one line naming the file or the size. Anything else
+    is a bug and keeps its traceback.
+    """
     from .errors import SparseLMError
     try:
         return fn(*args, **kwargs)
     except SparseLMError as exc:
         code = getattr(exc, "exit_code", 1)
-        fail(str(exc), code)
+        fail(one_line(str(exc)), code)
     except KeyboardInterrupt:
         fail("interrupted", 130)
+    except MemoryError as exc:
+        fail(one_line(f"out of memory: {exc or 'try smaller sizes'}"))
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        fail(one_line(f"{where}{exc.strerror or exc}"))
+
+
+def one_line(text: str) -> str:
+    """Messages carry paths and words from files: keep them to one line whatever they hold."""
+    return " ".join(text.split())
 
 
 # (flag, config field, type, help). Every training hyper-parameter is a flag; unset flags keep the
@@ -222,6 +237,116 @@ def plot_curves(runs, out):
         from .plots import plot_curves as draw
         path = draw([Path(r) for r in runs], Path(out))
         click.echo(f"wrote {path}")
+    run_guarded(body)
+
+
+# -- grids of runs: the study's experiments and explicit sweeps ----------------------------------
+def grid_options(fn):
+    """Options shared by `experiment` and `sweep`."""
+    options = [
+        click.option("--out", default=None, help="Grid folder: one run folder per run, plus "
+                     "results.csv, results.md, curves.png."),
+        click.option("--data", default=None, help="Corpus folder (default $SPARSELM_DATA, then "
+                     "./data/ptb); Dask workers must see it at the same path."),
+        click.option("--jobs", type=click.IntRange(1), default=1, show_default=True,
+                     help="Runs trained at once, in local processes."),
+        click.option("--scheduler", default=None, metavar="ADDRESS",
+                     help="Submit each run to this Dask scheduler (tcp://host:8786) instead."),
+        click.option("--threads", type=int, default=None,
+                     help="Threads per run (default: all cores / --jobs)."),
+        click.option("--max-steps", type=click.IntRange(0), default=None,
+                     help="Stop every run after N steps (smoke runs; rerun without it to finish)."),
+        click.option("--epochs", type=click.IntRange(1), default=None,
+                     help="Epochs per run (default: the scale's or preset's)."),
+        click.option("--only", default=None, help="Only the runs whose name contains this text."),
+        click.option("--dry-run", is_flag=True,
+                     help="List the runs and their state; train nothing."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def run_grid_command(specs, out, title, data, jobs, scheduler, threads, only, dry_run):
+    """Run (or list) the specs under out, then write the results table and curves."""
+    from .experiments import run_grid, run_status, write_results
+    specs = [s for s in specs if not only or only in s.name]
+    out = Path(out)
+    if dry_run:
+        for spec in specs:
+            click.echo(f"{run_status(out / spec.name):>8}  {spec.name}  {json.dumps(spec.config)}")
+        return
+    if jobs == 1 and not scheduler:
+        set_threads(threads)
+    click.echo(f"{len(specs)} runs -> {out}", err=True)
+    results = run_grid(specs, out, data_dir(data), jobs, scheduler, threads or 0,
+                       report=lambda line: click.echo(line, err=True))
+    paths = write_results(specs, out, data_dir(data), title)
+    click.echo(f"wrote {paths['csv']}, {paths['md']}" + (f", {paths['png']}" if paths["png"]
+                                                         else ""))
+    failed = [r["name"] for r in results if r["action"] in ("failed", "interrupted")]
+    if failed:
+        fail(f"{len(failed)} run(s) did not finish: {', '.join(failed)}")
+
+
+@main.command()
+@click.argument("name", type=click.Choice(["exp1", "exp2"]))
+@click.option("--scale", type=click.Choice(["cpu", "study", "smoke"]), default="cpu",
+              show_default=True, help="study: the paper's sizes (GPU/cluster); cpu: H and E / 10, "
+              "densities x 10 (same fan-ins), <= 3 h on 2 cores; smoke: seconds.")
+@grid_options
+def experiment(name, scale, out, data, jobs, scheduler, threads, max_steps, epochs, only,
+               dry_run):
+    """Run the study's experiment 1 (fixed H) or 2 (fixed gate non-zeros) as a resumable grid."""
+    def body():
+        from .experiments import experiment_runs
+        specs = experiment_runs(name, scale, epochs, max_steps)
+        folder = out or f"experiments/{name}-{scale}"
+        run_grid_command(specs, folder, f"{name}, scale {scale}", data, jobs, scheduler, threads,
+                         only, dry_run)
+    run_guarded(body)
+
+
+def parse_settings(settings) -> dict:
+    """("hidden=100,200", "sparsity=0.01") -> {"hidden": [100, 200], "sparsity": [0.01]},
+    each value converted to its TrainConfig field's type."""
+    import dataclasses
+
+    from .config import TrainConfig
+    from .errors import ConfigError
+    kinds = {f.name: type(f.default) for f in dataclasses.fields(TrainConfig)
+             if isinstance(f.default, (int, float, str)) and f.name != "preset"}
+    grid = {}
+    for text in settings:
+        key, sep, values = text.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in kinds:
+            raise ConfigError(f"--set {text!r}: expected FIELD=V1,V2,... with FIELD one of "
+                              f"{', '.join(sorted(kinds))}")
+        try:
+            grid[key] = [kinds[key](v.strip()) for v in values.split(",")]
+        except ValueError:
+            raise ConfigError(f"--set {text!r}: values of {key} must be {kinds[key].__name__}"
+                              ) from None
+    return grid
+
+
+@main.command()
+@click.option("--preset", default="small", show_default=True,
+              type=click.Choice(["teach", "small", "medium", "large", "study"]),
+              help="Configuration every run starts from.")
+@click.option("--set", "settings", multiple=True, metavar="FIELD=V1,V2,...",
+              help="A config field and its values; several --set make a cartesian grid.")
+@grid_options
+def sweep(preset, settings, out, data, jobs, scheduler, threads, max_steps, epochs, only,
+          dry_run):
+    """Train every combination of the --set values (resumable, with a results table)."""
+    def body():
+        from .experiments import sweep_runs
+        fixed = {k: v for k, v in (("max_steps", max_steps), ("epochs", epochs)) if v}
+        specs = sweep_runs(preset, parse_settings(settings), fixed)
+        run_grid_command(specs, out or f"experiments/sweep-{preset}", f"sweep over {preset}",
+                         data, jobs, scheduler, threads, only, dry_run)
     run_guarded(body)
 
 

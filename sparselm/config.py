@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 from dataclasses import dataclass, field
 
 from .errors import ConfigError
@@ -92,7 +93,11 @@ class TrainConfig:
             raise ConfigError(f"unknown configuration keys: {', '.join(unknown)}")
         d = dict(d)
         if "halving_epochs" in d:
-            d["halving_epochs"] = tuple(int(e) for e in d["halving_epochs"])
+            try:
+                d["halving_epochs"] = tuple(int(e) for e in d["halving_epochs"])
+            except (TypeError, ValueError):
+                raise ConfigError(f"halving_epochs must be a list of integers, got "
+                                  f"{d['halving_epochs']!r:.60}") from None
         return validate(cls(**d))
 
     def to_json(self) -> str:
@@ -128,6 +133,7 @@ def make_config(preset: str = "small", **overrides) -> TrainConfig:
 
 def validate(cfg: TrainConfig) -> TrainConfig:
     """Raise ConfigError with a one-line message for any out-of-range or inconsistent field."""
+    _check_types(cfg)
     for name, allowed in CHOICES.items():
         if getattr(cfg, name) not in allowed:
             raise ConfigError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
@@ -142,8 +148,11 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"--dropout must be in [0, 1), got {cfg.dropout}")
     checks = [
         (cfg.lr > 0 and math.isfinite(cfg.lr), f"--lr must be a positive number, got {cfg.lr}"),
-        (cfg.init_scale > 0, f"--init-scale must be > 0, got {cfg.init_scale}"),
-        (cfg.clip >= 0, f"--clip must be >= 0 (0 disables), got {cfg.clip}"),
+        (0 < cfg.init_scale < math.inf, f"--init-scale must be a positive number, got "
+         f"{cfg.init_scale}"),
+        (0 <= cfg.clip < math.inf, f"--clip must be a number >= 0 (0 disables), got {cfg.clip}"),
+        (0 < cfg.eps < math.inf, f"Adam eps must be a positive number, got {cfg.eps}"),
+        (cfg.seed >= 0, f"--seed must be >= 0, got {cfg.seed}"),
         (0 <= cfg.momentum < 1, f"--momentum must be in [0, 1), got {cfg.momentum}"),
         (0 < cfg.decay_rate <= 1, f"--decay-rate must be in (0, 1], got {cfg.decay_rate}"),
         (cfg.decay_start >= 0, f"--decay-start must be >= 0, got {cfg.decay_start}"),
@@ -162,3 +171,21 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         if side * side != cfg.hidden:
             raise ConfigError(f"--output factorized needs a square --hidden, got {cfg.hidden}")
     return cfg
+
+
+# Field kinds by annotation: a config read back from a (possibly damaged) checkpoint must fail
+# here with a message, not later with a TypeError deep in the model.
+_KINDS = {"int": (numbers.Integral, "an integer"), "float": (numbers.Real, "a number"),
+          "str": (str, "a string"), "dict": (dict, "a JSON object"),
+          "tuple": (tuple, "a list of integers")}
+
+
+def _check_types(cfg: TrainConfig) -> None:
+    for f in dataclasses.fields(cfg):
+        kind, what = _KINDS[f.type]
+        value = getattr(cfg, f.name)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ConfigError(f"{f.name} must be {what}, got {value!r:.60}")
+    if not all(isinstance(e, numbers.Integral) for e in cfg.halving_epochs):
+        raise ConfigError(f"halving_epochs must be a list of integers, got "
+                          f"{cfg.halving_epochs!r:.60}")

@@ -1,7 +1,8 @@
 """Parameter counts: per-matrix shape, non-zeros and density, and the totals of the study's Table 1.
 
 "gate non-zeros" counts the gate weights' stored entries plus the gate biases, as the study did;
-"dense-equivalent" is what the same gates would hold at density 1.
+"dense-equivalent" is what the same gates would hold at density 1. "softmax" is the whole output
+layer: softmax.weight + bias, or with --output factorized its row/column weights + bias.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import numpy as np
 
 from .config import TrainConfig
 from .model import build_patterns, gate_names, gate_shape
+from .output import output_shapes
 
 
 def _matrix_rows(shapes: dict, patterns: dict) -> list[dict]:
@@ -29,7 +31,7 @@ def _totals(rows: list[dict]) -> dict:
         "gate_nonzeros": sum(r["nnz"] for r in gates),
         "gate_dense_equivalent": sum(int(np.prod(r["shape"])) for r in gates),
         "embedding": by["embedding.weight"]["nnz"],
-        "softmax": by["softmax.weight"]["nnz"] + by["softmax.bias"]["nnz"],
+        "softmax": sum(r["nnz"] for r in rows if r["name"].startswith("softmax.")),
         "total_parameters": sum(r["nnz"] for r in rows),
         "dense_equivalent_total": sum(int(np.prod(r["shape"])) for r in rows),
     }
@@ -43,11 +45,11 @@ def count_from_config(cfg: TrainConfig, vocab_size: int) -> dict:
         for name in list(gate_names(cfg.layers))[2 * layer: 2 * layer + 2]:
             shapes[name] = gate_shape(cfg, name)
         shapes[f"lstm.{layer}.bias"] = (4 * cfg.hidden,)
-    shapes["softmax.weight"] = (vocab_size, cfg.hidden)
-    shapes["softmax.bias"] = (vocab_size,)
+    shapes.update(output_shapes(cfg.output, cfg.hidden, vocab_size))
     rows = _matrix_rows(shapes, patterns)
     return {"config": {"hidden": cfg.hidden, "emb": cfg.emb, "layers": cfg.layers,
-                       "sparsity": cfg.sparsity, "mask": cfg.mask, "vocab": vocab_size},
+                       "sparsity": cfg.sparsity, "mask": cfg.mask, "output": cfg.output,
+                       "vocab": vocab_size},
             "matrices": rows, "totals": _totals(rows)}
 
 
@@ -58,7 +60,8 @@ def count_from_checkpoint(path) -> dict:
               for name, arr in ckpt.params.items()}
     rows = _matrix_rows(shapes, ckpt.patterns)
     cfg = ckpt.config
-    return {"config": {k: cfg.get(k) for k in ("hidden", "emb", "layers", "sparsity", "mask")}
+    return {"config": {k: cfg.get(k) for k in ("hidden", "emb", "layers", "sparsity", "mask",
+                                                "output")}
             | {"vocab": len(ckpt.vocab)}, "matrices": rows, "totals": _totals(rows)}
 
 
@@ -68,12 +71,14 @@ def format_counts(counts: dict) -> str:
         shape = "x".join(str(d) for d in r["shape"])
         lines.append(f"{r['name']:<20} {shape:>14} {r['nnz']:>14,} {r['density']:>9.4%}")
     t = counts["totals"]
+    factorized = any(r["name"] == "softmax.row_weight" for r in counts["matrices"])
+    label = "factorised output (A, B, bias):" if factorized else "softmax (weight + bias):"
     lines += ["",
               f"gate non-zeros (weights + biases): {t['gate_nonzeros']:>14,}"
               f"  (~{t['gate_nonzeros'] / 1000:,.0f}k)",
               f"gate dense-equivalent:             {t['gate_dense_equivalent']:>14,}",
               f"embedding:                         {t['embedding']:>14,}",
-              f"softmax (weight + bias):           {t['softmax']:>14,}",
+              f"{label:<35}{t['softmax']:>14,}",
               f"total parameters:                  {t['total_parameters']:>14,}",
               f"dense-equivalent total:            {t['dense_equivalent_total']:>14,}"]
     return "\n".join(lines)

@@ -17,7 +17,7 @@ exactly how many they predicted, so perplexity = exp(sum of NLL / number of pred
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +54,9 @@ def read_lines(path: Path) -> list[list[str]]:
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise DataError(f"{path}, line {line}: not valid UTF-8 (byte offset {exc.start})") from None
+    if "\0" in text:                 # no text corpus has one, and a checkpoint cannot store it
+        line = text[: text.index("\0")].count("\n") + 1
+        raise DataError(f"{path}, line {line}: contains a NUL character; is it a text file?")
     lines = [line.split() for line in text.splitlines()]
     lines = [tokens for tokens in lines if tokens]
     if not lines:
@@ -100,10 +103,11 @@ class Vocabulary:
 
 @dataclass
 class Corpus:
-    """A vocabulary and the encoded lines of each split that was loaded."""
+    """A vocabulary and the encoded lines of each split that was loaded (paths: for messages)."""
 
     vocab: Vocabulary
     lines: dict[str, list[np.ndarray]]
+    paths: dict[str, Path] = field(default_factory=dict)
 
     def stream(self, split: str) -> np.ndarray:
         """All ids of a split as one stream: (N,) int32."""
@@ -121,7 +125,7 @@ def load_corpus(data_dir, splits=SPLITS, vocab: Vocabulary | None = None) -> Cor
         train = tokens["train"] if "train" in tokens else read_lines(paths["train"])
         vocab = Vocabulary.from_lines(train)
     lines = {split: vocab.encode_lines(tokens[split], paths[split]) for split in splits}
-    return Corpus(vocab, lines)
+    return Corpus(vocab, lines, {split: paths[split] for split in splits})
 
 
 @dataclass
@@ -207,7 +211,11 @@ class SentenceBatcher:
 
 def make_batcher(corpus: Corpus, split: str, batching: str, batch_size: int, bptt: int,
                  seed: int = 0, train: bool = True):
-    """The batcher of one split for the configured batching."""
+    """The batcher of one split for the configured batching; a DataError names the split's file."""
     if batching == "stream":
-        return StreamBatcher(corpus.stream(split), batch_size, bptt, drop_last=train)
+        try:
+            return StreamBatcher(corpus.stream(split), batch_size, bptt, drop_last=train)
+        except DataError as exc:
+            where = corpus.paths.get(split, f"the {split} split")
+            raise DataError(f"{where}: {exc}") from None
     return SentenceBatcher(corpus.lines[split], batch_size, corpus.vocab.eos, seed, shuffle=train)

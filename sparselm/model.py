@@ -3,6 +3,8 @@
 Parameters (in this order, gate rows in blocks i, f, g, o):
     embedding.weight (V, E); lstm.{l}.w_x (G, I) dense or (N,) CSR values; lstm.{l}.w_h (G, H) or
     (N,); lstm.{l}.bias (G,); softmax.weight (V, H); softmax.bias (V,)   with I = E for l = 0 else H.
+With output="factorized" softmax.weight is replaced by softmax.row_weight and softmax.col_weight
+(V, S), H = S*S (see output.py).
 Dropout (Zaremba et al.) is applied to the non-recurrent connections only: the embedding output,
 between layers, and before the softmax; inverted, so evaluation needs no rescaling.
 """
@@ -19,6 +21,7 @@ from .dense import DenseMatrix
 from .kernels.cpu import embedding_backward
 from .loss import softmax_backward, softmax_forward
 from .lstm import lstm_layer_backward, lstm_layer_forward
+from .output import factorized_backward, factorized_forward, factorized_logits, output_shapes
 from .params import ParamSet
 from .workspace import Workspace
 
@@ -109,8 +112,7 @@ class LanguageModel:
                 p = self.patterns.get(name)
                 shapes[name] = (len(p.indices),) if p is not None else self.gate_shape(name)
             shapes[f"lstm.{layer}.bias"] = (4 * c.hidden,)
-        shapes["softmax.weight"] = (nv, c.hidden)
-        shapes["softmax.bias"] = (nv,)
+        shapes.update(output_shapes(c.output, c.hidden, nv))
         return shapes
 
     def _init_values(self, rng) -> None:
@@ -150,8 +152,14 @@ class LanguageModel:
         x, new_state, masks, layer_caches = self.hidden_forward(batch.inputs, state, rng, train)
         row_w = self._row_weights(batch)
         targets = batch.targets.reshape(n)
-        nll, out_cache = softmax_forward(x.reshape(n, self.cfg.hidden), p["softmax.weight"],
-                                         p["softmax.bias"], targets, row_w, self.ws, grad=train)
+        if self.cfg.output == "factorized":
+            nll, out_cache = factorized_forward(
+                x.reshape(n, self.cfg.hidden), p["softmax.row_weight"], p["softmax.col_weight"],
+                p["softmax.bias"], targets, row_w, self.ws, grad=train)
+        else:
+            nll, out_cache = softmax_forward(x.reshape(n, self.cfg.hidden), p["softmax.weight"],
+                                             p["softmax.bias"], targets, row_w, self.ws,
+                                             grad=train)
         real = nll if batch.mask is None else nll * batch.mask.reshape(n)
         cache = (batch, masks, layer_caches, out_cache) if train else None
         return ForwardResult(float(np.dot(nll, row_w)), float(real.sum()), batch.n_tokens,
@@ -186,6 +194,10 @@ class LanguageModel:
         """Next-word logits (no dropout). inputs: (T, B) int32 -> (T*B, V) float, new state."""
         top, new_state, _, _ = self.hidden_forward(inputs, state)
         flat = top.reshape(-1, self.cfg.hidden)
+        if self.cfg.output == "factorized":
+            p = self.params
+            return factorized_logits(flat, p["softmax.row_weight"], p["softmax.col_weight"],
+                                     p["softmax.bias"]), new_state
         return flat @ self.params["softmax.weight"].T + self.params["softmax.bias"], new_state
 
     def _dropout(self, x, rate, rng, masks, name):
@@ -223,8 +235,14 @@ class LanguageModel:
         c, p, g, ws = self.cfg, self.params, self.grads, self.ws
         g.flat.fill(0)
         steps, nb = batch.inputs.shape
-        d = softmax_backward(out_cache, p["softmax.weight"], g["softmax.weight"],
-                             g["softmax.bias"], ws).reshape(steps, nb, c.hidden)
+        if c.output == "factorized":
+            d = factorized_backward(out_cache, p["softmax.row_weight"], p["softmax.col_weight"],
+                                    g["softmax.row_weight"], g["softmax.col_weight"],
+                                    g["softmax.bias"], ws)
+        else:
+            d = softmax_backward(out_cache, p["softmax.weight"], g["softmax.weight"],
+                                 g["softmax.bias"], ws)
+        d = d.reshape(steps, nb, c.hidden)
         state_grads = [None] * c.layers
         for layer in range(c.layers - 1, -1, -1):
             if masks:

@@ -107,3 +107,14 @@ def test_sparse(density):
 
 def test_sparse_uniform_mask():
     run_gradient_check(tiny_model(sparsity=0.3, mask="uniform"), masked=True, seed=4)
+
+
+@pytest.mark.parametrize("reduction", ["batch", "token"])
+def test_factorized_output(reduction):
+    # H = 4 = 2 x 2: the output layer sees h through its 2 row sums and 2 column sums.
+    run_gradient_check(tiny_model(output="factorized", loss_reduction=reduction, dropout=0.2),
+                       masked=True, seed=5)
+
+
+def test_factorized_output_sparse_gates():
+    run_gradient_check(tiny_model(output="factorized", sparsity=0.3), seed=7)

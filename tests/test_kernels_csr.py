@@ -4,6 +4,11 @@ Every test runs once per backend in BACKENDS. A CUDA backend is added by appendi
 teaching `to_backend` / `to_host` to move arrays (numba.cuda.to_device / copy_to_host).
 """
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -102,7 +107,7 @@ def test_random_shapes(backend, dtype, shape):
 def test_accumulate(backend, dtype):
     rng = np.random.default_rng(7)
     w = csr_random(150, 40, 0.1, rng, mask="uniform", dtype=dtype)
-    for m in (1, 20, 70):
+    for m in (1, 20, 70, 300):
         check_all(w, m, backend, rng, accumulate=True)
 
 
@@ -196,3 +201,14 @@ def test_kernels_directly():
     grad = np.empty(w.nnz)
     cpu_csr.csr_sddmm(w.indices, w.indptr, dy, x, grad, False)
     assert_close(grad, naive.csr_sddmm_ref(w.indices, w.indptr, w.shape, dy, x), np.float64)
+
+
+def test_bench_quick_smoke():
+    """scripts/bench_kernels.py --quick runs end to end (a few seconds once kernels are cached)."""
+    script = Path(__file__).resolve().parent.parent / "scripts" / "bench_kernels.py"
+    res = subprocess.run([sys.executable, str(script), "--quick", "--reps", "1", "--target-ms",
+                          "0.2", "--threads", "1"], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    assert summary["benchmark"] == "csr_kernels" and summary["points"] == 2
+    assert set(summary["worst_point_per_op"]) == {"matmul", "matmul_t", "sddmm"}

@@ -6,8 +6,8 @@ index arrays int32. `sparselm.csr.CSRMatrix` validates and calls these.
 Layout. Activations arrive batch-major, x (M, C). The fast loop is an axpy over the batch,
 out[:, r] += w * x[:, col], which vectorises only if the M values of one column are contiguous.
 Each call therefore first copies its dense operand transposed, xt (C, Mp) with Mp = M rounded up
-to a whole SIMD register (L lanes: 16 float32, 8 float64) and zero padding; that costs M*C moves
-against 2*N*M flops. Rows of the result are built L at a time in a tile (L, Mp) and written back
+to a whole SIMD register (L lanes: 16 float32, 8 float64); that costs M*C moves against 2*N*M
+flops. Rows of the result are built L at a time in a tile (L, Mp) and written back
 transposed into out (M, R).
 
 Explicit SIMD. The inner loops are LLVM vector code emitted through Numba intrinsics rather
@@ -37,18 +37,30 @@ _VEC_BYTES = 64  # one AVX-512 register
 # Row ranges per call: several per thread so work-stealing absorbs uneven rows and noisy cores.
 # A constant, because numba.get_num_threads() inside a kernel defeats the on-disk cache.
 _MAX_TASKS = 32
-_SMALL_WORK = 1 << 16  # below this many multiply-adds a call runs on one thread (no launch)
+_SMALL_WORK = 1 << 16  # below this many multiply-adds and moves a call runs on one thread
 
 # ---------------------------------------------------------------------------------------------
-# explicit SIMD: intrinsics on flat offsets into C-contiguous arrays, no bounds checks
+# explicit SIMD: intrinsics on flat element offsets into C-contiguous arrays. They do no bounds
+# checks; callers pass valid patterns (CSRMatrix validates them once).
+
+_I32 = ir.IntType(32)
 
 
 def _vec_type(context, dtype):
     return ir.VectorType(context.get_value_type(dtype), _VEC_BYTES // (dtype.bitwidth // 8))
 
 
-def _data(context, builder, arr_type, arr):
-    return context.make_array(arr_type)(context, builder, arr).data
+def _data(context, builder, sig, args, i):
+    """Data pointer of array argument i."""
+    return context.make_array(sig.args[i])(context, builder, args[i]).data
+
+
+def _plus(builder, value, n):
+    return builder.add(value, ir.Constant(value.type, n))
+
+
+def _times(builder, value, n):
+    return builder.mul(value, ir.Constant(value.type, n))
 
 
 def _vec_ptr(builder, base, offset, vty):
@@ -67,10 +79,13 @@ def _store(builder, value, base, offset, vty):
     builder.store(value, _vec_ptr(builder, base, offset, vty), align=_align(vty))
 
 
+def _shuffle(builder, a, b, lanes):
+    return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(_I32, len(lanes)), lanes))
+
+
 def _splat(builder, value, vty):
-    one = builder.insert_element(ir.Constant(vty, ir.Undefined), value, ir.Constant(ir.IntType(32), 0))
-    zeros = ir.Constant(ir.VectorType(ir.IntType(32), vty.count), [0] * vty.count)
-    return builder.shuffle_vector(one, ir.Constant(vty, ir.Undefined), zeros)
+    one = builder.insert_element(ir.Constant(vty, ir.Undefined), value, ir.Constant(_I32, 0))
+    return _shuffle(builder, one, one, [0] * vty.count)
 
 
 def _fma(builder, a, b, c):
@@ -82,43 +97,60 @@ def _fma(builder, a, b, c):
     return builder.call(fn, [a, b, c])
 
 
-def _idx(builder, value):
-    return builder.sext(value, ir.IntType(64)) if value.type.width < 64 else value
+def _stride0(context, builder, sig, args, i):
+    """Elements between rows of the 2-D C-contiguous array argument i."""
+    arr = context.make_array(sig.args[i])(context, builder, args[i])
+    return cgutils.unpack_tuple(builder, arr.shape, 2)[1]
+
+
+def _load_index(builder, base, k):
+    """int32 base[k] widened to the 64-bit offsets used everywhere else."""
+    return builder.sext(builder.load(builder.gep(base, [k])), ir.IntType(64))
 
 
 def _make_rows_kernel(n_regs):
-    """Intrinsic rows(dst, d_off, vals, cols, lo, hi, src, s_stride, s_off).
+    """Intrinsic rows(dst, d_off, vals, perm, cols, ptr, r0, n_rows, src, s_off).
 
-    For l < n_regs * L: dst.flat[d_off + l] = sum_{k=lo}^{hi-1} vals[k] * src.flat[cols[k] *
-    s_stride + s_off + l]. One row of W times n_regs registers of the transposed operand, the
-    accumulators held in registers across all entries of the row.
+    For each row r = r0 + i of a CSR matrix (vals, cols, ptr), i < n_rows, and l < n_regs * L:
+    dst[i, d_off + l] = sum_{k=ptr[r]}^{ptr[r+1]-1} v_k * src[cols[k], s_off + l], with
+    v_k = vals[k], or vals[perm[k]] when perm is an array (W^T's values read in place from
+    W's, no permuted copy). dst (n_rows or more, Mp) and src (S, Mp) are C-contiguous. The
+    n_regs accumulators stay in registers across all entries of a row.
     """
 
     @intrinsic
-    def rows(typingctx, dst, d_off, vals, cols, lo, hi, src, s_stride, s_off):
-        sig = types.void(dst, types.intp, vals, cols, types.intp, types.intp, src, types.intp,
-                         types.intp)
+    def rows(typingctx, dst, d_off, vals, perm, cols, ptr, r0, n_rows, src, s_off):
+        i = types.intp
+        direct = isinstance(perm, types.NoneType)
 
         def codegen(context, builder, sig, args):
             vty = _vec_type(context, sig.args[0].dtype)
-            pd, pv, pc, ps = (_data(context, builder, sig.args[i], args[i]) for i in (0, 2, 3, 6))
-            d_off, lo, hi, stride, s_off = args[1], args[4], args[5], args[7], args[8]
-            accs = [cgutils.alloca_once_value(builder, ir.Constant(vty, None))
-                    for _ in range(n_regs)]
-            with cgutils.for_range(builder, builder.sub(hi, lo)) as loop:
-                k = builder.add(lo, loop.index)
-                v = _splat(builder, builder.load(builder.gep(pv, [k])), vty)
-                col = _idx(builder, builder.load(builder.gep(pc, [k])))
-                base = builder.add(builder.mul(col, stride), s_off)
+            pd, pv, pc, pr, ps = (_data(context, builder, sig, args, j) for j in (0, 2, 4, 5, 8))
+            pp = None if direct else _data(context, builder, sig, args, 3)
+            d_off, r0, n_rows, s_off = (args[j] for j in (1, 6, 7, 9))
+            d_stride = _stride0(context, builder, sig, args, 0)
+            s_stride = _stride0(context, builder, sig, args, 8)
+            zero = ir.Constant(vty, None)
+            accs = [cgutils.alloca_once_value(builder, zero) for _ in range(n_regs)]
+            with cgutils.for_range(builder, n_rows) as row:
+                r = builder.add(r0, row.index)
+                lo, hi = _load_index(builder, pr, r), _load_index(builder, pr, _plus(builder, r, 1))
+                for acc in accs:
+                    builder.store(zero, acc)
+                with cgutils.for_range(builder, builder.sub(hi, lo)) as loop:
+                    k = builder.add(lo, loop.index)
+                    kv = k if direct else _load_index(builder, pp, k)
+                    v = _splat(builder, builder.load(builder.gep(pv, [kv])), vty)
+                    base = builder.add(builder.mul(_load_index(builder, pc, k), s_stride), s_off)
+                    for g, acc in enumerate(accs):
+                        x = _load(builder, ps, _plus(builder, base, g * vty.count), vty)
+                        builder.store(_fma(builder, v, x, builder.load(acc)), acc)
+                out = builder.add(builder.mul(row.index, d_stride), d_off)
                 for g, acc in enumerate(accs):
-                    x = _load(builder, ps, builder.add(base, ir.Constant(base.type, g * vty.count)), vty)
-                    builder.store(_fma(builder, v, x, builder.load(acc)), acc)
-            for g, acc in enumerate(accs):
-                off = builder.add(d_off, ir.Constant(d_off.type, g * vty.count))
-                _store(builder, builder.load(acc), pd, off, vty)
+                    _store(builder, builder.load(acc), pd, _plus(builder, out, g * vty.count), vty)
             return context.get_dummy_value()
 
-        return sig, codegen
+        return types.void(dst, i, vals, perm, cols, ptr, i, i, src, i), codegen
 
     return rows
 
@@ -131,21 +163,21 @@ def _hsum(builder, v):
     n = v.type.count
     while n > 1:
         n //= 2
-        lo = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(ir.IntType(32), n), list(range(n))))
-        hi = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(ir.IntType(32), n),
-                                                      list(range(n, 2 * n))))
-        v = builder.fadd(lo, hi)
-    return builder.extract_element(v, ir.Constant(ir.IntType(32), 0))
+        v = builder.fadd(_shuffle(builder, v, v, list(range(n))),
+                         _shuffle(builder, v, v, list(range(n, 2 * n))))
+    return builder.extract_element(v, ir.Constant(_I32, 0))
 
 
 def _dots_codegen(n_dots):
+    """Codegen of the _dot intrinsics; args: a, a_off, b, b_off_0 .. b_off_{n-1}, n_vecs."""
+
     def codegen(context, builder, sig, args):
         vty = _vec_type(context, sig.args[0].dtype)
-        pa, pb = (_data(context, builder, sig.args[i], args[i]) for i in (0, 2))
+        pa, pb = _data(context, builder, sig, args, 0), _data(context, builder, sig, args, 2)
         a_off, b_offs, n_vecs = args[1], args[3:3 + n_dots], args[3 + n_dots]
         accs = [cgutils.alloca_once_value(builder, ir.Constant(vty, None)) for _ in b_offs]
         with cgutils.for_range(builder, n_vecs) as loop:
-            step = builder.mul(loop.index, ir.Constant(n_vecs.type, vty.count))
+            step = _times(builder, loop.index, vty.count)
             av = _load(builder, pa, builder.add(a_off, step), vty)
             for acc, b_off in zip(accs, b_offs):
                 bv = _load(builder, pb, builder.add(b_off, step), vty)
@@ -170,44 +202,38 @@ def _dot4(typingctx, a, a_off, b, b_off0, b_off1, b_off2, b_off3, n_vecs):
     return types.UniTuple(a.dtype, 4)(a, i, b, i, i, i, i, i), _dots_codegen(4)
 
 
-
-
 def _make_transpose_kernel(add):
     """Intrinsic block(src, s_off, s_stride, dst, d_off, d_stride): one L x L block.
 
     dst.flat[d_off + j*d_stride + i] (+)= src.flat[s_off + i*s_stride + j] for i, j < L. The
-    block is transposed in registers by log2(L) perfect shuffles: after each, row 2i is the
+    block is transposed in registers by log2(L) perfect shuffles: after each, row 2i holds the
     interleaved first halves of rows i and i + L/2, row 2i+1 their second halves.
     """
 
     @intrinsic
     def block(typingctx, src, s_off, s_stride, dst, d_off, d_stride):
-        sig = types.void(src, types.intp, types.intp, dst, types.intp, types.intp)
+        i = types.intp
 
         def codegen(context, builder, sig, args):
             vty = _vec_type(context, sig.args[0].dtype)
             n = vty.count
-            ps, pd = _data(context, builder, sig.args[0], args[0]), _data(context, builder, sig.args[3], args[3])
+            ps, pd = _data(context, builder, sig, args, 0), _data(context, builder, sig, args, 3)
             s_off, s_stride, d_off, d_stride = args[1], args[2], args[4], args[5]
-            rows = [_load(builder, ps, builder.add(s_off, builder.mul(s_stride, ir.Constant(s_stride.type, i))), vty)
-                    for i in range(n)]
-            mask_ty = ir.VectorType(ir.IntType(32), n)
-            lo = ir.Constant(mask_ty, [k for j in range(n // 2) for k in (j, n + j)])
-            hi = ir.Constant(mask_ty, [k for j in range(n // 2, n) for k in (j, n + j)])
+            rows = [_load(builder, ps, builder.add(s_off, _times(builder, s_stride, r)), vty)
+                    for r in range(n)]
+            lo = [k for j in range(n // 2) for k in (j, n + j)]
+            hi = [k for j in range(n // 2, n) for k in (j, n + j)]
             for _ in range(n.bit_length() - 1):
-                new = []
-                for i in range(n // 2):
-                    new += [builder.shuffle_vector(rows[i], rows[i + n // 2], lo),
-                            builder.shuffle_vector(rows[i], rows[i + n // 2], hi)]
-                rows = new
+                pairs = [(rows[r], rows[r + n // 2]) for r in range(n // 2)]
+                rows = [_shuffle(builder, a, b, m) for a, b in pairs for m in (lo, hi)]
             for j, row in enumerate(rows):
-                off = builder.add(d_off, builder.mul(d_stride, ir.Constant(d_stride.type, j)))
+                off = builder.add(d_off, _times(builder, d_stride, j))
                 if add:
                     row = builder.fadd(row, _load(builder, pd, off, vty))
                 _store(builder, row, pd, off, vty)
             return context.get_dummy_value()
 
-        return sig, codegen
+        return types.void(src, i, i, dst, i, i), codegen
 
     return block
 
@@ -217,11 +243,13 @@ _transpose_block, _transpose_block_add = _make_transpose_kernel(False), _make_tr
 
 # ---------------------------------------------------------------------------------------------
 # building blocks (serial; the public kernels run them over row ranges in parallel)
+# Helpers called once per row are inlined: a Numba call with array arguments costs ~50 ns
+# (reference counting), more than a short row's arithmetic.
 
 _TR_COLS = 64  # columns per transpose task (a multiple of L for both dtypes)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _lanes(a):
     """L, the SIMD lanes of a's dtype."""
     return _VEC_BYTES // a.itemsize
@@ -235,31 +263,35 @@ def _alloc_transposed(a):
 
 
 @njit(cache=True)
-def _transpose_cols(a, at, s0, s1):
-    """at[s, j] = a[j, s] for s0 <= s < s1, zero for M <= j < Mp. s0: a multiple of L.
+def _transpose_cols(a, at, s0, s1, row0, pad):
+    """at[s - row0, j] = a[j, s] for s0 <= s < s1; when pad, at[s - row0, j] = 0 for M <= j < Mp.
 
-    a: (M, S) float, C-contiguous; at: (S, Mp) same dtype.
+    a: (M, S) float, C-contiguous; at: (>= s1 - row0, Mp) same dtype, C-contiguous. Whole
+    L x L blocks go through register transposes; a ragged edge takes one more block shifted
+    back to end at the edge, rewriting a few values already written (with the same values).
+    Products only need the padding when lanes past M are summed (SDDMM): elsewhere those
+    lanes are computed and dropped, whatever they hold.
     """
     m, n_cols = a.shape
     mp = at.shape[1]
     lanes = _lanes(a)
-    s_full = s0 + (s1 - s0) // lanes * lanes
-    m_full = m // lanes * lanes
-    for sb in range(s0, s_full, lanes):
-        for mb in range(0, m_full, lanes):
-            _transpose_block(a, mb * n_cols + sb, n_cols, at, sb * mp + mb, mp)
-    for j in range(m_full, m):  # rows of a left over from whole blocks
-        row = a[j, s0:s_full]
-        for t in range(row.size):
-            at[s0 + t, j] = row[t]
-    for s in range(s_full, s1):  # columns of a left over
-        dst = at[s]
-        for j in range(m):
-            dst[j] = a[j, s]
-    for s in range(s0, s1):
-        pad = at[s, m:]
-        for j in range(pad.size):
-            pad[j] = 0
+    width = s1 - s0
+    if m >= lanes and width >= lanes:
+        for bs in range((width + lanes - 1) // lanes):
+            sb = s0 + min(bs * lanes, width - lanes)
+            for bm in range((m + lanes - 1) // lanes):
+                mb = min(bm * lanes, m - lanes)
+                _transpose_block(a, mb * n_cols + sb, n_cols, at, (sb - row0) * mp + mb, mp)
+    else:
+        for s in range(s0, s1):
+            dst = at[s - row0]
+            for j in range(m):
+                dst[j] = a[j, s]
+    if pad:
+        for s in range(s0, s1):
+            tail = at[s - row0, m:]
+            for j in range(tail.size):
+                tail[j] = 0
 
 
 @njit(cache=True)
@@ -289,44 +321,59 @@ def _task_bounds(indptr, step):
     return bounds
 
 
-@njit(cache=True)
-def _row_product(dst, d_off, vals, cols, lo, hi, src):
-    """dst.flat[d_off:d_off+Mp] = sum_{k=lo}^{hi-1} vals[k] * src[cols[k], :].
-
-    dst: float array, C-contiguous; vals: (N,) float; cols: (N,) int32; src: (S, Mp) float.
-    At most 4 accumulator registers per pass over the row's entries.
-    """
+@njit(cache=True, inline="always")
+def _row_passes(tile, d_off, vals, perm, cols, ptr, r0, n_rows, src):
+    """tile.flat[i*Mp + d_off + l] for i < n_rows, l < Mp - d_off: see _tile_product."""
     lanes = _lanes(src)
-    stride = src.shape[1]
-    n_regs = stride // lanes
+    n_regs = src.shape[1] // lanes
     g = 0
     while g + 4 <= n_regs:
-        _rows4(dst, d_off + g * lanes, vals, cols, lo, hi, src, stride, g * lanes)
+        _rows4(tile, d_off + g * lanes, vals, perm, cols, ptr, r0, n_rows, src, g * lanes)
         g += 4
     if g + 2 <= n_regs:
-        _rows2(dst, d_off + g * lanes, vals, cols, lo, hi, src, stride, g * lanes)
+        _rows2(tile, d_off + g * lanes, vals, perm, cols, ptr, r0, n_rows, src, g * lanes)
         g += 2
     if g < n_regs:
-        _rows1(dst, d_off + g * lanes, vals, cols, lo, hi, src, stride, g * lanes)
+        _rows1(tile, d_off + g * lanes, vals, perm, cols, ptr, r0, n_rows, src, g * lanes)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
+def _tile_product(tile, vals, perm, cols, ptr, r0, n_rows, src):
+    """tile[i, :] = sum_k v_k * src[cols[k], :] over the entries k of row r0 + i, i < n_rows.
+
+    v_k = vals[k], or vals[perm[k]] when perm is not None. tile: (L, Mp) float; vals: (N,)
+    float; perm: None or (N,) int32; cols: (N,) int32; ptr: (R+1,) int32; src: (S, Mp) float.
+    A batch of up to 4 registers takes one pass over the tile's rows. A wider one needs
+    several passes (4 registers each), made row by row so that the rows of src a row reads
+    are still in L1 for its next pass.
+    """
+    if src.shape[1] <= 4 * _lanes(src):
+        _row_passes(tile, 0, vals, perm, cols, ptr, r0, n_rows, src)
+    else:
+        for i in range(n_rows):
+            _row_passes(tile, i * src.shape[1], vals, perm, cols, ptr, r0 + i, 1, src)
+
+
+@njit(cache=True, inline="always")
 def _store_tile(tile, n_rows, out, r0, accumulate):
     """out[j, r0 + i] (+)= tile[i, j] for i < n_rows, j < M.
 
     tile: (L, Mp) float; out: (M, R) float, C-contiguous. Whole L x L blocks go through
-    register transposes; a partial block of rows, and batch rows past the last whole block,
-    element by element.
+    register transposes (when overwriting, a ragged batch edge takes one overlapping block);
+    a partial block of rows, and ragged batch rows when accumulating, go element by element.
     """
     m, n_out = out.shape
     lanes, mp = tile.shape
     start = 0
-    if n_rows == lanes:
-        start = m // lanes * lanes
-        for mb in range(0, start, lanes):
-            if accumulate:
+    if n_rows == lanes and m >= lanes:
+        if accumulate:
+            start = m // lanes * lanes
+            for mb in range(0, start, lanes):
                 _transpose_block_add(tile, mb, mp, out, mb * n_out + r0, n_out)
-            else:
+        else:
+            start = m
+            for bm in range((m + lanes - 1) // lanes):
+                mb = min(bm * lanes, m - lanes)
                 _transpose_block(tile, mb, mp, out, mb * n_out + r0, n_out)
     for j in range(start, m):
         seg = out[j, r0:r0 + n_rows]
@@ -335,49 +382,60 @@ def _store_tile(tile, n_rows, out, r0, accumulate):
 
 
 @njit(cache=True)
-def _spmm_rows(vals, cols, ptr, xt, row_lo, row_hi, out, accumulate):
-    """out[:, row_lo:row_hi] (+)= x @ A[row_lo:row_hi]^T for CSR A = (vals, cols, ptr).
+def _spmm_rows(vals, perm, cols, ptr, xt, row_lo, row_hi, out, accumulate):
+    """out[:, row_lo:row_hi] (+)= x @ A[row_lo:row_hi]^T for CSR A = (vals[perm], cols, ptr).
 
-    vals: (N,) float; cols: (N,) int32; ptr: (R+1,) int32; xt: (S, Mp) x transposed, padded;
-    out: (M, R) float, C-contiguous. row_lo: a multiple of L.
+    vals: (N,) float; perm: None (identity) or (N,) int32; cols: (N,) int32; ptr: (R+1,)
+    int32; xt: (S, Mp) x transposed, padded; out: (M, R) float, C-contiguous.
     """
     lanes = _lanes(xt)
     tile = np.empty((lanes, xt.shape[1]), dtype=xt.dtype)
     for r0 in range(row_lo, row_hi, lanes):
         n_rows = min(lanes, row_hi - r0)
-        for i in range(n_rows):
-            _row_product(tile, i * xt.shape[1], vals, cols, ptr[r0 + i], ptr[r0 + i + 1], xt)
+        _tile_product(tile, vals, perm, cols, ptr, r0, n_rows, xt)
         _store_tile(tile, n_rows, out, r0, accumulate)
 
 
 @njit(cache=True)
-def _sddmm_rows(indices, indptr, dyt, xt, row_lo, row_hi, out, accumulate):
-    """out[k] (+)= dot(dyt[row_k], xt[indices[k]]) for the entries of rows row_lo:row_hi.
+def _sddmm_rows(indices, indptr, dy, xt, row_lo, row_hi, out, accumulate):
+    """out[k] (+)= sum_m dy[m, row_k] * xt[indices[k], m] for the entries of rows row_lo:row_hi.
 
-    indices: (N,) int32; indptr: (R+1,) int32; dyt: (R, Mp) and xt: (C, Mp) transposed and
-    zero padded; out: (N,) float.
+    indices: (N,) int32; indptr: (R+1,) int32; dy: (M, R) float, C-contiguous; xt: (C, Mp)
+    x transposed and zero padded; out: (N,) float. Columns of dy are transposed L at a time
+    into a small block that stays in L1, instead of a full transposed copy of dy.
     """
+    lanes = _lanes(xt)
     mp = xt.shape[1]
-    n_vecs = mp // _lanes(xt)
-    for r in range(row_lo, row_hi):
-        lo, hi = indptr[r], indptr[r + 1]
-        cols = indices[lo:hi]
-        seg = out[lo:hi]
-        k = 0
-        while k + 4 <= cols.size:
-            sums = _dot4(dyt, r * mp, xt, cols[k] * mp, cols[k + 1] * mp, cols[k + 2] * mp,
-                         cols[k + 3] * mp, n_vecs)
-            for e in range(4):
-                seg[k + e] = seg[k + e] + sums[e] if accumulate else sums[e]
-            k += 4
-        while k < cols.size:
-            (s,) = _dot1(dyt, r * mp, xt, cols[k] * mp, n_vecs)
-            seg[k] = seg[k] + s if accumulate else s
-            k += 1
+    n_vecs = mp // lanes
+    blk = np.empty((lanes, mp), dtype=xt.dtype)
+    for r0 in range(row_lo, row_hi, lanes):
+        r1 = min(r0 + lanes, row_hi)
+        _transpose_cols(dy, blk, r0, r1, r0, True)
+        for r in range(r0, r1):
+            cols = indices[indptr[r]:indptr[r + 1]]
+            seg = out[indptr[r]:indptr[r + 1]]
+            a_off = (r - r0) * mp
+            k = 0
+            while k + 4 <= cols.size:
+                sums = _dot4(blk, a_off, xt, cols[k] * mp, cols[k + 1] * mp, cols[k + 2] * mp,
+                             cols[k + 3] * mp, n_vecs)
+                for e in range(4):
+                    seg[k + e] = seg[k + e] + sums[e] if accumulate else sums[e]
+                k += 4
+            while k < cols.size:
+                (s,) = _dot1(blk, a_off, xt, cols[k] * mp, n_vecs)
+                seg[k] = seg[k] + s if accumulate else s
+                k += 1
 
 
 # ---------------------------------------------------------------------------------------------
 # the kernels
+
+
+@njit(cache=True, inline="always")
+def _small(nnz, m, rows, cols):
+    """True when a call is too small to repay waking the thread pool (a few microseconds)."""
+    return nnz * m + m * (rows + cols) < _SMALL_WORK
 
 
 @njit(parallel=True, cache=True)
@@ -387,12 +445,18 @@ def csr_matmul(data, indices, indptr, x, out, accumulate):
     W (R, C) in CSR: data (N,) float32|float64, indices (N,) int32, indptr (R+1,) int32.
     x: (M, C) same dtype, C-contiguous; out: (M, R) same dtype, C-contiguous.
     """
+    m, cols = x.shape
+    rows = out.shape[1]
     xt = _alloc_transposed(x)
-    for t in prange(_n_col_tasks(x.shape[1])):
-        _transpose_cols(x, xt, t * _TR_COLS, min(x.shape[1], (t + 1) * _TR_COLS))
+    if _small(data.size, m, rows, cols):
+        _transpose_cols(x, xt, 0, cols, 0, False)
+        _spmm_rows(data, None, indices, indptr, xt, 0, rows, out, accumulate)
+        return
+    for t in prange(_n_col_tasks(cols)):
+        _transpose_cols(x, xt, t * _TR_COLS, min(cols, (t + 1) * _TR_COLS), 0, False)
     bounds = _task_bounds(indptr, _lanes(x))
     for t in prange(bounds.size - 1):
-        _spmm_rows(data, indices, indptr, xt, bounds[t], bounds[t + 1], out, accumulate)
+        _spmm_rows(data, None, indices, indptr, xt, bounds[t], bounds[t + 1], out, accumulate)
 
 
 @njit(parallel=True, cache=True)
@@ -403,15 +467,19 @@ def csr_matmul_t(data, t_perm, t_indices, t_indptr, dy, out, accumulate):
     and value data[t_perm[k]]. data: (N,) float32|float64; t_perm, t_indices: (N,) int32;
     t_indptr: (C+1,) int32; dy: (M, R) same dtype, C-contiguous; out: (M, C) likewise.
     """
-    t_data = np.empty(t_perm.size, dtype=data.dtype)
-    for k in prange(t_perm.size):
-        t_data[k] = data[t_perm[k]]
+    m, rows = dy.shape
+    cols = out.shape[1]
     dyt = _alloc_transposed(dy)
-    for t in prange(_n_col_tasks(dy.shape[1])):
-        _transpose_cols(dy, dyt, t * _TR_COLS, min(dy.shape[1], (t + 1) * _TR_COLS))
+    if _small(data.size, m, rows, cols):
+        _transpose_cols(dy, dyt, 0, rows, 0, False)
+        _spmm_rows(data, t_perm, t_indices, t_indptr, dyt, 0, cols, out, accumulate)
+        return
+    for t in prange(_n_col_tasks(rows)):
+        _transpose_cols(dy, dyt, t * _TR_COLS, min(rows, (t + 1) * _TR_COLS), 0, False)
     bounds = _task_bounds(t_indptr, _lanes(dy))
     for t in prange(bounds.size - 1):
-        _spmm_rows(t_data, t_indices, t_indptr, dyt, bounds[t], bounds[t + 1], out, accumulate)
+        _spmm_rows(data, t_perm, t_indices, t_indptr, dyt, bounds[t], bounds[t + 1], out,
+                   accumulate)
 
 
 @njit(parallel=True, cache=True)
@@ -422,15 +490,15 @@ def csr_sddmm(indices, indptr, dy, x, out, accumulate):
     indices: (N,) int32; indptr: (R+1,) int32; dy: (M, R) float32|float64, C-contiguous;
     x: (M, C) same dtype, C-contiguous; out: (N,) same dtype.
     """
+    m, rows = dy.shape
+    cols = x.shape[1]
     xt = _alloc_transposed(x)
-    dyt = _alloc_transposed(dy)
-    n_x = _n_col_tasks(x.shape[1])
-    for t in prange(n_x + _n_col_tasks(dy.shape[1])):
-        if t < n_x:
-            _transpose_cols(x, xt, t * _TR_COLS, min(x.shape[1], (t + 1) * _TR_COLS))
-        else:
-            s0 = (t - n_x) * _TR_COLS
-            _transpose_cols(dy, dyt, s0, min(dy.shape[1], s0 + _TR_COLS))
-    bounds = _task_bounds(indptr, 1)
+    if _small(out.size, m, rows, cols):
+        _transpose_cols(x, xt, 0, cols, 0, True)
+        _sddmm_rows(indices, indptr, dy, xt, 0, rows, out, accumulate)
+        return
+    for t in prange(_n_col_tasks(cols)):
+        _transpose_cols(x, xt, t * _TR_COLS, min(cols, (t + 1) * _TR_COLS), 0, True)
+    bounds = _task_bounds(indptr, _lanes(x))
     for t in prange(bounds.size - 1):
-        _sddmm_rows(indices, indptr, dyt, xt, bounds[t], bounds[t + 1], out, accumulate)
+        _sddmm_rows(indices, indptr, dy, xt, bounds[t], bounds[t + 1], out, accumulate)

@@ -1,0 +1,262 @@
+#!/usr/bin/env python
+"""CSR kernels vs scipy.sparse, torch.sparse and dense NumPy, side by side, in one run.
+
+    python scripts/bench_kernels.py [--quick] [--threads N] [--reps R] [--target-ms T]
+
+For each gate matrix W_h (4H, H) with a fan-in mask of density d, float32, and M batch rows:
+  matmul    out (M, 4H) = x (M, H) @ W^T        ours: CSRMatrix.matmul
+  matmul_t  out (M, H)  = dy (M, 4H) @ W         ours: CSRMatrix.matmul_t
+  sddmm     dW on the pattern of W (N values)    ours: CSRMatrix.sddmm
+Peers get their best public formulation (several are tried, the fastest kept), their own
+precomputed transpose where it helps, and are timed the same way. scipy.sparse is single-threaded
+and has no SDDMM; torch.sparse uses MKL on its own threads (sampled_addmm for the SDDMM); dense is
+NumPy's BLAS (the full dy^T x for the gradient). Time per call is the median of --reps
+repetitions, each looping the call for about --target-ms. GFLOP/s = 2 * nnz * M / time.
+
+Thread pools of different libraries that spin after their work would steal cores from the
+next library's measurement, so every measurement starts after a short sleep.
+Ends with one JSON line summarising the run.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+GRID_H = (650, 1500, 2500)
+GRID_D = (0.0005, 0.001, 0.005, 0.01, 0.05, 0.1)
+GRID_M = (20, 400)
+QUICK = ((200,), (0.01, 0.1), (20,))
+OPS = ("matmul", "matmul_t", "sddmm")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="a tiny grid for smoke tests")
+    p.add_argument("--threads", type=int, default=2, help="threads for Numba, torch and BLAS")
+    p.add_argument("--reps", type=int, default=None, help="repetitions per point (median)")
+    p.add_argument("--target-ms", type=float, default=None, help="duration of one repetition")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    args.reps = args.reps or (3 if args.quick else 7)
+    args.target_ms = args.target_ms or (1.0 if args.quick else 8.0)
+    return args
+
+
+def median_time(fn, reps, target_s):
+    """Median seconds per call of fn() over reps repetitions of ~target_s each."""
+    time.sleep(min(0.03, target_s * 3))  # let other pools' spinning threads go to sleep
+    fn()
+    n, elapsed = 1, 0.0
+    while True:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        elapsed = time.perf_counter() - t0
+        if elapsed >= target_s / 4 or n >= 1 << 16:
+            break
+        n *= 4
+    n = max(1, round(n * target_s / max(elapsed, 1e-9)))
+    samples = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        samples.append((time.perf_counter() - t0) / n)
+    return statistics.median(samples)
+
+
+def best_time(fns, reps, target_s):
+    """The fastest of several formulations of the same product (None if none given)."""
+    times = [median_time(f, reps, target_s) for f in fns]
+    return min(times) if times else None
+
+
+def peers(np, sp, torch, w, x, dy):
+    """{op: {peer: [callables]}} for one matrix; w: CSRMatrix, x (M, C), dy (M, R) float32."""
+    s = w.to_scipy()
+    st = s.T.tocsr()
+    dense = w.to_dense()
+    out = {
+        "matmul": {"scipy": [lambda: s @ x.T], "dense": [lambda: x @ dense.T]},
+        "matmul_t": {"scipy": [lambda: dy @ s, lambda: st @ dy.T], "dense": [lambda: dy @ dense]},
+        "sddmm": {"dense": [lambda: dy.T @ x]},
+    }
+    if torch is not None:
+        tw = torch.sparse_csr_tensor(torch.from_numpy(w.indptr.astype(np.int64)),
+                                     torch.from_numpy(w.indices.astype(np.int64)),
+                                     torch.from_numpy(w.data), size=w.shape)
+        twt = torch.sparse_csr_tensor(torch.from_numpy(st.indptr.astype(np.int64)),
+                                      torch.from_numpy(st.indices.astype(np.int64)),
+                                      torch.from_numpy(st.data), size=st.shape)
+        tx, tdy = torch.from_numpy(x), torch.from_numpy(dy)
+        out["matmul"]["torch"] = [lambda: torch.sparse.mm(tw, tx.T), lambda: tx @ tw.t()]
+        out["matmul_t"]["torch"] = [lambda: tdy @ tw, lambda: torch.sparse.mm(twt, tdy.T)]
+        out["sddmm"]["torch"] = [lambda: torch.sparse.sampled_addmm(tw, tdy.T, tx, beta=0.0)]
+    return out
+
+
+def ours(np, w, x, dy):
+    """{op: callable} through the public CSRMatrix methods, outputs preallocated."""
+    out = np.empty((x.shape[0], w.shape[0]), w.dtype)
+    out_t = np.empty_like(x)
+    grad = np.empty(w.nnz, w.dtype)
+    return {"matmul": lambda: w.matmul(x, out=out), "matmul_t": lambda: w.matmul_t(dy, out=out_t),
+            "sddmm": lambda: w.sddmm(dy, x, out=grad)}
+
+
+def measure(args, np, sp, torch, csr_random):
+    """Rows of results: dict(H, d, M, nnz, op, ours, scipy, torch, dense) in seconds.
+
+    Dense products do not depend on d and are timed last, once per (H, M, op): OpenBLAS
+    threads busy-wait for a long while after each call and would slow whatever runs next.
+    """
+    grid = QUICK if args.quick else (GRID_H, GRID_D, GRID_M)
+    rng = np.random.default_rng(args.seed)
+    target = args.target_ms / 1e3
+    rows, dense_fns = [], {}
+    for h in grid[0]:
+        for m in grid[2]:
+            x = rng.standard_normal((m, h)).astype(np.float32)
+            dy = rng.standard_normal((m, 4 * h)).astype(np.float32)
+            for d in grid[1]:
+                w = csr_random(4 * h, h, d, rng, mask="fanin", dtype=np.float32, scale=0.1)
+                mine, theirs = ours(np, w, x, dy), peers(np, sp, torch, w, x, dy)
+                for op in OPS:
+                    row = {"H": h, "d": d, "M": m, "nnz": w.nnz, "op": op,
+                           "ours": median_time(mine[op], args.reps, target)}
+                    for peer in ("scipy", "torch"):
+                        row[peer] = best_time(theirs[op].get(peer, []), args.reps, target)
+                    dense_fns.setdefault((h, m, op), theirs[op]["dense"])
+                    rows.append(row)
+                print(".", end="", file=sys.stderr, flush=True)
+    dense = {}
+    for key, fns in dense_fns.items():
+        time.sleep(min(0.3, target * 30))
+        dense[key] = best_time(fns, args.reps, target)
+    print(file=sys.stderr)
+    for row in rows:
+        row["dense"] = dense[(row["H"], row["M"], row["op"])]
+    return rows
+
+
+def derived(row):
+    flops = 2.0 * row["nnz"] * row["M"]
+    peer = min(t for t in (row["scipy"], row["torch"]) if t is not None)
+    return flops / row["ours"] / 1e9, peer / row["ours"], row["dense"] / row["ours"]
+
+
+def fmt_us(t):
+    return f"{t * 1e6:10.1f}" if t is not None else f"{'n/a':>10}"
+
+
+def print_header():
+    print(f"{'H':>5} {'d':>7} {'M':>4} {'nnz':>8} {'op':>9} {'ours_us':>10} {'GF/s':>6} "
+          f"{'scipy_us':>10} {'torch_us':>10} {'dense_us':>10} {'x_peer':>7} {'x_dense':>8}",
+          flush=True)
+
+
+def print_row(row):
+    gflops, x_peer, x_dense = derived(row)
+    print(f"{row['H']:5d} {row['d']:7.4f} {row['M']:4d} {row['nnz']:8d} {row['op']:>9} "
+          f"{fmt_us(row['ours'])} {gflops:6.1f} {fmt_us(row['scipy'])} {fmt_us(row['torch'])} "
+          f"{fmt_us(row['dense'])} {x_peer:7.2f} {x_dense:8.2f}", flush=True)
+
+
+def break_even(points):
+    """Density where our time equals dense time: points [(d, ours, dense)] sorted by d.
+
+    Interpolated in log-log between grid densities; beyond the grid it is extrapolated from the
+    densest point with time proportional to d (returned with a flag).
+    """
+    import math
+
+    ratios = [(d, t / td) for d, t, td in points]
+    if ratios[0][1] >= 1:
+        return ratios[0][0], "below grid"
+    for (d0, r0), (d1, r1) in zip(ratios, ratios[1:]):
+        if r1 >= 1:
+            f = -math.log(r0) / (math.log(r1) - math.log(r0))
+            return math.exp(math.log(d0) + f * (math.log(d1) - math.log(d0))), "interpolated"
+    d_max, r_max = ratios[-1]
+    return min(1.0, d_max / r_max), "extrapolated"
+
+
+def summarise(rows, args):
+    """The final JSON object: worst ratios, GFLOP/s, break-even densities, goals."""
+    by_op = {op: [r for r in rows if r["op"] == op] for op in OPS}
+    worst = {}
+    for op, rs in by_op.items():
+        r = min(rs, key=lambda r: derived(r)[1])
+        worst[op] = {"x_best_peer": round(derived(r)[1], 3), "H": r["H"], "d": r["d"], "M": r["M"]}
+    dense_enough = [derived(r)[0] for r in rows if r["d"] >= 0.005]
+    gf = [derived(r)[0] for r in rows]
+    breaks = {"matmul": {}, "matmul+matmul_t+sddmm": {}}
+    for h in sorted({r["H"] for r in rows}):
+        for m in sorted({r["M"] for r in rows}):
+            sel = [r for r in rows if r["H"] == h and r["M"] == m]
+            ds = sorted({r["d"] for r in sel})
+            fwd = [(d, *next((r["ours"], r["dense"]) for r in sel
+                            if r["d"] == d and r["op"] == "matmul")) for d in ds]
+            tot = [(d, sum(r["ours"] for r in sel if r["d"] == d),
+                    sum(r["dense"] for r in sel if r["d"] == d)) for d in ds]
+            for name, pts in (("matmul", fwd), ("matmul+matmul_t+sddmm", tot)):
+                dens, how = break_even(pts)
+                breaks[name][f"H{h}_M{m}"] = {"density": round(dens, 4), "how": how}
+    min_ratio = min(w["x_best_peer"] for w in worst.values())
+    min_gf = min(dense_enough) if dense_enough else None
+    return {
+        "benchmark": "csr_kernels", "dtype": "float32", "threads": args.threads,
+        "quick": args.quick, "points": len(rows) // len(OPS), "reps": args.reps,
+        "min_speedup_vs_best_peer": min_ratio, "worst_point_per_op": worst,
+        "gflops_range": [round(min(gf), 2), round(max(gf), 2)],
+        "min_gflops_at_d_ge_0.005": round(min_gf, 2) if min_gf is not None else None,
+        "break_even_density_vs_dense": breaks,
+        "goals": {"speedup_ge_1.5_everywhere": min_ratio >= 1.5,
+                  "gflops_ge_20_at_d_ge_0.005": min_gf is not None and min_gf >= 20},
+    }
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(args.threads)  # before NumPy/torch load their BLAS
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    warnings.filterwarnings("ignore")  # torch: "sparse CSR support is in beta state"
+    import numba
+    import numpy as np
+    import scipy
+    import scipy.sparse as sp
+
+    from sparselm.csr import csr_random
+
+    try:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    except ImportError:
+        torch = None
+    numba.set_num_threads(args.threads)
+    print(f"# threads={args.threads} cpus={os.cpu_count()} numpy {np.__version__} "
+          f"scipy {scipy.__version__} numba {numba.__version__} "
+          f"torch {torch.__version__ if torch else 'absent'}; reps={args.reps} "
+          f"target={args.target_ms} ms", flush=True)
+    rows = measure(args, np, sp, torch, csr_random)
+    print_header()
+    for row in rows:
+        print_row(row)
+    summary = summarise(rows, args)
+    print(f"# numba threading layer: {numba.threading_layer()}")
+    print("# break-even density vs dense (ours as fast as dense):")
+    for name, per in summary["break_even_density_vs_dense"].items():
+        print(f"#   {name}: " + ", ".join(f"{k} {v['density']:.4f} ({v['how']})"
+                                      for k, v in per.items()))
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
