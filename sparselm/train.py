@@ -224,6 +224,7 @@ class Trainer:
 
     def _setup(self, resume: bool, overwrite: bool) -> None:
         """Load (or build) everything, checking data and options, before touching the folder."""
+        self.device = resolve_device(self.cfg.device, self.say)
         ckpt = vocab = None
         if resume:
             ckpt = load_checkpoint(self.out / "last.h5")
@@ -605,6 +606,29 @@ def write_atomic(path: Path, text: str) -> None:
         except OSError:
             pass
         raise RunFolderError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def resolve_device(device: str, say) -> str:
+    """Where the training step runs: always "cpu" for now.
+
+    `--device cuda` without a GPU is a one-line ConfigError and `auto` falls back to the CPU with
+    one notice (kernels.get_backend). The CUDA kernels exist and are tested (kernels/cuda.py), but
+    the model's step between them is still NumPy on the host, so with a GPU present `cuda` says
+    so plainly and `auto` trains on the CPU.
+    """
+    import warnings
+    from .kernels import get_backend
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        backend = get_backend(device)
+    for w in caught:
+        say(f"note: {w.message}")
+    if backend.name == "cuda":
+        if device == "cuda":
+            raise ConfigError("--device cuda: the CUDA kernels are available but the training "
+                              "step does not run on the GPU yet; use --device cpu")
+        say("note: --device auto: a GPU is present, but the training step runs on the CPU")
+    return "cpu"
 
 
 def train(cfg: TrainConfig, out, data_dir, resume=False, overwrite=False, quiet=False) -> dict:
