@@ -224,7 +224,8 @@ class Trainer:
 
     def _setup(self, resume: bool, overwrite: bool) -> None:
         """Load (or build) everything, checking data and options, before touching the folder."""
-        self.device = resolve_device(self.cfg.device, self.say)
+        self.device_notes = []            # said when training starts, not before a setup error
+        self.device = resolve_device(self.cfg.device, self.device_notes.append)
         ckpt = vocab = None
         if resume:
             ckpt = load_checkpoint(self.out / "last.h5")
@@ -311,6 +312,8 @@ class Trainer:
             self.close()
 
     def _train(self, guard: SignalGuard) -> dict:
+        for note in self.device_notes:
+            self.say(note)
         cfg, run = self.cfg, self.run
         steps_per_epoch = len(self.batcher)
         self.say(f"training {cfg.preset}: {self.model.params.flat.size:,} parameters, "
