@@ -43,6 +43,12 @@ def parse_args():
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="backend")
     ap.add_argument("--data", default=None, help="PTB folder (default $SPARSELM_DATA or "
                     "../shared/data/ptb); random tokens when absent")
+    ap.add_argument("--grid", action="store_true",
+                    help="ours only: training tokens/s over H x density (see --hiddens, "
+                    "--densities), E = H, T = B = 20; with --plot FILE draws it")
+    ap.add_argument("--hiddens", default="200,650,1500,2500", help="H values for --grid")
+    ap.add_argument("--densities", default="1,0.01,0.001,0.0005", help="densities for --grid")
+    ap.add_argument("--plot", default=None, help="PNG file for the --grid figure")
     return ap.parse_args()
 
 
@@ -208,6 +214,44 @@ def bench_config(name, args, torch_ok):
     return result
 
 
+def run_grid(args):
+    """Training tokens/s of our model over H x density; one JSON line per point."""
+    results = []
+    for hidden in (int(h) for h in args.hiddens.split(",")):
+        for density in (float(d) for d in args.densities.split(",")):
+            args.no_torch = True
+            r = bench_config(f"{hidden}:{density}", args, torch_ok=False)
+            results.append(r)
+            print(f"H={hidden:5d} d={density:<7g}: {r['ours_tokens_per_s']:8,.0f} tok/s "
+                  f"(softmax bound {r['softmax_bound_tokens_per_s']:,.0f})", file=sys.stderr,
+                  flush=True)
+    if args.plot:
+        plot_grid(results, args.plot)
+    return results
+
+
+def plot_grid(results, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.add_subplot()
+    for density in sorted({r["sparsity"] for r in results}, reverse=True):
+        pts = [(r["hidden"], r["ours_tokens_per_s"]) for r in results if r["sparsity"] == density]
+        ax.plot(*zip(*pts), marker="o", label="dense" if density == 1 else f"density {density:g}")
+    bound = sorted({(r["hidden"], r["softmax_bound_tokens_per_s"]) for r in results})
+    ax.plot(*zip(*bound), "k--", lw=1, label="softmax bound")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("hidden size H (E = H, T = B = 20, V = 10000)")
+    ax.set_ylabel("training tokens / s")
+    ax.set_title(f"sparselm training speed, {results[0]['threads']} threads")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main():
     args = parse_args()
     set_threads(args.threads)
@@ -221,6 +265,10 @@ def main():
             print("torch not importable: PyTorch columns skipped", file=sys.stderr)
     print(f"threads={args.threads} numba_layer={numba.config.THREADING_LAYER} reps={args.reps} "
           f"steps/rep={args.steps}", file=sys.stderr)
+    if args.grid:
+        for r in run_grid(args):
+            print(json.dumps(r))
+        return
     results = []
     for name in args.configs.split(","):
         r = bench_config(name.strip(), args, torch_ok)
