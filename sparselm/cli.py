@@ -270,18 +270,18 @@ def grid_options(fn):
 def run_grid_command(specs, out, title, data, jobs, scheduler, threads, only, dry_run):
     """Run (or list) the specs under out, then write the results table and curves."""
     from .experiments import run_grid, run_status, write_results
-    specs = [s for s in specs if not only or only in s.name]
+    chosen = [s for s in specs if not only or only in s.name]
     out = Path(out)
     if dry_run:
-        for spec in specs:
+        for spec in chosen:
             click.echo(f"{run_status(out / spec.name):>8}  {spec.name}  {json.dumps(spec.config)}")
         return
     if jobs == 1 and not scheduler:
         set_threads(threads)
-    click.echo(f"{len(specs)} runs -> {out}", err=True)
-    results = run_grid(specs, out, data_dir(data), jobs, scheduler, threads or 0,
+    click.echo(f"{len(chosen)} runs -> {out}", err=True)
+    results = run_grid(chosen, out, data_dir(data), jobs, scheduler, threads or 0,
                        report=lambda line: click.echo(line, err=True))
-    paths = write_results(specs, out, data_dir(data), title)
+    paths = write_results(specs, out, data_dir(data), title)     # every run of the grid so far
     click.echo(f"wrote {paths['csv']}, {paths['md']}" + (f", {paths['png']}" if paths["png"]
                                                          else ""))
     failed = [r["name"] for r in results if r["action"] in ("failed", "interrupted")]
@@ -301,7 +301,7 @@ def experiment(name, scale, out, data, jobs, scheduler, threads, max_steps, epoc
     def body():
         from .experiments import experiment_runs
         specs = experiment_runs(name, scale, epochs, max_steps)
-        folder = out or f"experiments/{name}-{scale}"
+        folder = out or f"checkpoints/{name}-{scale}"
         run_grid_command(specs, folder, f"{name}, scale {scale}", data, jobs, scheduler, threads,
                          only, dry_run)
     run_guarded(body)
@@ -345,7 +345,7 @@ def sweep(preset, settings, out, data, jobs, scheduler, threads, max_steps, epoc
         from .experiments import sweep_runs
         fixed = {k: v for k, v in (("max_steps", max_steps), ("epochs", epochs)) if v}
         specs = sweep_runs(preset, parse_settings(settings), fixed)
-        run_grid_command(specs, out or f"experiments/sweep-{preset}", f"sweep over {preset}",
+        run_grid_command(specs, out or f"checkpoints/sweep-{preset}", f"sweep over {preset}",
                          data, jobs, scheduler, threads, only, dry_run)
     run_guarded(body)
 
