@@ -11,6 +11,8 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
+from . import cell
+
 # Floating-point freedoms that let LLVM vectorise reductions and fuse multiply-adds. No 'nnan' or
 # 'ninf': a NaN loss must stay NaN so the trainer can see it.
 FAST = {"nsz", "arcp", "contract", "reassoc"}
@@ -59,6 +61,10 @@ def _act_tanh_typed(x):
     return lambda x: np.tanh(x)
 
 
+cell_state = njit(inline="always", fastmath=FAST)(cell.cell_state)
+cell_gradients = njit(inline="always", fastmath=FAST)(cell.cell_gradients)
+
+
 @njit(inline="always", fastmath=FAST)
 def act_sigmoid(x):
     # sigma(x) = (1 + tanh(x/2)) / 2 exactly; the approximation inherits tanh's bound / 2.
@@ -82,7 +88,7 @@ def lstm_cell_forward(gx, r, c_prev, gates, c, tanh_c, h):
             f = act_sigmoid(gx[b, nh + j] + r[b, nh + j])
             g = act_tanh(gx[b, 2 * nh + j] + r[b, 2 * nh + j])
             o = act_sigmoid(gx[b, 3 * nh + j] + r[b, 3 * nh + j])
-            cc = f * c_prev[b, j] + i * g
+            cc = cell_state(i, f, g, c_prev[b, j])
             tc = act_tanh(cc)
             gates[b, j] = i
             gates[b, nh + j] = f
@@ -105,18 +111,14 @@ def lstm_cell_backward(dh_out, dh_rec, dc, gates, c_prev, tanh_c, dgates, dc_pre
     nh = ng // 4
     for b in prange(nb):
         for j in range(nh):
-            i = gates[b, j]
-            f = gates[b, nh + j]
-            g = gates[b, 2 * nh + j]
-            o = gates[b, 3 * nh + j]
-            tc = tanh_c[b, j]
-            dh = dh_out[b, j] + dh_rec[b, j]
-            dct = dc[b, j] + dh * o * (ONE - tc * tc)
-            dgates[b, j] = dct * g * i * (ONE - i)
-            dgates[b, nh + j] = dct * c_prev[b, j] * f * (ONE - f)
-            dgates[b, 2 * nh + j] = dct * i * (ONE - g * g)
-            dgates[b, 3 * nh + j] = dh * tc * o * (ONE - o)
-            dc_prev[b, j] = dct * f
+            da_i, da_f, da_g, da_o, dcp = cell_gradients(
+                gates[b, j], gates[b, nh + j], gates[b, 2 * nh + j], gates[b, 3 * nh + j],
+                tanh_c[b, j], c_prev[b, j], dh_out[b, j] + dh_rec[b, j], dc[b, j], ONE)
+            dgates[b, j] = da_i
+            dgates[b, nh + j] = da_f
+            dgates[b, 2 * nh + j] = da_g
+            dgates[b, 3 * nh + j] = da_o
+            dc_prev[b, j] = dcp
 
 
 # exp(x) for x <= 0: x = n ln2 + r with |r| <= ln2/2, exp(r) by its degree-6 Taylor polynomial

@@ -97,6 +97,8 @@ import weakref
 import numpy as np
 from numba import cuda
 
+from . import cell
+
 # -- launch configuration ------------------------------------------------------------------------
 THREADS_PER_BLOCK = 256     # threads of a 1-D block; a power of two (block reductions halve it)
 MAX_BLOCKS = 1024           # grid-stride kernels never launch more blocks than this
@@ -255,6 +257,10 @@ def _block_max(buf, val):
 
 
 # -- LSTM cell ------------------------------------------------------------------------------------
+# The cell's algebra is shared with the CPU backend (kernels/cell.py); only the loop differs.
+_cell_state = cuda.jit(device=True)(cell.cell_state)
+_cell_gradients = cuda.jit(device=True)(cell.cell_gradients)
+
 @functools.lru_cache(maxsize=None)
 def _lstm_forward_kernel(dtype: np.dtype):
     """The forward kernel of one dtype: its constant 1 has that dtype (see ZERO, ONE)."""
@@ -276,7 +282,7 @@ def _lstm_forward_kernel(dtype: np.dtype):
             f = sigmoid(gx[b, nh + j] + r[b, nh + j])
             g = math.tanh(gx[b, 2 * nh + j] + r[b, 2 * nh + j])
             o = sigmoid(gx[b, 3 * nh + j] + r[b, 3 * nh + j])
-            cc = f * c_prev[b, j] + i * g
+            cc = _cell_state(i, f, g, c_prev[b, j])
             tc = math.tanh(cc)
             gates[b, j] = i
             gates[b, nh + j] = f
@@ -295,18 +301,14 @@ def _lstm_backward_py(dh_out, dh_rec, dc, gates, c_prev, tanh_c, dgates, dc_prev
     for idx in range(cuda.grid(1), nb * nh, cuda.gridsize(1)):
         b = idx // nh
         j = idx - b * nh
-        i = gates[b, j]
-        f = gates[b, nh + j]
-        g = gates[b, 2 * nh + j]
-        o = gates[b, 3 * nh + j]
-        tc = tanh_c[b, j]
-        dh = dh_out[b, j] + dh_rec[b, j]
-        dct = dc[b, j] + dh * o * (ONE - tc * tc)
-        dgates[b, j] = dct * g * i * (ONE - i)
-        dgates[b, nh + j] = dct * c_prev[b, j] * f * (ONE - f)
-        dgates[b, 2 * nh + j] = dct * i * (ONE - g * g)
-        dgates[b, 3 * nh + j] = dh * tc * o * (ONE - o)
-        dc_prev[b, j] = dct * f
+        da_i, da_f, da_g, da_o, dcp = _cell_gradients(
+            gates[b, j], gates[b, nh + j], gates[b, 2 * nh + j], gates[b, 3 * nh + j],
+            tanh_c[b, j], c_prev[b, j], dh_out[b, j] + dh_rec[b, j], dc[b, j], ONE)
+        dgates[b, j] = da_i
+        dgates[b, nh + j] = da_f
+        dgates[b, 2 * nh + j] = da_g
+        dgates[b, 3 * nh + j] = da_o
+        dc_prev[b, j] = dcp
 
 
 _LSTM_BACKWARD = _pair(_lstm_backward_py, fast=True)     # no transcendental functions
