@@ -11,10 +11,8 @@ Peers get their best public formulation (several are tried, the fastest kept), t
 precomputed transpose where it helps, and are timed the same way. scipy.sparse is single-threaded
 and has no SDDMM; torch.sparse uses MKL on its own threads (sampled_addmm for the SDDMM); dense is
 NumPy's BLAS (the full dy^T x for the gradient). Time per call is the median of --reps
-repetitions, each looping the call for about --target-ms. GFLOP/s = 2 * nnz * M / time.
-
-Thread pools of different libraries that spin after their work would steal cores from the
-next library's measurement, so every measurement starts after a short sleep.
+repetitions, each looping the call for about --target-ms; repetitions of ours and the peers
+are interleaved, each after a short sleep (see `compare`). GFLOP/s = 2 * nnz * M / time.
 Ends with one JSON line summarising the run.
 """
 
@@ -47,33 +45,40 @@ def parse_args(argv=None):
     return args
 
 
-def median_time(fn, reps, target_s):
-    """Median seconds per call of fn() over reps repetitions of ~target_s each."""
-    time.sleep(min(0.03, target_s * 3))  # let other pools' spinning threads go to sleep
+def _loop(fn, n):
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return time.perf_counter() - t0
+
+
+def _calibrate(fn, target_s):
+    """Calls per repetition so that one repetition lasts about target_s (after a warm-up)."""
     fn()
-    n, elapsed = 1, 0.0
+    n = 1
     while True:
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        elapsed = time.perf_counter() - t0
+        elapsed = _loop(fn, n)
         if elapsed >= target_s / 4 or n >= 1 << 16:
-            break
+            return max(1, round(n * target_s / max(elapsed, 1e-9)))
         n *= 4
-    n = max(1, round(n * target_s / max(elapsed, 1e-9)))
-    samples = []
+
+
+def compare(fns, reps, target_s):
+    """{name: median seconds per call} for {name: [formulations]}, the fastest formulation kept.
+
+    Repetitions are interleaved across all formulations, so a burst of load from elsewhere hits
+    every library alike instead of one of them; each starts after a short sleep that lets the
+    previous library's spinning threads go to sleep.
+    """
+    flat = [(name, f) for name, fs in fns.items() for f in fs]
+    loops = [_calibrate(f, target_s) for _, f in flat]
+    samples = [[] for _ in flat]
     for _ in range(reps):
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        samples.append((time.perf_counter() - t0) / n)
-    return statistics.median(samples)
-
-
-def best_time(fns, reps, target_s):
-    """The fastest of several formulations of the same product (None if none given)."""
-    times = [median_time(f, reps, target_s) for f in fns]
-    return min(times) if times else None
+        for (_, f), n, got in zip(flat, loops, samples):
+            time.sleep(min(0.03, target_s * 5))
+            got.append(_loop(f, n) / n)
+    medians = [statistics.median(got) for got in samples]
+    return {name: min(m for (n, _), m in zip(flat, medians) if n == name) for name in fns}
 
 
 def peers(np, sp, torch, w, x, dy):
@@ -127,17 +132,17 @@ def measure(args, np, sp, torch, csr_random):
                 w = csr_random(4 * h, h, d, rng, mask="fanin", dtype=np.float32, scale=0.1)
                 mine, theirs = ours(np, w, x, dy), peers(np, sp, torch, w, x, dy)
                 for op in OPS:
-                    row = {"H": h, "d": d, "M": m, "nnz": w.nnz, "op": op,
-                           "ours": median_time(mine[op], args.reps, target)}
-                    for peer in ("scipy", "torch"):
-                        row[peer] = best_time(theirs[op].get(peer, []), args.reps, target)
+                    fns = {"ours": [mine[op]]}
+                    fns.update((p, theirs[op][p]) for p in ("scipy", "torch") if p in theirs[op])
+                    row = {"H": h, "d": d, "M": m, "nnz": w.nnz, "op": op, "scipy": None,
+                           "torch": None, **compare(fns, args.reps, target)}
                     dense_fns.setdefault((h, m, op), theirs[op]["dense"])
                     rows.append(row)
                 print(".", end="", file=sys.stderr, flush=True)
     dense = {}
     for key, fns in dense_fns.items():
         time.sleep(min(0.3, target * 30))
-        dense[key] = best_time(fns, args.reps, target)
+        dense[key] = compare({"dense": fns}, args.reps, target)["dense"]
     print(file=sys.stderr)
     for row in rows:
         row["dense"] = dense[(row["H"], row["M"], row["op"])]

@@ -141,6 +141,9 @@ class CSRMatrix:
         self.shape = _check_shape(shape)
         if _validate:
             validate_csr_pattern(indices, indptr, self.shape)
+            if max(self.shape[1], len(indices)) > np.iinfo(np.int32).max:
+                raise ValueError(f"CSR shape {self.shape} with {len(indices)} entries does not "
+                                 "fit int32 indices")
         self.indices = np.ascontiguousarray(indices, dtype=np.int32)
         self.indptr = np.ascontiguousarray(indptr, dtype=np.int32)
         self.data = self._checked_data(data)
