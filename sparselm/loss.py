@@ -30,9 +30,9 @@ def softmax_forward(h, weight, bias, targets, row_weights, ws: Workspace, grad: 
 
 
 def softmax_backward(cache, weight, dweight, dbias, ws: Workspace):
-    """Accumulate dweight: (V, H) and dbias: (V,); return dh: (N, H) = dlogits @ W_o."""
+    """Write dweight: (V, H) and dbias: (V,); return dh: (N, H) = dlogits @ W_o."""
     h, dlogits, dbias_rows = cache
-    gemm(dlogits.T, h, dweight, accumulate=True)
-    dbias += dbias_rows
+    gemm(dlogits.T, h, dweight)
+    dbias[...] = dbias_rows
     dh = ws.get("dh_out", h.shape, h.dtype)
     return gemm(dlogits, weight, dh)

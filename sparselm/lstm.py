@@ -71,7 +71,8 @@ def lstm_layer_backward(dout, dh_last, dc_last, cache, w_x, w_h, dw_x, dw_h, dbi
 
     dout: (T, B, H) gradient reaching each h_t from above; dh_last, dc_last: (B, H) gradient
     reaching (h_T, c_T) from beyond the window, or None for zero (truncated BPTT).
-    Accumulates into dw_x ((G, I) dense, or (N,) CSR values), dw_h, dbias: (G,).
+    Writes dw_x ((G, I) dense, or (N,) CSR values), dw_h, dbias: (G,) (each gradient is
+    computed once per step, so it overwrites: no zeroing pass over the parameters is needed).
     Returns dx: (T, B, I) (None unless need_dx), dh0, dc0: (B, H).
     """
     x, hs, cs, gates, tanh_c = cache
@@ -89,9 +90,9 @@ def lstm_layer_backward(dout, dh_last, dc_last, cache, w_x, w_h, dw_x, dw_h, dbi
                            dgates[t], dc[t % 2])
         w_h.matmul_t(dgates[t], out=dh_rec)
     da = dgates.reshape(steps * nb, ng)
-    w_h.sddmm(da, hs[:-1].reshape(steps * nb, nh), out=dw_h, accumulate=True)
-    w_x.sddmm(da, x.reshape(steps * nb, ni), out=dw_x, accumulate=True)
-    dbias += da.sum(axis=0)
+    w_h.sddmm(da, hs[:-1].reshape(steps * nb, nh), out=dw_h)
+    w_x.sddmm(da, x.reshape(steps * nb, ni), out=dw_x)
+    np.sum(da, axis=0, out=dbias)
     dx = None
     if need_dx:
         dx = ws.get(tag + "dx", (steps, nb, ni), dtype)

@@ -99,14 +99,14 @@ def factorized_forward(h, row_weight, col_weight, bias, targets, row_weights, ws
 
 def factorized_backward(cache, row_weight, col_weight, drow_weight, dcol_weight, dbias,
                         ws: Workspace) -> np.ndarray:
-    """Accumulate dA, dB: (V, S) and dbias: (V,); return dh: (N, H).
+    """Write dA, dB: (V, S) and dbias: (V,); return dh: (N, H).
 
     dh[n, i*S + j] = (D A)[n, i] + (D B)[n, j]: a broadcast sum written as an (N, S, S) view.
     """
     h, rows, cols, dlogits, dbias_rows = cache
-    gemm(dlogits.T, rows, drow_weight, accumulate=True)
-    gemm(dlogits.T, cols, dcol_weight, accumulate=True)
-    dbias += dbias_rows
+    gemm(dlogits.T, rows, drow_weight)
+    gemm(dlogits.T, cols, dcol_weight)
+    dbias[...] = dbias_rows
     n, side = rows.shape
     drows = gemm(dlogits, row_weight, ws.get("fact_drows", (n, side), h.dtype))
     dcols = gemm(dlogits, col_weight, ws.get("fact_dcols", (n, side), h.dtype))
