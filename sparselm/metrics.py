@@ -26,20 +26,6 @@ class MetricsLog:
         with self.path.open("a") as fh:
             fh.write(json.dumps(clean) + "\n")
 
-    def truncate_after(self, step: int) -> None:
-        """Drop events logged after `step` (they are redone when a run resumes from there)."""
-        if not self.path.exists():
-            return
-        kept = []
-        for line in self.path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue              # a line cut short by a crash
-            if isinstance(record, dict) and record.get("step", 0) <= step:
-                kept.append(line)
-        self.path.write_text("".join(line + "\n" for line in kept))
-
 
 class Progress:
     """A tqdm bar on a terminal; plain lines (at most one per 10 s) when stderr is not a TTY."""

@@ -571,13 +571,6 @@ def check_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
                              f"--overwrite to start over")
 
 
-def prepare_run_folder(out: Path, cfg: TrainConfig, resume: bool, overwrite: bool) -> None:
-    """Check (and with overwrite, clear) a run folder without keeping it locked."""
-    claim_run_folder(out, resume, overwrite).close()
-    if overwrite and not resume:
-        clear_run(out)
-
-
 def clear_run(out: Path) -> None:
     """Remove a previous run's files (--overwrite), once the new run is known to start."""
     try:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from sparselm.data import (EOS, UNK, SentenceBatcher, StreamBatcher, Vocabulary, load_corpus,
+from sparselm.data import (EOS, UNK, SentenceBatcher, StreamBatcher, load_corpus,
                            read_lines, split_path)
 from sparselm.errors import DataError
 

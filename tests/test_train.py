@@ -1,7 +1,6 @@
 """Training loop: learning happens, resume equals the uninterrupted run to the last bit."""
 
 import json
-import math
 
 import numpy as np
 import pytest
