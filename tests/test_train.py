@@ -87,3 +87,26 @@ def test_nonfinite_step_is_rejected(tiny_corpus, tmp_path):
     with pytest.raises(NonFiniteError, match="non-finite .* at step [0-9]+"):
         train(tiny_config(lr=1e30, clip=0.0, max_steps=3, init_scale=10.0), tmp_path / "run",
               tiny_corpus, quiet=True)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_sparse_pattern_never_changes(tiny_corpus, tmp_path, optimizer):
+    """Training moves the stored values only: the pattern is the one drawn from the seed, entries
+    outside it stay exactly zero, and the optimiser state covers the stored values alone."""
+    from sparselm.model import LanguageModel, build_patterns
+    cfg = tiny_config(sparsity=0.2, optimizer=optimizer, momentum=0.9 if optimizer == "sgd" else 0,
+                      lr=0.05 if optimizer == "adam" else 1.0, max_steps=6)
+    train(cfg, tmp_path / "run", tiny_corpus, quiet=True)
+    ckpt = load_checkpoint(tmp_path / "run" / "last.h5")
+    drawn = build_patterns(cfg, np.random.default_rng(cfg.seed))
+    initial = LanguageModel(cfg, len(ckpt.vocab))
+    for name, pattern in drawn.items():
+        np.testing.assert_array_equal(ckpt.patterns[name].indices, pattern.indices)
+        np.testing.assert_array_equal(ckpt.patterns[name].indptr, pattern.indptr)
+        assert not np.array_equal(ckpt.params[name], initial.params[name])    # values moved
+        dense = np.zeros(pattern.shape)
+        rows = np.repeat(np.arange(pattern.shape[0]), np.diff(pattern.indptr))
+        dense[rows, pattern.indices] = 1.0
+        assert dense.sum() == len(ckpt.params[name]) < dense.size     # only stored entries exist
+    state_sizes = {buf.size for buf in ckpt.optimizer.values()}
+    assert state_sizes == {initial.params.flat.size}
