@@ -432,6 +432,16 @@ def _style_curve_axes(axes) -> None:
             ax.set_yscale("log")
 
 
+def _run_colors(n: int) -> list:
+    """n distinct colours: the default cycle up to 10 runs, then evenly spaced on a wide map (a
+    sweep of 16 runs must not show two runs in one colour)."""
+    if n <= 10:
+        return [f"C{k}" for k in range(n)]
+    from matplotlib import colormaps
+    cmap = colormaps["turbo"]
+    return [cmap(k / (n - 1)) for k in range(n)]
+
+
 def _curve_legend(fig, colors, labels) -> None:
     """One legend below the panels: a colour per run, then what line styles mean."""
     from matplotlib.lines import Line2D
@@ -457,7 +467,7 @@ def plot_curves(runs: list[Path], out: Path, labels: list[str] | None = None) ->
     names = _unique_labels(runs, [c for c, _ in loaded], labels)
     fig = _figure((12, 9))
     axes = fig.subplots(2, 2).ravel()
-    colors = [f"C{k % 10}" for k in range(len(runs))]
+    colors = _run_colors(len(runs))
     for (_, events), color in zip(loaded, colors):
         _plot_run(axes, events, color)
     _style_curve_axes(axes)

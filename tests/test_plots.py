@@ -174,3 +174,9 @@ def test_identical_configs_get_distinct_labels(tmp_path):
     cfg = {"hidden": 8}
     runs = [tmp_path / "r1", tmp_path / "r2"]
     assert plots._unique_labels(runs, [cfg, cfg], None) == ["H=8 [r1]", "H=8 [r2]"]
+
+
+def test_run_colours_stay_distinct_beyond_ten_runs():
+    from sparselm.plots import _run_colors
+    assert len({str(c) for c in _run_colors(16)}) == 16
+    assert _run_colors(2) == ["C0", "C1"]
