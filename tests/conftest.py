@@ -46,3 +46,32 @@ def tiny_corpus(tmp_path) -> Path:
     (tmp_path / "ptb.valid.txt").write_text("\n".join(lines[40:50]) + "\n")
     (tmp_path / "ptb.test.txt").write_text("\n".join(lines[50:]) + "\n")
     return tmp_path
+
+
+class KernelBackend:
+    """One kernel backend for the parametrised kernel suites: its kernel functions (`k`), and how
+    test arrays travel to it (`dev`) and back (`host`). `simulated` is True on Numba's CUDA
+    simulator, where every GPU thread is a Python thread: tests keep to tiny shapes there."""
+
+    def __init__(self, name, kernels, dev, empty, host, simulated=False):
+        self.name, self.k, self.dev, self.empty, self.host = name, kernels, dev, empty, host
+        self.simulated = simulated
+
+
+@pytest.fixture(params=["cpu", "cuda"])
+def kernel_backend(request, monkeypatch) -> KernelBackend:
+    """The CPU kernels, then the CUDA kernels with small launches (8 threads per block, at most 3
+    blocks, so every kernel runs several blocks, its grid-stride loop and its boundary checks)."""
+    if request.param == "cpu":
+        import numpy as np
+        from sparselm.kernels import cpu
+        return KernelBackend("cpu", cpu, np.array, np.empty, np.asarray)
+    from sparselm.device import cuda_status, simulator_enabled
+    usable, detail = cuda_status()
+    if not usable:
+        pytest.skip(f"CUDA unavailable: {detail}")
+    from sparselm.kernels import cuda
+    monkeypatch.setattr(cuda, "THREADS_PER_BLOCK", 8)
+    monkeypatch.setattr(cuda, "MAX_BLOCKS", 3)
+    return KernelBackend("cuda", cuda, cuda.to_device, cuda.empty, lambda a: a.copy_to_host(),
+                         simulated=simulator_enabled())

@@ -1,15 +1,22 @@
-"""The fused dense kernels against the NumPy references in tests/naive.py, and the error bounds
-of the float32 approximations (float64 runs libm: exact)."""
+"""The fused dense kernels and the optimiser kernels against the NumPy references in
+tests/naive.py, once per backend (the `kernel_backend` fixture: CPU, then CUDA on Numba's
+simulator or a real GPU), and the error bounds of the CPU's float32 approximations (float64 runs
+libm: exact)."""
 
 import numpy as np
 import pytest
 from numba import njit
 
 from sparselm.kernels import cpu
-from naive import lstm_cell_backward_ref, lstm_cell_forward_ref, softmax_xent_ref
+import naive
 
 TOL = {np.float32: dict(rtol=2e-5, atol=2e-6), np.float64: dict(rtol=1e-12, atol=1e-13)}
 DTYPES = [np.float32, np.float64]
+
+
+def close(be, got, want, dtype):
+    """A backend array against a float64 reference, with the dtype's tolerance."""
+    np.testing.assert_allclose(be.host(got), want, **TOL[dtype])
 
 
 @njit
@@ -40,80 +47,119 @@ def test_exp_approx_error_bound():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("nb,nh", [(1, 1), (3, 5), (20, 200)])
-def test_lstm_cell_forward(dtype, nb, nh):
+@pytest.mark.parametrize("nb,nh", [(1, 1), (3, 5), (4, 7), (20, 200)])
+def test_lstm_cell_forward(kernel_backend, dtype, nb, nh):
+    be = kernel_backend
+    if be.simulated and nb * nh > 100:
+        pytest.skip("the CUDA simulator runs tiny shapes only")
     rng = np.random.default_rng(nh)
     gx, r = (rng.normal(0, 2, (nb, 4 * nh)).astype(dtype) for _ in range(2))
     c_prev = rng.normal(0, 1, (nb, nh)).astype(dtype)
-    outs = [np.empty((nb, 4 * nh), dtype)] + [np.empty((nb, nh), dtype) for _ in range(3)]
-    cpu.lstm_cell_forward(gx, r, c_prev, *outs)
-    for got, want in zip(outs, lstm_cell_forward_ref(gx, r, c_prev)):
-        np.testing.assert_allclose(got, want, **TOL[dtype])
+    outs = [be.empty((nb, 4 * nh), dtype)] + [be.empty((nb, nh), dtype) for _ in range(3)]
+    be.k.lstm_cell_forward(be.dev(gx), be.dev(r), be.dev(c_prev), *outs)
+    for got, want in zip(outs, naive.lstm_cell_forward_ref(gx, r, c_prev)):
+        close(be, got, want, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_lstm_cell_backward(dtype):
+def test_lstm_cell_backward(kernel_backend, dtype):
+    be = kernel_backend
     rng = np.random.default_rng(1)
     nb, nh = 4, 7
-    gates, c, tanh_c, _ = lstm_cell_forward_ref(rng.normal(size=(nb, 4 * nh)),
-                                                rng.normal(size=(nb, 4 * nh)),
-                                                rng.normal(size=(nb, nh)))
+    gates, c, tanh_c, _ = naive.lstm_cell_forward_ref(rng.normal(size=(nb, 4 * nh)),
+                                                      rng.normal(size=(nb, 4 * nh)),
+                                                      rng.normal(size=(nb, nh)))
     c_prev = rng.normal(size=(nb, nh))
     dh_out, dh_rec, dc = (rng.normal(size=(nb, nh)) for _ in range(3))
     args = [a.astype(dtype) for a in (dh_out, dh_rec, dc, gates, c_prev, tanh_c)]
-    dgates, dc_prev = np.empty((nb, 4 * nh), dtype), np.empty((nb, nh), dtype)
-    cpu.lstm_cell_backward(*args, dgates, dc_prev)
-    want_da, want_dc = lstm_cell_backward_ref(*(a.astype(np.float64) for a in
-                                                (args[0] + args[1], args[2], args[3], args[4],
-                                                 args[5])))
-    np.testing.assert_allclose(dgates, want_da, **TOL[dtype])
-    np.testing.assert_allclose(dc_prev, want_dc, **TOL[dtype])
+    dgates, dc_prev = be.empty((nb, 4 * nh), dtype), be.empty((nb, nh), dtype)
+    be.k.lstm_cell_backward(*(be.dev(a) for a in args), dgates, dc_prev)
+    a64 = [a.astype(np.float64) for a in args]
+    want_da, want_dc = naive.lstm_cell_backward_ref(a64[0] + a64[1], *a64[2:])
+    close(be, dgates, want_da, dtype)
+    close(be, dc_prev, want_dc, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("n,nv", [(1, 1), (3, 7), (50, 1000)])
-def test_softmax_xent(dtype, n, nv):
+@pytest.mark.parametrize("n,nv", [(1, 1), (3, 7), (5, 19), (50, 1000)])
+def test_softmax_xent(kernel_backend, dtype, n, nv):
+    be = kernel_backend
+    if be.simulated and n * nv > 100:
+        pytest.skip("the CUDA simulator runs tiny shapes only")
     rng = np.random.default_rng(n)
     logits = rng.normal(0, 4, (n, nv)).astype(dtype)
     bias = rng.normal(0, 1, nv).astype(dtype)
     targets = rng.integers(0, nv, n).astype(np.int32)
     weights = rng.uniform(0, 1, n).astype(dtype)
     weights[0] = 0.0                                    # a masked row
-    want_nll, want_grad, want_db = softmax_xent_ref(logits + bias, targets, weights)
-    nll, dbias = np.empty(n), np.ones(nv, dtype)
-    work = logits.copy()
-    cpu.softmax_xent(work, bias, targets, weights, nll, dbias, True)
-    np.testing.assert_allclose(nll, want_nll, **(dict(rtol=1e-6, atol=1e-6) if dtype == np.float32
-                                                else dict(rtol=1e-12)))
-    np.testing.assert_allclose(work, want_grad, **TOL[dtype])
-    np.testing.assert_allclose(dbias, 1.0 + want_db, **TOL[dtype])   # accumulates
-    np.testing.assert_array_equal(work[0], 0.0)
+    want_nll, want_grad, want_db = naive.softmax_xent_ref(logits + bias, targets, weights)
+    work, dbias, nll = be.dev(logits), be.dev(np.ones(nv, dtype)), be.empty(n, np.float64)
+    be.k.softmax_xent(work, be.dev(bias), be.dev(targets), be.dev(weights), nll, dbias, True)
+    np.testing.assert_allclose(be.host(nll), want_nll,
+                               **(dict(rtol=1e-6, atol=1e-6) if dtype == np.float32
+                                  else dict(rtol=1e-12)))
+    close(be, work, want_grad, dtype)
+    close(be, dbias, 1.0 + want_db, dtype)              # accumulates
+    np.testing.assert_array_equal(be.host(work)[0], 0.0)
 
 
-def test_softmax_without_grad_leaves_bias_grad():
-    logits = np.zeros((2, 3))
-    dbias = np.zeros(3)
-    nll = np.empty(2)
-    cpu.softmax_xent(logits, np.zeros(3), np.array([0, 2], np.int32), np.ones(2), nll, dbias,
-                     False)
-    np.testing.assert_allclose(nll, np.log(3))
-    assert not dbias.any()
+def test_softmax_without_grad_leaves_bias_grad(kernel_backend):
+    be = kernel_backend
+    logits = np.zeros((3, 4))
+    logits[2, 1] = np.nan                               # a NaN loss must stay visible
+    dbias, nll = be.dev(np.zeros(4)), be.empty(3, np.float64)
+    be.k.softmax_xent(be.dev(logits), be.dev(np.zeros(4)), be.dev(np.array([0, 3, 2], np.int32)),
+                      be.dev(np.ones(3)), nll, dbias, False)
+    got = be.host(nll)
+    np.testing.assert_allclose(got[:2], np.log(4))
+    assert np.isnan(got[2])
+    assert not be.host(dbias).any()
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_embedding_backward_repeated_ids(dtype):
+def test_embedding_backward_repeated_ids(kernel_backend, dtype):
+    be = kernel_backend
     rng = np.random.default_rng(2)
-    ids = np.array([3, 1, 3, 3, 0], np.int32)
-    dx = rng.normal(size=(5, 4)).astype(dtype)
-    dweight = np.zeros((6, 4), dtype)
-    cpu.embedding_backward(ids, dx, dweight)
-    want = np.zeros((6, 4))
-    np.add.at(want, ids, dx.astype(np.float64))
-    np.testing.assert_allclose(dweight, want, **TOL[dtype])
+    ids = np.array([3, 1, 3, 3, 0, 5, 3], np.int32)
+    dx = rng.normal(size=(7, 4)).astype(dtype)
+    start = rng.normal(size=(6, 4)).astype(dtype)
+    dweight = be.dev(start)
+    be.k.embedding_backward(be.dev(ids), be.dev(dx), dweight)
+    close(be, dweight, start + naive.embedding_backward_ref(ids, dx, 6), dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_sum_squares(dtype):
+def test_sum_squares(kernel_backend, dtype):
+    be = kernel_backend
     x = np.random.default_rng(3).normal(size=1001).astype(dtype)
-    rel = 1e-6 if dtype == np.float32 else 1e-12     # float32 chunks sum in float32
-    assert cpu.sum_squares(x) == pytest.approx(float((x.astype(np.float64) ** 2).sum()), rel=rel)
+    # the CPU's float32 chunks sum in float32; the GPU and float64 sum in float64
+    rel = 1e-6 if dtype == np.float32 and be.name == "cpu" else 1e-12
+    assert be.k.sum_squares(be.dev(x)) == pytest.approx(float((x.astype(np.float64) ** 2).sum()),
+                                                        rel=rel)
+    assert be.k.sum_squares(be.empty(0, dtype)) == 0.0
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_sgd_update(kernel_backend, dtype, momentum):
+    be = kernel_backend
+    rng = np.random.default_rng(4)
+    p, g, vel = (rng.normal(size=37).astype(dtype) for _ in range(3))
+    d_p, d_v = be.dev(p), be.dev(vel)
+    be.k.sgd_update(d_p, be.dev(g), d_v, 0.5, 0.8, momentum)
+    want_p, want_v = naive.sgd_update_ref(p, g, vel, 0.5, 0.8, momentum)
+    close(be, d_p, want_p, dtype)
+    close(be, d_v, want_v, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_adam_update(kernel_backend, dtype):
+    be = kernel_backend
+    rng = np.random.default_rng(5)
+    p, g, m = (rng.normal(size=29).astype(dtype) for _ in range(3))
+    v = rng.uniform(0, 1, 29).astype(dtype)
+    d_p, d_m, d_v = be.dev(p), be.dev(m), be.dev(v)
+    args = (1e-2, 0.7, 0.9, 0.999, 1e-8, 3)
+    be.k.adam_update(d_p, be.dev(g), d_m, d_v, *args)
+    for got, want in zip((d_p, d_m, d_v), naive.adam_update_ref(p, g, m, v, *args)):
+        close(be, got, want, dtype)
