@@ -40,7 +40,8 @@ def parse_args():
     ap.add_argument("--steps", type=int, default=5, help="training steps per repetition")
     ap.add_argument("--eval", action="store_true", help="also time evaluation (no gradients)")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch peer")
-    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="backend")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                    help="where both sides train (cuda: our CUDA backend and torch on the GPU)")
     ap.add_argument("--data", default=None, help="PTB folder (default $SPARSELM_DATA or "
                     "../shared/data/ptb); random tokens when absent")
     ap.add_argument("--grid", action="store_true",
@@ -85,11 +86,14 @@ def rss_mb() -> float:
 
 
 class Ours:
-    def __init__(self, cfg, vocab_size):
+    """Our training step on `backend` (kernels.get_backend); each step reads its loss back to
+    the host, so a GPU step is complete (synchronised) when train_step returns."""
+
+    def __init__(self, cfg, vocab_size, backend):
         from sparselm.model import LanguageModel
         from sparselm.optim import Optimizer
-        self.model = LanguageModel(cfg, vocab_size)
-        self.opt = Optimizer(cfg, self.model.params.flat.size, self.model.dtype)
+        self.model = LanguageModel(cfg, vocab_size, backend=backend)
+        self.opt = Optimizer(cfg, self.model.params.flat.size, self.model.dtype, backend)
         self.state = None
 
     def train_step(self, batch) -> float:
@@ -106,13 +110,16 @@ class Ours:
 
 
 class Torch:
-    def __init__(self, cfg, vocab_size, threads):
+    """The same model and step in PyTorch, on its GPU when `device` is "cuda" and it has one."""
+
+    def __init__(self, cfg, vocab_size, threads, device="cpu"):
         import torch
         torch.set_num_threads(threads)
         self.torch, self.cfg = torch, cfg
-        self.emb = torch.nn.Embedding(vocab_size, cfg.emb)
-        self.lstm = torch.nn.LSTM(cfg.emb, cfg.hidden, cfg.layers)
-        self.out = torch.nn.Linear(cfg.hidden, vocab_size)
+        self.device = "cuda" if device == "cuda" and torch.cuda.is_available() else "cpu"
+        self.emb = torch.nn.Embedding(vocab_size, cfg.emb).to(self.device)
+        self.lstm = torch.nn.LSTM(cfg.emb, cfg.hidden, cfg.layers).to(self.device)
+        self.out = torch.nn.Linear(cfg.hidden, vocab_size).to(self.device)
         self.params = [*self.emb.parameters(), *self.lstm.parameters(), *self.out.parameters()]
         for p in self.params:
             torch.nn.init.uniform_(p, -cfg.init_scale, cfg.init_scale)
@@ -121,8 +128,8 @@ class Torch:
 
     def _loss(self, batch):
         t = self.torch
-        x = t.from_numpy(batch.inputs.astype("int64"))
-        y = t.from_numpy(batch.targets.astype("int64"))
+        x = t.from_numpy(batch.inputs.astype("int64")).to(self.device)
+        y = t.from_numpy(batch.targets.astype("int64")).to(self.device)
         h, state = self.lstm(self.emb(x), self.state)
         self.state = tuple(s.detach() for s in state)
         logits = self.out(h).reshape(-1, self.out.out_features)
@@ -142,22 +149,23 @@ class Torch:
             return float(self._loss(batch))
 
 
-def softmax_bound(cfg, vocab_size, reps=5) -> float:
-    """tokens/s if only the output layer's three GEMMs cost anything."""
+def softmax_bound(cfg, vocab_size, backend, reps=5) -> float:
+    """tokens/s if only the output layer's three GEMMs cost anything (on the backend)."""
     import numpy as np
-    from sparselm.dense import gemm
     n = cfg.bptt * cfg.batch_size
     rng = np.random.default_rng(0)
-    h = rng.standard_normal((n, cfg.hidden), dtype=np.float32)
-    w = rng.standard_normal((vocab_size, cfg.hidden), dtype=np.float32)
-    logits = np.empty((n, vocab_size), np.float32)
-    dh, dw = np.empty_like(h), np.empty_like(w)
+    h = backend.to_device(rng.standard_normal((n, cfg.hidden), dtype=np.float32))
+    w = backend.to_device(rng.standard_normal((vocab_size, cfg.hidden), dtype=np.float32))
+    logits = backend.empty((n, vocab_size), np.float32)
+    dh = backend.empty((n, cfg.hidden), np.float32)
+    dw = backend.zeros((vocab_size, cfg.hidden), np.float32)
     times = []
     for _ in range(reps + 1):
         start = time.perf_counter()
-        gemm(h, w.T, logits)
-        gemm(logits, w, dh)
-        gemm(logits.T, h, dw, accumulate=True)
+        backend.gemm(h, w, logits, trans_b=True)
+        backend.gemm(logits, w, dh)
+        backend.gemm(logits, h, dw, accumulate=True, trans_a=True)
+        backend.to_host(dh[:1])                     # waits for a GPU to finish
         times.append(time.perf_counter() - start)
     return n / statistics.median(times[1:])
 
@@ -171,14 +179,16 @@ def time_steps(fn, batches) -> float:
 
 def bench_config(name, args, torch_ok):
     from sparselm.data import StreamBatcher
+    from sparselm.kernels import get_backend
+    backend = get_backend(args.device)
     cfg = config_for(name)
     vocab = 10000
     need = cfg.batch_size * cfg.bptt * (args.steps * (args.reps + 1) + 2) + cfg.batch_size
     ids, source = token_stream(args, need)
     batcher = StreamBatcher(ids, cfg.batch_size, cfg.bptt)
     batches = [batcher.batch(i) for i in range(len(batcher))]
-    ours = Ours(cfg, vocab)
-    peer = Torch(cfg, vocab, args.threads) if torch_ok else None
+    ours = Ours(cfg, vocab, backend)
+    peer = Torch(cfg, vocab, args.threads, args.device) if torch_ok else None
     t0 = time.perf_counter()
     ours.train_step(batches[0])                     # compile (or load the Numba cache)
     first_step = time.perf_counter() - t0
@@ -193,11 +203,12 @@ def bench_config(name, args, torch_ok):
             rows["torch"].append(time_steps(peer.train_step, chunk))
     result = {"config": name, "hidden": cfg.hidden, "emb": cfg.emb, "sparsity": cfg.sparsity,
               "T": cfg.bptt, "B": cfg.batch_size, "threads": args.threads, "data": source,
+              "device": backend.detail, "torch_device": peer.device if peer else None,
               "ours_tokens_per_s": statistics.median(rows["ours"]),
               "ours_runs": [round(x) for x in rows["ours"]],
               "first_step_s": round(first_step, 3),
               "rss_mb": round(rss_mb()), "rss_growth_mb": round(rss_mb() - rss_start, 1),
-              "softmax_bound_tokens_per_s": softmax_bound(cfg, vocab)}
+              "softmax_bound_tokens_per_s": softmax_bound(cfg, vocab, backend)}
     result["share_of_softmax_bound"] = result["ours_tokens_per_s"] / result[
         "softmax_bound_tokens_per_s"]
     if peer:

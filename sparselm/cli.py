@@ -148,17 +148,20 @@ def train(data, preset, out, resume, overwrite, quiet, **overrides):
               show_default=True, help="Which split to score.")
 @click.option("--batch-size", type=int, default=None, help="Evaluation batch size.")
 @click.option("--threads", type=int, default=None, help="Threads for Numba and BLAS.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              show_default=True, help="Where to evaluate (auto: a GPU when present).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-def evaluate(ckpt, data, split, batch_size, threads, as_json):
+def evaluate(ckpt, data, split, batch_size, threads, device, as_json):
     """Perplexity of a checkpoint on a split."""
     set_threads(threads)
 
     def body():
         from .data import load_corpus
         from .train import evaluate as run_eval
-        from .train import load_model
+        from .train import load_model, resolve_device
         overrides = {"eval_batch_size": batch_size} if batch_size else {}
-        model, vocab, _ = load_model(ckpt, overrides)
+        backend = resolve_device(device, lambda note: click.echo(note, err=True))
+        model, vocab, _ = load_model(ckpt, overrides, backend)
         corpus = load_corpus(data_dir(data), splits=(split,), vocab=vocab)
         result = run_eval(model, corpus, split, progress=not as_json)
         result.update(split=split, checkpoint=str(ckpt))

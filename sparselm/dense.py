@@ -48,33 +48,49 @@ def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray, accumulate: bool = False
     return out
 
 
+def gemm_op(a, b, out, accumulate=False, trans_a=False, trans_b=False):
+    """gemm with the backends' signature: op(a) @ op(b), transposes as flags."""
+    return gemm(a.T if trans_a else a, b.T if trans_b else b, out, accumulate)
+
+
 class DenseMatrix:
     """A dense gate weight W: (R, C) with the CSRMatrix operations.
 
     matmul:   out (M, R) = x (M, C) @ W.T
     matmul_t: out (M, C) = dy (M, R) @ W
     sddmm:    out (R, C) = dy.T @ x, the weight gradient (on the dense "pattern": every entry)
+
+    `backend` (kernels.Backend, default the CPU) runs the products; its gemm takes transposes
+    as flags, so the same calls work on device arrays, which have no free transposed views.
     """
 
-    def __init__(self, data: np.ndarray):
+    def __init__(self, data, backend=None):
         self.data = data
-        self.shape = data.shape
+        self.shape = tuple(data.shape)
+        self.backend = backend
+        self._gemm = backend.gemm if backend is not None else gemm_op
 
-    def with_data(self, data: np.ndarray) -> "DenseMatrix":
-        return DenseMatrix(data)
+    def with_data(self, data) -> "DenseMatrix":
+        return DenseMatrix(data, self.backend)
 
     @property
     def nnz(self) -> int:
         return self.data.size
 
+    def _empty(self, shape):
+        if self.backend is None:
+            return np.empty(shape, self.data.dtype)
+        return self.backend.empty(shape, self.data.dtype)
+
     def matmul(self, x, out=None, accumulate=False):
-        out = np.empty((x.shape[0], self.shape[0]), self.data.dtype) if out is None else out
-        return gemm(x, self.data.T, out, accumulate)
+        out = self._empty((x.shape[0], self.shape[0])) if out is None else out
+        return self._gemm(x, self.data, out, accumulate, trans_b=True)
 
     def matmul_t(self, dy, out=None, accumulate=False):
-        out = np.empty((dy.shape[0], self.shape[1]), self.data.dtype) if out is None else out
-        return gemm(dy, self.data, out, accumulate)
+        out = self._empty((dy.shape[0], self.shape[1])) if out is None else out
+        return self._gemm(dy, self.data, out, accumulate)
 
     def sddmm(self, dy, x, out=None, accumulate=False):
-        out = np.empty(self.shape, self.data.dtype) if out is None else out
-        return gemm(dy.T, x, out, accumulate)
+        out = self._empty(self.shape) if out is None else out
+        return self._gemm(dy, x, out, accumulate, trans_a=True)
+

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from .dense import gemm
-from .kernels.cpu import softmax_xent
 from .workspace import Workspace
 
 
@@ -18,21 +16,24 @@ def softmax_forward(h, weight, bias, targets, row_weights, ws: Workspace, grad: 
     """Per-row NLL of the targets, and the logits gradient kept for the backward.
 
     h: (N, H); weight: (V, H); bias: (V,); targets: (N,) int32; row_weights: (N,) float, each
-    row's factor in the differentiated loss (0 for padding). Returns nll: (N,) float64, cache.
+    row's factor in the differentiated loss (0 for padding); all on ws's backend.
+    Returns nll: (N,) float64 (on the backend), cache.
     """
     n, nv = h.shape[0], weight.shape[0]
+    be = ws.be
     logits = ws.get("logits", (n, nv), h.dtype)
-    gemm(h, weight.T, logits)             # the bias is added inside the fused kernel
+    be.gemm(h, weight, logits, trans_b=True)    # the bias is added inside the fused kernel
     nll = ws.get("nll", (n,), np.float64)
     dbias = ws.zeros("dbias_out", (nv,), h.dtype)
-    softmax_xent(logits, bias, targets, row_weights, nll, dbias, grad)
+    be.softmax_xent(logits, bias, targets, row_weights, nll, dbias, grad)
     return nll, (h, logits, dbias)
 
 
 def softmax_backward(cache, weight, dweight, dbias, ws: Workspace):
     """Write dweight: (V, H) and dbias: (V,); return dh: (N, H) = dlogits @ W_o."""
     h, dlogits, dbias_rows = cache
-    gemm(dlogits.T, h, dweight)
-    dbias[...] = dbias_rows
+    be = ws.be
+    be.gemm(dlogits, h, dweight, trans_a=True)
+    be.copy(dbias, dbias_rows)
     dh = ws.get("dh_out", h.shape, h.dtype)
-    return gemm(dlogits, weight, dh)
+    return be.gemm(dlogits, weight, dh)

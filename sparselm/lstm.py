@@ -27,13 +27,13 @@ and once after the loop, over all T*B rows at once (one GEMM dense, one SDDMM sp
 
 The input projection x W_x^T is likewise one product over all T*B rows before the loop, so the
 per-step work is only the recurrent product and the fused cell kernel.
+
+Every array operation goes through the workspace's backend (`ws.be`), so the same code runs on
+NumPy arrays with the CPU kernels and on device arrays with the CUDA kernels.
 """
 
 from __future__ import annotations
 
-import numpy as np
-
-from .kernels.cpu import lstm_cell_backward, lstm_cell_forward
 from .workspace import Workspace
 
 
@@ -41,26 +41,26 @@ def lstm_layer_forward(x, h0, c0, w_x, w_h, bias, ws: Workspace, tag: str):
     """Run one layer over the window.
 
     x: (T, B, I) C-contiguous; h0, c0: (B, H); w_x: (G, I), w_h: (G, H) DenseMatrix or CSRMatrix;
-    bias: (G,). Returns out: (T, B, H) (the h_t, a view of the cache), (h_T, c_T) views, cache.
+    bias: (G,); all on ws's backend, one float dtype. Returns out: (T, B, H) (the h_t, a view of the cache), (h_T, c_T) views, cache.
     Buffers come from ws under names prefixed by tag, so two layers never share one.
     """
     steps, nb, ni = x.shape
     ng = bias.shape[0]
     nh = ng // 4
-    dtype = x.dtype
+    dtype, be = x.dtype, ws.be
     gx = ws.get(tag + "gx", (steps, nb, ng), dtype)
     w_x.matmul(x.reshape(steps * nb, ni), out=gx.reshape(steps * nb, ng))
-    gx += bias
+    be.add_rows(gx.reshape(steps * nb, ng), bias)
     hs = ws.get(tag + "hs", (steps + 1, nb, nh), dtype)
     cs = ws.get(tag + "cs", (steps + 1, nb, nh), dtype)
     gates = ws.get(tag + "gates", (steps, nb, ng), dtype)
     tanh_c = ws.get(tag + "tanh_c", (steps, nb, nh), dtype)
     rec = ws.get(tag + "rec", (nb, ng), dtype)
-    hs[0] = h0
-    cs[0] = c0
+    be.copy(hs[0], h0)
+    be.copy(cs[0], c0)
     for t in range(steps):
         w_h.matmul(hs[t], out=rec)
-        lstm_cell_forward(gx[t], rec, cs[t], gates[t], cs[t + 1], tanh_c[t], hs[t + 1])
+        be.lstm_cell_forward(gx[t], rec, cs[t], gates[t], cs[t + 1], tanh_c[t], hs[t + 1])
     cache = (x, hs, cs, gates, tanh_c)
     return hs[1:], (hs[steps], cs[steps]), cache
 
@@ -79,20 +79,20 @@ def lstm_layer_backward(dout, dh_last, dc_last, cache, w_x, w_h, dw_x, dw_h, dbi
     steps, nb, ni = x.shape
     nh = hs.shape[2]
     ng = 4 * nh
-    dtype = x.dtype
+    dtype, be = x.dtype, ws.be
     dgates = ws.get(tag + "dgates", (steps, nb, ng), dtype)
     dh_rec = ws.get(tag + "dh_rec", (nb, nh), dtype)
     dc = ws.get(tag + "dc", (2, nb, nh), dtype)   # ping-pong: dc_t in, dc_{t-1} out
-    _copy_or_zero(dh_rec, dh_last)
-    _copy_or_zero(dc[steps % 2], dc_last)
+    _copy_or_zero(be, dh_rec, dh_last)
+    _copy_or_zero(be, dc[steps % 2], dc_last)
     for t in range(steps - 1, -1, -1):
-        lstm_cell_backward(dout[t], dh_rec, dc[(t + 1) % 2], gates[t], cs[t], tanh_c[t],
+        be.lstm_cell_backward(dout[t], dh_rec, dc[(t + 1) % 2], gates[t], cs[t], tanh_c[t],
                            dgates[t], dc[t % 2])
         w_h.matmul_t(dgates[t], out=dh_rec)
     da = dgates.reshape(steps * nb, ng)
     w_h.sddmm(da, hs[:-1].reshape(steps * nb, nh), out=dw_h)
     w_x.sddmm(da, x.reshape(steps * nb, ni), out=dw_x)
-    np.sum(da, axis=0, out=dbias)
+    be.col_sum(da, dbias)
     dx = None
     if need_dx:
         dx = ws.get(tag + "dx", (steps, nb, ni), dtype)
@@ -100,8 +100,8 @@ def lstm_layer_backward(dout, dh_last, dc_last, cache, w_x, w_h, dw_x, dw_h, dbi
     return dx, dh_rec, dc[0]
 
 
-def _copy_or_zero(dst: np.ndarray, src) -> None:
+def _copy_or_zero(be, dst, src) -> None:
     if src is None:
-        dst.fill(0)
+        be.fill(dst, 0)
     else:
-        dst[...] = src
+        be.copy(dst, src)

@@ -7,6 +7,13 @@ With output="factorized" softmax.weight is replaced by softmax.row_weight and so
 (V, S), H = S*S (see output.py).
 Dropout (Zaremba et al.) is applied to the non-recurrent connections only: the embedding output,
 between layers, and before the softmax; inverted, so evaluation needs no rescaling.
+
+Backends: parameters, gradients, the carried state and every buffer of the step live on the
+model's backend (kernels.get_backend: NumPy or a CUDA device) and every operation of the step is
+one of its kernels, so one implementation runs on both. Per step, only the batch's word ids,
+row weights and dropout masks go to the device (the masks are drawn on the host from the run's
+generator: a CPU and a GPU run draw the same masks, and --resume reproduces them), and the (T*B,)
+NLL comes back for the loss.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import numpy as np
 from .config import TrainConfig
 from .csr import CSRMatrix, build_mask, init_values
 from .dense import DenseMatrix
-from .kernels.cpu import embedding_backward
+from .kernels import get_backend
 from .loss import softmax_backward, softmax_forward
 from .lstm import lstm_layer_backward, lstm_layer_forward
 from .output import factorized_backward, factorized_forward, factorized_logits, output_shapes
@@ -31,7 +38,7 @@ class ForwardResult:
     loss: float          # the differentiated objective: sum_n row_weight_n * nll_n
     nll_sum: float       # summed NLL of the real (unmasked) tokens
     n_tokens: int        # number of real tokens predicted
-    state: list          # [(h, c)] per layer, (B, H) copies: the carried state
+    state: list          # [(h, c)] per layer, (B, H) copies on the backend: the carried state
     cache: tuple | None
 
 
@@ -85,20 +92,25 @@ class LanguageModel:
     """Parameters, gradients and the hand-written forward and backward of the whole model."""
 
     def __init__(self, cfg: TrainConfig, vocab_size: int, params: dict | None = None,
-                 patterns: dict | None = None):
+                 patterns: dict | None = None, backend=None):
+        """params: name -> host array (a checkpoint's), or None to initialise from cfg.seed;
+        backend: kernels.Backend the model runs on (default the CPU)."""
         self.cfg, self.vocab_size = cfg, vocab_size
         self.dtype = np.dtype(cfg.dtype)
+        self.be = backend if backend is not None else get_backend("cpu")
         rng = np.random.default_rng(cfg.seed)
         self.patterns = patterns if patterns is not None else build_patterns(cfg, rng)
-        self.params = ParamSet(self._shapes(), self.dtype)
-        self.grads = self.params.zeros_like()
+        host = ParamSet(self._shapes(), self.dtype)
         if params is None:
-            self._init_values(rng)
+            self._init_values(host, rng)
         else:
-            self.params.load(params)
+            host.load(params)
+        self.params = host if self.be.name == "cpu" else host.to_backend(self.be)
+        self.grads = self.params.zeros_like()
         self.weights = {name: self._operator(name, self.params[name])
                         for name in gate_names(cfg.layers)}
-        self.ws = Workspace()
+        self.ws = Workspace(self.be)
+        self.host_ws = self.ws if self.be.name == "cpu" else Workspace(get_backend("cpu"))
 
     # -- construction -------------------------------------------------------------------------
     def gate_shape(self, name: str) -> tuple[int, int]:
@@ -115,9 +127,9 @@ class LanguageModel:
         shapes.update(output_shapes(c.output, c.hidden, nv))
         return shapes
 
-    def _init_values(self, rng) -> None:
+    def _init_values(self, params: ParamSet, rng) -> None:
         """Zaremba: every parameter U(-s, s); CSR gate values by the configured scheme."""
-        for name, arr in self.params.items():
+        for name, arr in params.items():
             if name in self.patterns:
                 rows, cols = self.gate_shape(name)
                 arr[...] = init_values(arr.size, rows, cols, self.cfg.init, self.cfg.init_scale,
@@ -128,57 +140,80 @@ class LanguageModel:
     def _operator(self, name: str, values: np.ndarray):
         p = self.patterns.get(name)
         if p is None:
-            return DenseMatrix(values)
+            return DenseMatrix(values, self.be)
         if isinstance(p, CSRMatrix):       # built here: reuse its transpose pattern
             return p.with_data(values)
         return CSRMatrix(values, p.indices, p.indptr, tuple(p.shape))
 
     def init_state(self, batch_size: int) -> list:
-        zeros = lambda: np.zeros((batch_size, self.cfg.hidden), self.dtype)  # noqa: E731
+        """[(h, c)] of zeros, (B, H) on the backend, per layer."""
+        zeros = lambda: self.be.zeros((batch_size, self.cfg.hidden), self.dtype)  # noqa: E731
         return [(zeros(), zeros()) for _ in range(self.cfg.layers)]
+
+    def state_to_host(self, state) -> list | None:
+        """[(h, c)] as NumPy arrays (for checkpoints), or None."""
+        if state is None:
+            return None
+        return [(self.be.to_host(h), self.be.to_host(c)) for h, c in state]
+
+    def state_to_device(self, state) -> list | None:
+        """[(h, c)] host arrays (a checkpoint's) as this model's dtype on its backend."""
+        if state is None:
+            return None
+        return [tuple(self.be.to_device(np.asarray(a, self.dtype)) for a in pair)
+                for pair in state]
+
+    def _clone(self, a):
+        out = self.be.empty(a.shape, a.dtype)
+        self.be.copy(out, a)
+        return out
 
     # -- forward ------------------------------------------------------------------------------
     def forward(self, batch, state=None, rng=None, train: bool = True) -> ForwardResult:
-        """Loss of one batch. batch.inputs, targets: (T, B) int32; state: [(h, c)] (B, H) or None.
+        """Loss of one batch. batch.inputs, targets: (T, B) int32 host arrays; state: [(h, c)]
+        (B, H) on the backend, or None.
 
         With train=True the logits gradient is computed on the way (fused kernel) and the cache
         for backward() is returned; dropout masks are drawn from rng (required when dropout > 0).
         """
-        p = self.params
+        p, be = self.params, self.be
         steps, nb = batch.inputs.shape
         n = steps * nb
         if batch.reset:
             state = None
-        x, new_state, masks, layer_caches = self.hidden_forward(batch.inputs, state, rng, train)
+        ids = be.to_device(batch.inputs.reshape(n))
+        x, new_state, masks, layer_caches = self.hidden_forward(ids, steps, state, rng, train)
         row_w = self._row_weights(batch)
-        targets = batch.targets.reshape(n)
+        targets, row_w_dev = be.to_device(batch.targets.reshape(n)), be.to_device(row_w)
         if self.cfg.output == "factorized":
             nll, out_cache = factorized_forward(
                 x.reshape(n, self.cfg.hidden), p["softmax.row_weight"], p["softmax.col_weight"],
-                p["softmax.bias"], targets, row_w, self.ws, grad=train)
+                p["softmax.bias"], targets, row_w_dev, self.ws, grad=train)
         else:
             nll, out_cache = softmax_forward(x.reshape(n, self.cfg.hidden), p["softmax.weight"],
-                                             p["softmax.bias"], targets, row_w, self.ws,
+                                             p["softmax.bias"], targets, row_w_dev, self.ws,
                                              grad=train)
+        nll = be.to_host(nll)
         real = nll if batch.mask is None else nll * batch.mask.reshape(n)
-        cache = (batch, masks, layer_caches, out_cache) if train else None
+        cache = (ids, steps, masks, layer_caches, out_cache) if train else None
         return ForwardResult(float(np.dot(nll, row_w)), float(real.sum()), batch.n_tokens,
                              new_state, cache)
 
-    def hidden_forward(self, inputs, state=None, rng=None, train: bool = False):
-        """Embedding and LSTM layers. inputs: (T, B) int32; state: [(h, c)] (B, H) or None.
+    def hidden_forward(self, ids, steps: int, state=None, rng=None, train: bool = False):
+        """Embedding and LSTM layers. ids: (T*B,) int32 on the backend, time-major; state:
+        [(h, c)] (B, H) or None.
 
         Returns top: (T, B, H) the input of the output layer (after dropout), the new state
         (copies), the dropout masks and the per-layer caches.
         """
         c, ws, p = self.cfg, self.ws, self.params
-        steps, nb = inputs.shape
+        nb = ids.shape[0] // steps
         if state is None:
             state = self.init_state(nb)
         drop = c.dropout if train else 0.0
         masks = []
         x = ws.get("emb_out", (steps, nb, c.emb), self.dtype)
-        np.take(p["embedding.weight"], inputs, axis=0, out=x, mode="clip")  # ids are valid
+        self.be.gather(p["embedding.weight"], ids, x.reshape(steps * nb, c.emb))
         x = self._dropout(x, drop, rng, masks, "drop0")
         layer_caches, new_state = [], []
         for layer in range(c.layers):
@@ -186,13 +221,17 @@ class LanguageModel:
                 x, state[layer][0], state[layer][1], self.weights[f"lstm.{layer}.w_x"],
                 self.weights[f"lstm.{layer}.w_h"], p[f"lstm.{layer}.bias"], ws, f"l{layer}.")
             layer_caches.append(cache)
-            new_state.append((h.copy(), cc.copy()))
+            new_state.append((self._clone(h), self._clone(cc)))
             x = self._dropout(out, drop, rng, masks, f"drop{layer + 1}")
         return x, new_state, masks, layer_caches
 
     def logits(self, inputs, state=None):
-        """Next-word logits (no dropout). inputs: (T, B) int32 -> (T*B, V) float, new state."""
-        top, new_state, _, _ = self.hidden_forward(inputs, state)
+        """Next-word logits (no dropout), on the CPU backend. inputs: (T, B) int32 -> (T*B, V)
+        float, new state."""
+        if self.be.name != "cpu":
+            raise ValueError("logits() runs on the CPU backend; load the model with device cpu")
+        top, new_state, _, _ = self.hidden_forward(np.ascontiguousarray(inputs).reshape(-1),
+                                                   inputs.shape[0], state)
         flat = top.reshape(-1, self.cfg.hidden)
         if self.cfg.output == "factorized":
             p = self.params
@@ -201,24 +240,30 @@ class LanguageModel:
         return flat @ self.params["softmax.weight"].T + self.params["softmax.bias"], new_state
 
     def _dropout(self, x, rate, rng, masks, name):
-        """Inverted dropout: x * m with m = keep / (1 - rate). Returns x itself when rate = 0."""
+        """Inverted dropout: x * m with m = keep / (1 - rate). Returns x itself when rate = 0.
+
+        The mask is drawn on the host (the run's generator) and sent to the backend.
+        """
         if rate <= 0.0:
             return x
-        mask = self.ws.get(name + ".mask", x.shape, self.dtype)
+        mask = self.host_ws.get(name + ".mask", x.shape, self.dtype)
         np.greater_equal(rng.random(x.shape, dtype=self.dtype), rate, out=mask)
         mask *= 1.0 / (1.0 - rate)
+        mask = self.be.to_device(mask)
         masks.append(mask)
-        return np.multiply(x, mask, out=self.ws.get(name + ".out", x.shape, self.dtype))
+        out = self.ws.get(name + ".out", x.shape, self.dtype)
+        self.be.mul(x, mask, out)
+        return out
 
     def _row_weights(self, batch) -> np.ndarray:
-        """Each row's factor in the differentiated loss: (T*B,) float.
+        """Each row's factor in the differentiated loss: (T*B,) float, a host array.
 
         "batch": sum over steps of the batch mean (Zaremba/TensorFlow; lr 1.0 refers to it);
         "token": the mean NLL per real token.
         """
         steps, nb = batch.inputs.shape
         scale = 1.0 / nb if self.cfg.loss_reduction == "batch" else 1.0 / max(batch.n_tokens, 1)
-        w = self.ws.get("row_weights", (steps * nb,), self.dtype)
+        w = self.host_ws.get("row_weights", (steps * nb,), self.dtype)
         if batch.mask is None:
             w.fill(scale)
         else:
@@ -231,12 +276,12 @@ class LanguageModel:
 
         Returns [(dh0, dc0)] per layer: the gradient reaching the initial (carried) state.
         """
-        batch, masks, layer_caches, out_cache = cache
-        c, p, g, ws = self.cfg, self.params, self.grads, self.ws
+        ids, steps, masks, layer_caches, out_cache = cache
+        c, p, g, ws, be = self.cfg, self.params, self.grads, self.ws, self.be
         # Every gradient is written once per step (overwritten), except the embedding's, which is
         # a scatter-add over the batch's words: clearing it alone saves a pass over all parameters.
-        g["embedding.weight"].fill(0)
-        steps, nb = batch.inputs.shape
+        be.fill(g["embedding.weight"], 0)
+        nb = ids.shape[0] // steps
         if c.output == "factorized":
             d = factorized_backward(out_cache, p["softmax.row_weight"], p["softmax.col_weight"],
                                     g["softmax.row_weight"], g["softmax.col_weight"],
@@ -248,15 +293,14 @@ class LanguageModel:
         state_grads = [None] * c.layers
         for layer in range(c.layers - 1, -1, -1):
             if masks:
-                d *= masks[layer + 1]
+                be.mul(d, masks[layer + 1], d)
             dx, dh0, dc0 = lstm_layer_backward(
                 d, None, None, layer_caches[layer], self.weights[f"lstm.{layer}.w_x"],
                 self.weights[f"lstm.{layer}.w_h"], g[f"lstm.{layer}.w_x"],
                 g[f"lstm.{layer}.w_h"], g[f"lstm.{layer}.bias"], ws, f"l{layer}.")
-            state_grads[layer] = (dh0.copy(), dc0.copy())
+            state_grads[layer] = (self._clone(dh0), self._clone(dc0))
             d = dx
         if masks:
-            d *= masks[0]
-        embedding_backward(batch.inputs.reshape(-1), d.reshape(steps * nb, c.emb),
-                           g["embedding.weight"])
+            be.mul(d, masks[0], d)
+        be.embedding_backward(ids, d.reshape(steps * nb, c.emb), g["embedding.weight"])
         return state_grads

@@ -12,7 +12,6 @@ import math
 import numpy as np
 
 from .config import TrainConfig
-from .kernels.cpu import adam_update, sgd_update, sum_squares
 
 
 def learning_rate(cfg: TrainConfig, step: int, epoch: int) -> float:
@@ -44,13 +43,16 @@ def clip_scale(norm: float, clip: float) -> float:
 
 
 class Optimizer:
-    """SGD or Adam on a flat (P,) buffer. State buffers are (P,) arrays, saved in checkpoints."""
+    """SGD or Adam on a flat (P,) buffer. State buffers are (P,) arrays on the backend (default
+    the CPU), saved in checkpoints through host_state()."""
 
-    def __init__(self, cfg: TrainConfig, size: int, dtype):
+    def __init__(self, cfg: TrainConfig, size: int, dtype, backend=None):
+        from .kernels import get_backend
         self.cfg = cfg
+        self.be = backend if backend is not None else get_backend("cpu")
         self.steps = 0
         names = {"sgd": ["momentum"] if cfg.momentum > 0 else [], "adam": ["adam_m", "adam_v"]}
-        self.state = {name: np.zeros(size, dtype=dtype) for name in names[cfg.optimizer]}
+        self.state = {name: self.be.zeros(size, np.dtype(dtype)) for name in names[cfg.optimizer]}
 
     def step(self, params: np.ndarray, grads: np.ndarray, lr: float) -> tuple[float, bool]:
         """Clip and apply one update. params, grads: (P,). Returns (gradient norm, applied).
@@ -58,23 +60,29 @@ class Optimizer:
         A non-finite norm leaves params and state untouched (applied = False): one bad batch
         must not corrupt the model; the trainer decides whether to stop or skip.
         """
-        norm = math.sqrt(sum_squares(grads))
+        be = self.be
+        norm = math.sqrt(be.sum_squares(grads))
         if not math.isfinite(norm):
             return norm, False
         scale = clip_scale(norm, self.cfg.clip)
         self.steps += 1
         if self.cfg.optimizer == "sgd":
             velocity = self.state.get("momentum", grads)
-            sgd_update(params, grads, velocity, lr, scale, self.cfg.momentum)
+            be.sgd_update(params, grads, velocity, lr, scale, self.cfg.momentum)
         else:
             c = self.cfg
-            adam_update(params, grads, self.state["adam_m"], self.state["adam_v"], lr, scale,
+            be.adam_update(params, grads, self.state["adam_m"], self.state["adam_v"], lr, scale,
                         c.beta1, c.beta2, c.eps, self.steps)
         return norm, True
 
+    def host_state(self) -> dict[str, np.ndarray]:
+        """name -> (P,) NumPy array (copies when the state lives on a device)."""
+        return {name: self.be.to_host(buf) for name, buf in self.state.items()}
+
     def load_state(self, state: dict[str, np.ndarray], steps: int) -> None:
+        """Restore from host arrays (a checkpoint's), cast to the buffers' dtype."""
         for name, buf in self.state.items():
-            if name not in state or state[name].shape != buf.shape:
+            if name not in state or tuple(state[name].shape) != tuple(buf.shape):
                 raise ValueError(f"optimizer state {name!r} missing or of the wrong size")
-            buf[...] = state[name]
+            self.be.copy(buf, np.asarray(state[name], buf.dtype))
         self.steps = steps

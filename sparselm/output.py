@@ -25,8 +25,7 @@ import math
 
 import numpy as np
 
-from .dense import gemm
-from .kernels.cpu import softmax_xent
+from .kernels import cpu_arrays
 from .workspace import Workspace
 
 
@@ -51,26 +50,15 @@ def output_shapes(output: str, hidden: int, vocab_size: int) -> dict:
     return {"softmax.weight": (vocab_size, hidden), "softmax.bias": (vocab_size,)}
 
 
-def grid_sums(h: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> None:
-    """rows[n, i] = sum_j h[n, i*S+j] and cols[n, j] = sum_i h[n, i*S+j].
-
-    h: (N, S*S) C-contiguous; rows, cols: (N, S) written in place.
-    """
-    n, side = rows.shape
-    grid = h.reshape(n, side, side)       # a view: (N, S, S), g[n, i, j] = h[n, i*S + j]
-    np.sum(grid, axis=2, out=rows)
-    np.sum(grid, axis=1, out=cols)
-
-
 def factorized_logits(h, row_weight, col_weight, bias, out=None) -> np.ndarray:
-    """logits: (N, V) = r A^T + c B^T + b of h: (N, H); A, B: (V, S); bias: (V,)."""
+    """logits: (N, V) = r A^T + c B^T + b of host arrays h: (N, H); A, B: (V, S); bias: (V,)."""
     n, side = h.shape[0], row_weight.shape[1]
     rows = np.empty((n, side), h.dtype)
     cols = np.empty((n, side), h.dtype)
-    grid_sums(np.ascontiguousarray(h), rows, cols)
+    cpu_arrays.grid_sums(np.ascontiguousarray(h), rows, cols)
     out = np.empty((n, row_weight.shape[0]), h.dtype) if out is None else out
-    gemm(rows, row_weight.T, out)
-    gemm(cols, col_weight.T, out, accumulate=True)
+    cpu_arrays.gemm(rows, row_weight, out, trans_b=True)
+    cpu_arrays.gemm(cols, col_weight, out, accumulate=True, trans_b=True)
     out += bias
     return out
 
@@ -80,36 +68,39 @@ def factorized_forward(h, row_weight, col_weight, bias, targets, row_weights, ws
     """Per-row NLL of the targets, and what the backward needs.
 
     h: (N, H) with H = S*S; row_weight, col_weight: (V, S); bias: (V,); targets: (N,) int32;
-    row_weights: (N,) float, each row's factor in the differentiated loss (0 for padding).
-    Returns nll: (N,) float64 and cache = (h, r, c, dlogits (N, V), dbias (V,)), the
-    convention of loss.softmax_forward: with grad=True the logits buffer holds d(loss)/d(logits).
+    row_weights: (N,) float, each row's factor in the differentiated loss (0 for padding); all
+    on ws's backend. Returns nll: (N,) float64 and cache = (h, r, c, dlogits (N, V), dbias (V,)),
+    the convention of loss.softmax_forward: with grad=True the logits buffer holds
+    d(loss)/d(logits).
     """
     n, nv, side = h.shape[0], row_weight.shape[0], row_weight.shape[1]
+    be = ws.be
     rows = ws.get("fact_rows", (n, side), h.dtype)
     cols = ws.get("fact_cols", (n, side), h.dtype)
-    grid_sums(h, rows, cols)
+    be.grid_sums(h, rows, cols)
     logits = ws.get("logits", (n, nv), h.dtype)
-    gemm(rows, row_weight.T, logits)
-    gemm(cols, col_weight.T, logits, accumulate=True)
+    be.gemm(rows, row_weight, logits, trans_b=True)
+    be.gemm(cols, col_weight, logits, accumulate=True, trans_b=True)
     nll = ws.get("nll", (n,), np.float64)
     dbias = ws.zeros("dbias_out", (nv,), h.dtype)
-    softmax_xent(logits, bias, targets, row_weights, nll, dbias, grad)   # adds the bias
+    be.softmax_xent(logits, bias, targets, row_weights, nll, dbias, grad)   # adds the bias
     return nll, (h, rows, cols, logits, dbias)
 
 
 def factorized_backward(cache, row_weight, col_weight, drow_weight, dcol_weight, dbias,
-                        ws: Workspace) -> np.ndarray:
+                        ws: Workspace):
     """Write dA, dB: (V, S) and dbias: (V,); return dh: (N, H).
 
-    dh[n, i*S + j] = (D A)[n, i] + (D B)[n, j]: a broadcast sum written as an (N, S, S) view.
+    dh[n, i*S + j] = (D A)[n, i] + (D B)[n, j] (the backend's grid_outer_add).
     """
     h, rows, cols, dlogits, dbias_rows = cache
-    gemm(dlogits.T, rows, drow_weight)
-    gemm(dlogits.T, cols, dcol_weight)
-    dbias[...] = dbias_rows
+    be = ws.be
+    be.gemm(dlogits, rows, drow_weight, trans_a=True)
+    be.gemm(dlogits, cols, dcol_weight, trans_a=True)
+    be.copy(dbias, dbias_rows)
     n, side = rows.shape
-    drows = gemm(dlogits, row_weight, ws.get("fact_drows", (n, side), h.dtype))
-    dcols = gemm(dlogits, col_weight, ws.get("fact_dcols", (n, side), h.dtype))
+    drows = be.gemm(dlogits, row_weight, ws.get("fact_drows", (n, side), h.dtype))
+    dcols = be.gemm(dlogits, col_weight, ws.get("fact_dcols", (n, side), h.dtype))
     dh = ws.get("dh_out", h.shape, h.dtype)
-    np.add(drows[:, :, None], dcols[:, None, :], out=dh.reshape(n, side, side))
+    be.grid_outer_add(drows, dcols, dh)
     return dh

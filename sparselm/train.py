@@ -87,13 +87,14 @@ def model_checkpoint(model: LanguageModel, vocab: Vocabulary, optimizer=None, ru
                 for name, p in model.patterns.items()}
     state = {}
     if carried is not None:
+        carried = model.state_to_host(carried)
         state["hidden"] = np.stack([np.stack(hc) for hc in carried])     # (L, 2, B, H)
     progress = {} if run is None else {k: v for k, v in run.__dict__.items()}
     if run is not None and not math.isfinite(run.best_valid):
         progress["best_valid"] = None
     return Checkpoint(config=model.cfg.to_dict(), vocab=list(vocab.words),
-                      params=dict(model.params.items()), patterns=patterns,
-                      optimizer={} if optimizer is None else dict(optimizer.state),
+                      params=model.params.to_host(), patterns=patterns,
+                      optimizer={} if optimizer is None else optimizer.host_state(),
                       progress=progress, state=state)
 
 
@@ -108,16 +109,17 @@ def expected_shapes(cfg: TrainConfig, vocab_size: int) -> dict:
     return model_shapes
 
 
-def load_model(path, overrides: dict | None = None):
+def load_model(path, overrides: dict | None = None, backend=None):
     """(model, vocab, checkpoint) from a checkpoint file; raises CheckpointError.
 
     overrides: config fields to change (e.g. dtype, threads); never the architecture.
+    backend: kernels.Backend to load onto (default the CPU); a checkpoint loads on either.
     """
     ckpt = load_checkpoint(path)
-    return _model_from(ckpt, path, overrides) + (ckpt,)
+    return _model_from(ckpt, path, overrides, backend) + (ckpt,)
 
 
-def _model_from(ckpt: Checkpoint, path, overrides: dict | None):
+def _model_from(ckpt: Checkpoint, path, overrides: dict | None, backend=None):
     """(model, vocab) of a loaded checkpoint, its config updated by `overrides`."""
     try:
         cfg = TrainConfig.from_dict({**ckpt.config, **(overrides or {})})
@@ -125,7 +127,8 @@ def _model_from(ckpt: Checkpoint, path, overrides: dict | None):
         raise CheckpointError(f"{path}: invalid config: {exc}") from None
     _check_shapes(ckpt, expected_shapes(cfg, len(ckpt.vocab)), path)
     vocab = Vocabulary(ckpt.vocab)
-    return LanguageModel(cfg, len(vocab), params=ckpt.params, patterns=ckpt.patterns), vocab
+    return LanguageModel(cfg, len(vocab), params=ckpt.params, patterns=ckpt.patterns,
+                         backend=backend), vocab
 
 
 def _check_shapes(ckpt: Checkpoint, shapes: dict, path) -> None:
@@ -225,12 +228,12 @@ class Trainer:
     def _setup(self, resume: bool, overwrite: bool) -> None:
         """Load (or build) everything, checking data and options, before touching the folder."""
         self.device_notes = []            # said when training starts, not before a setup error
-        self.device = resolve_device(self.cfg.device, self.device_notes.append)
+        self.backend = resolve_device(self.cfg.device, self.device_notes.append)
         ckpt = vocab = None
         if resume:
             ckpt = load_checkpoint(self.out / "last.h5")
             fields = resumed_fields(self.cfg, ckpt.config)
-            self.model, vocab = _model_from(ckpt, self.out / "last.h5", fields)
+            self.model, vocab = _model_from(ckpt, self.out / "last.h5", fields, self.backend)
             self.cfg = self.model.cfg
         cfg = self.cfg
         self.corpus = load_corpus(self.data_dir, vocab=vocab)
@@ -240,8 +243,9 @@ class Trainer:
             make_batcher(self.corpus, split, cfg.batching, cfg.eval_batch_size, cfg.bptt,
                          seed=cfg.seed, train=False)
         if not resume:
-            self.model = LanguageModel(cfg, len(self.corpus.vocab))
-        self.optimizer = Optimizer(cfg, self.model.params.flat.size, self.model.dtype)
+            self.model = LanguageModel(cfg, len(self.corpus.vocab), backend=self.backend)
+        self.optimizer = Optimizer(cfg, self.model.params.flat.size, self.model.dtype,
+                                   self.backend)
         self.run = RunState()
         self.rng = np.random.default_rng([cfg.seed, 1])
         self.carried = None
@@ -269,8 +273,7 @@ class Trainer:
             raise CheckpointError(f"{self.out / 'last.h5'}: cannot resume from it: {exc}") from None
         hidden = ckpt.state.get("hidden")
         if hidden is not None:
-            self.carried = [(h.astype(self.model.dtype), c.astype(self.model.dtype))
-                            for h, c in hidden]
+            self.carried = self.model.state_to_device(list(hidden))
         self.saved_step = self.run.step
 
     def close(self) -> None:
@@ -282,7 +285,7 @@ class Trainer:
     def save(self, name: str = "last.h5") -> None:
         """Write the run's state atomically to out/name; the previous file survives any failure."""
         path = self.out / name
-        if not _all_finite(self.model.params.flat):
+        if not _all_finite(self.model.params.host_flat()):
             raise NonFiniteError(f"not saving {path}: the parameters became non-finite by step "
                                  f"{self.run.step} (an update overflowed: is --lr too large?); "
                                  f"{self._fallback()}")
@@ -317,7 +320,8 @@ class Trainer:
         cfg, run = self.cfg, self.run
         steps_per_epoch = len(self.batcher)
         self.say(f"training {cfg.preset}: {self.model.params.flat.size:,} parameters, "
-                 f"{steps_per_epoch} steps/epoch, {cfg.epochs} epochs -> {self.out}")
+                 f"{steps_per_epoch} steps/epoch, {cfg.epochs} epochs on {self.backend.name} "
+                 f"({self.backend.detail}) -> {self.out}")
         while run.epoch < cfg.epochs and not self._done():
             self._train_epoch(guard, steps_per_epoch)
             if guard.signum or self._done() and run.cursor < steps_per_epoch:
@@ -389,7 +393,7 @@ class Trainer:
         self._log({"event": "nonfinite", "step": step, "loss": loss, "grad_norm": norm})
         message = (f"non-finite {what} at step {step} (loss {loss}, grad norm {norm}); the step "
                    "was rejected")
-        if not _all_finite(self.model.params.flat):
+        if not _all_finite(self.model.params.host_flat()):
             # Only an update can do this (an overflow, e.g. lr far too large); it cannot be undone
             # in memory, so skipping would only reject every later step too.
             raise NonFiniteError(f"{message}, but the parameters are already non-finite (an "
@@ -604,13 +608,11 @@ def write_atomic(path: Path, text: str) -> None:
         raise RunFolderError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
-def resolve_device(device: str, say) -> str:
-    """Where the training step runs: always "cpu" for now.
+def resolve_device(device: str, say):
+    """The kernels.Backend the training step runs on, for --device auto | cpu | cuda.
 
-    `--device cuda` without a GPU is a one-line ConfigError and `auto` falls back to the CPU with
-    one notice (kernels.get_backend). The CUDA kernels exist and are tested (kernels/cuda.py), but
-    the model's step between them is still NumPy on the host, so with a GPU present `cuda` says
-    so plainly and `auto` trains on the CPU.
+    `cuda` without a GPU is a one-line ConfigError; `auto` takes a GPU when one is present and
+    otherwise falls back to the CPU, saying so once (through `say`).
     """
     import warnings
     from .kernels import get_backend
@@ -619,12 +621,7 @@ def resolve_device(device: str, say) -> str:
         backend = get_backend(device)
     for w in caught:
         say(f"note: {w.message}")
-    if backend.name == "cuda":
-        if device == "cuda":
-            raise ConfigError("--device cuda: the CUDA kernels are available but the training "
-                              "step does not run on the GPU yet; use --device cpu")
-        say("note: --device auto: a GPU is present, but the training step runs on the CPU")
-    return "cpu"
+    return backend
 
 
 def train(cfg: TrainConfig, out, data_dir, resume=False, overwrite=False, quiet=False) -> dict:

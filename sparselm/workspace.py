@@ -4,6 +4,8 @@ A training step needs the same large temporaries every time (gate pre-activation
 logits, ...). Allocating them anew costs page faults on every step; a Workspace hands out the same
 buffer for the same (name, shape, dtype) until the shape changes (e.g. the last, shorter window).
 Each name is one buffer: callers use distinct names for arrays that are alive at the same time.
+Buffers live on the workspace's backend (host memory, or the GPU), and the step's functions find
+their kernels there too: `ws.be` is the Backend (kernels/__init__.py) the step runs on.
 """
 
 from __future__ import annotations
@@ -12,21 +14,25 @@ import numpy as np
 
 
 class Workspace:
-    def __init__(self):
-        self._buffers: dict[str, np.ndarray] = {}
+    def __init__(self, backend=None):
+        if backend is None:
+            from .kernels import get_backend
+            backend = get_backend("cpu")
+        self.be = backend
+        self._buffers: dict = {}
 
-    def get(self, name: str, shape: tuple, dtype) -> np.ndarray:
+    def get(self, name: str, shape: tuple, dtype):
         """An uninitialised C-contiguous array of this shape and dtype, reused across calls."""
         shape = tuple(int(d) for d in shape)
         buf = self._buffers.get(name)
-        if buf is None or buf.shape != shape or buf.dtype != np.dtype(dtype):
-            buf = np.empty(shape, dtype=dtype)
+        if buf is None or tuple(buf.shape) != shape or buf.dtype != np.dtype(dtype):
+            buf = self.be.empty(shape, np.dtype(dtype))
             self._buffers[name] = buf
         return buf
 
-    def zeros(self, name: str, shape: tuple, dtype) -> np.ndarray:
+    def zeros(self, name: str, shape: tuple, dtype):
         buf = self.get(name, shape, dtype)
-        buf.fill(0)
+        self.be.fill(buf, 0)
         return buf
 
     def nbytes(self) -> int:

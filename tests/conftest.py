@@ -49,12 +49,15 @@ def tiny_corpus(tmp_path) -> Path:
 
 
 class KernelBackend:
-    """One kernel backend for the parametrised kernel suites: its kernel functions (`k`), and how
-    test arrays travel to it (`dev`) and back (`host`). `simulated` is True on Numba's CUDA
-    simulator, where every GPU thread is a Python thread: tests keep to tiny shapes there."""
+    """One kernel backend for the parametrised kernel suites: its kernel functions (`k` for the
+    dense and optimiser kernels, `csr` for the CSR products, `arrays` for the array operations
+    of the step: gemm, copy, gather, ...), and how test arrays travel to it
+    (`dev`) and back (`host`). `simulated` is True on Numba's CUDA simulator, where every GPU
+    thread is a Python thread: tests keep to tiny shapes there."""
 
-    def __init__(self, name, kernels, dev, empty, host, simulated=False):
-        self.name, self.k, self.dev, self.empty, self.host = name, kernels, dev, empty, host
+    def __init__(self, name, kernels, csr, arrays, dev, empty, host, simulated=False):
+        self.name, self.k, self.csr, self.arrays = name, kernels, csr, arrays
+        self.dev, self.empty, self.host = dev, empty, host
         self.simulated = simulated
 
 
@@ -64,8 +67,8 @@ def kernel_backend(request, monkeypatch) -> KernelBackend:
     blocks, so every kernel runs several blocks, its grid-stride loop and its boundary checks)."""
     if request.param == "cpu":
         import numpy as np
-        from sparselm.kernels import cpu
-        return KernelBackend("cpu", cpu, np.array, np.empty, np.asarray)
+        from sparselm.kernels import cpu, cpu_arrays, cpu_csr
+        return KernelBackend("cpu", cpu, cpu_csr, cpu_arrays, np.array, np.empty, np.asarray)
     from sparselm.device import cuda_status, simulator_enabled
     usable, detail = cuda_status()
     if not usable:
@@ -73,5 +76,5 @@ def kernel_backend(request, monkeypatch) -> KernelBackend:
     from sparselm.kernels import cuda
     monkeypatch.setattr(cuda, "THREADS_PER_BLOCK", 8)
     monkeypatch.setattr(cuda, "MAX_BLOCKS", 3)
-    return KernelBackend("cuda", cuda, cuda.to_device, cuda.empty, lambda a: a.copy_to_host(),
-                         simulated=simulator_enabled())
+    return KernelBackend("cuda", cuda, cuda, cuda, cuda.to_device, cuda.empty,
+                         lambda a: a.copy_to_host(), simulated=simulator_enabled())

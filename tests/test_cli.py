@@ -71,7 +71,6 @@ def test_info_counts(teach_run):
     (["train", "--hidden", "0"], "--hidden must be >= 1"),
     (["train", "--lr", "-1"], "--lr must be a positive number"),
     (["train", "--data", "/nonexistent/ptb"], "data folder /nonexistent/ptb not found"),
-    (["train", "--device", "cuda"], "--device cuda"),
     (["evaluate", "/nonexistent.h5"], "not found"),
     (["generate", "/nonexistent.h5"], "not found"),
 ])

@@ -1,7 +1,12 @@
-"""CSR products (forward, transpose, SDDMM) against the references in tests/naive.py.
+"""CSR products (forward, transpose, SDDMM) against the references in tests/naive.py, once per
+backend (the `kernel_backend` fixture: the CPU kernels of sparselm.kernels.cpu_csr, then the CUDA
+kernels of sparselm.kernels.cuda on Numba's simulator or a real GPU).
 
-Every test runs once per backend in BACKENDS. A CUDA backend is added by appending "cuda" and
-teaching `to_backend` / `to_host` to move arrays (numba.cuda.to_device / copy_to_host).
+Operands live on the backend, so the CSRMatrix tests also check that CSRMatrix dispatches on
+where its operands are. Shapes come in pairs: the CPU's (and a real GPU's) exercise the CPU
+kernels' SIMD chunks and row blocks; the simulator's are tiny (every GPU thread is a Python
+thread) but still hold more outputs and entries than the 24 threads launched, so grid-stride
+loops and boundary checks run. The last test is CPU-only and says so.
 """
 
 import json
@@ -13,62 +18,57 @@ import numpy as np
 import pytest
 
 from sparselm.csr import CSRMatrix, csr_random
+from sparselm.device import is_device_array
 import naive
 
-BACKENDS = ["cpu"]
 DTYPES = [np.float32, np.float64]
-RTOL = {np.float32: 1e-5, np.float64: 1e-12}
+# float32 on a GPU runs with fast math (FMA contraction): a few ulp, hence 2e-5
+RTOL = {np.float32: 2e-5, np.float64: 1e-12}
 
 
-def to_backend(a, backend):
-    """A host array as the backend holds it."""
-    if backend == "cpu":
-        return a
-    raise NotImplementedError(backend)
-
-
-def to_host(a, backend):
-    """A backend array as a NumPy array."""
-    if backend == "cpu":
-        return np.asarray(a)
-    raise NotImplementedError(backend)
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request):
-    return request.param
+def pick(be, cpu, simulated):
+    """The simulator's value on the simulator, the CPU's value elsewhere (CPU and real GPU)."""
+    return simulated if be.simulated else cpu
 
 
 def assert_close(got, ref, dtype):
     """Relative to the largest reference value: sums may cancel to near zero element-wise."""
+    rtol = RTOL[np.dtype(dtype).type]
     scale = max(1.0, float(np.abs(ref).max(initial=0.0)))
-    np.testing.assert_allclose(got, ref, rtol=RTOL[np.dtype(dtype).type],
-                               atol=RTOL[np.dtype(dtype).type] * scale)
+    np.testing.assert_allclose(got, ref, rtol=rtol, atol=rtol * scale)
 
 
-def check_all(w, m, backend, rng, accumulate=False):
-    """Run the three products of w with M = m rows and compare with the references."""
+def references(w, x, dy):
+    """The three products of the host CSRMatrix w in float64: {name: (operands, reference)}."""
+    args = (w.data, w.indices, w.indptr, w.shape)
+    return {"matmul": ((x,), naive.csr_matmul_ref(*args, x)),
+            "matmul_t": ((dy,), naive.csr_matmul_t_ref(*args, dy)),
+            "sddmm": ((dy, x), naive.csr_sddmm_ref(w.indices, w.indptr, w.shape, dy, x))}
+
+
+def check_products(be, w, m, rng, accumulate=None, values_on_backend=False):
+    """w's three CSRMatrix products with M = m random rows on the backend, against the references.
+
+    accumulate None: no `out` given; False / True: a random `out` is given and must be
+    overwritten / added to. values_on_backend: w's values are moved to the backend first.
+    """
     rows, cols = w.shape
     x = rng.standard_normal((m, cols)).astype(w.dtype)
     dy = rng.standard_normal((m, rows)).astype(w.dtype)
-    args = (w.data, w.indices, w.indptr, w.shape)
-    cases = [
-        ("matmul", (x,), (m, rows), naive.csr_matmul_ref(*args, x)),
-        ("matmul_t", (dy,), (m, cols), naive.csr_matmul_t_ref(*args, dy)),
-        ("sddmm", (dy, x), (w.nnz,), naive.csr_sddmm_ref(w.indices, w.indptr, w.shape, dy, x)),
-    ]
-    for name, inputs, out_shape, ref in cases:
-        dev_inputs = [to_backend(a, backend) for a in inputs]
-        if accumulate:
-            start = rng.standard_normal(out_shape).astype(w.dtype)
-            out = to_backend(start.copy(), backend)
-            res = getattr(w, name)(*dev_inputs, out=out, accumulate=True)
-            assert res is out
-            ref = ref + start
+    matrix = w.with_data(be.dev(w.data)) if values_on_backend else w
+    for name, (inputs, ref) in references(w, x, dy).items():
+        args = [be.dev(a) for a in inputs]
+        if accumulate is None:
+            res = getattr(matrix, name)(*args)
         else:
-            res = getattr(w, name)(*dev_inputs)
-        got = to_host(res, backend)
-        assert got.shape == out_shape and got.dtype == w.dtype, name
+            start = rng.standard_normal(ref.shape).astype(w.dtype)
+            out = be.dev(start)
+            res = getattr(matrix, name)(*args, out=out, accumulate=accumulate)
+            assert res is out, name
+            ref = ref + start if accumulate else ref
+        assert is_device_array(res) == (be.name == "cuda"), name    # ran on the operands' side
+        got = be.host(res)
+        assert got.shape == ref.shape and got.dtype == w.dtype, name
         assert_close(got, ref, w.dtype)
 
 
@@ -80,102 +80,158 @@ def from_dense(dense):
     return CSRMatrix(dense[rows, cols].copy(), cols.astype(np.int32), indptr, dense.shape)
 
 
-# (R, C, density, M, mask): chunk edges of the batch (MW = 64 f32 / 32 f64 columns), row
-# blocks of 64, uneven row lengths, empty rows and columns, M = 1, dense.
-SHAPES = [
-    (40, 13, 0.3, 5, "uniform"),
-    (130, 70, 0.05, 1, "fanin"),
-    (200, 50, 0.02, 33, "uniform"),
-    (260, 65, 0.1, 65, "fanin"),
-    (97, 31, 0.2, 130, "uniform"),
-    (64, 16, 1.0, 17, "fanin"),
-    (300, 1, 1.0, 3, "fanin"),
-    (1, 300, 0.5, 7, "uniform"),
-]
+def no_entries(rows, cols, dtype):
+    return CSRMatrix(np.zeros(0, dtype), np.zeros(0, np.int32), np.zeros(rows + 1, np.int32),
+                     (rows, cols))
+
+
+# name: ((R, C, density, M, mask) on the CPU, its tiny counterpart on the simulator). The CPU's
+# hit chunk edges of the batch (64 float32 / 32 float64 columns) and row blocks of 64; the
+# simulator's mostly hold more outputs or entries than the 24 threads launched.
+SHAPES = {
+    "small": ((40, 13, 0.3, 5, "uniform"), (9, 6, 0.6, 5, "uniform")),
+    "one_batch_row": ((130, 70, 0.05, 1, "fanin"), (13, 7, 0.3, 1, "fanin")),
+    "mostly_empty_rows": ((200, 50, 0.02, 33, "uniform"), (20, 8, 0.05, 3, "uniform")),
+    "batch_past_chunk": ((260, 65, 0.1, 65, "fanin"), (6, 5, 0.4, 9, "fanin")),
+    "uneven_rows": ((97, 31, 0.2, 130, "uniform"), (11, 7, 0.3, 4, "uniform")),
+    "fully_dense": ((64, 16, 1.0, 17, "fanin"), (5, 4, 1.0, 6, "fanin")),
+    "one_column": ((300, 1, 1.0, 3, "fanin"), (30, 1, 1.0, 2, "fanin")),
+    "one_row": ((1, 300, 0.5, 7, "uniform"), (1, 30, 0.5, 3, "uniform")),
+    "many_batch_chunks": ((400, 100, 0.05, 403, "uniform"), (7, 5, 0.4, 40, "uniform")),
+}
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_random_shapes(backend, dtype, shape):
-    rows, cols, density, m, mask = shape
+@pytest.mark.parametrize("case", list(SHAPES))
+def test_products_match_reference(kernel_backend, dtype, case):
+    rows, cols, density, m, mask = pick(kernel_backend, *SHAPES[case])
     rng = np.random.default_rng(rows * 1000 + cols)
     w = csr_random(rows, cols, density, rng, mask=mask, dtype=dtype, scale=1.0)
-    check_all(w, m, backend, rng)
+    check_products(kernel_backend, w, m, rng)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_accumulate(backend, dtype):
+@pytest.mark.parametrize("accumulate", [False, True], ids=["overwrite", "accumulate"])
+def test_products_into_given_out(kernel_backend, dtype, accumulate):
     rng = np.random.default_rng(7)
-    w = csr_random(150, 40, 0.1, rng, mask="uniform", dtype=dtype)
-    for m in (1, 20, 70, 300):
-        check_all(w, m, backend, rng, accumulate=True)
+    rows, cols, batches = pick(kernel_backend, (150, 40, (1, 20, 70, 300)), (9, 6, (1, 7)))
+    w = csr_random(rows, cols, 0.2, rng, mask="uniform", dtype=dtype)
+    for m in batches:
+        check_products(kernel_backend, w, m, rng, accumulate=accumulate)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_empty_rows_and_columns(backend, dtype):
+def test_products_with_values_on_backend(kernel_backend, dtype):
+    """w.with_data(values on the backend), as training holds them; the pattern stays NumPy."""
+    rng = np.random.default_rng(11)
+    rows, cols, m = pick(kernel_backend, (90, 35, 12), (8, 6, 4))
+    w = csr_random(rows, cols, 0.3, rng, mask="uniform", dtype=dtype, scale=1.0)
+    check_products(kernel_backend, w, m, rng, values_on_backend=True)
+    check_products(kernel_backend, w, m, rng, accumulate=True, values_on_backend=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_empty_rows_and_columns(kernel_backend, dtype):
     rng = np.random.default_rng(3)
-    dense = rng.standard_normal((70, 30)).astype(dtype)
-    dense[rng.random(dense.shape) < 0.8] = 0
-    dense[[0, 5, 6, 69]] = 0  # empty rows, first and last included
-    dense[:, [0, 11, 29]] = 0  # empty columns
-    check_all(from_dense(dense), 9, backend, rng)
+    rows, cols, m = pick(kernel_backend, (70, 30, 9), (9, 7, 4))
+    dense = rng.standard_normal((rows, cols)).astype(dtype)
+    dense[rng.random(dense.shape) < 0.5] = 0
+    dense[[0, rows // 2, rows // 2 + 1, rows - 1]] = 0   # empty rows: first, adjacent, last
+    dense[:, [0, cols // 2, cols - 1]] = 0                # empty columns: first, middle, last
+    check_products(kernel_backend, from_dense(dense), m, rng)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_single_entry_and_1x1(backend, dtype):
-    rng = np.random.default_rng(4)
-    dense = np.zeros((90, 45), dtype)
-    dense[77, 3] = 2.5
-    check_all(from_dense(dense), 4, backend, rng)
-    check_all(from_dense(np.full((1, 1), -1.5, dtype)), 1, backend, rng)
-    check_all(from_dense(np.full((1, 1), 0.5, dtype)), 100, backend, rng)
+def test_single_entry(kernel_backend, dtype):
+    rows, cols, m = pick(kernel_backend, (90, 45, 4), (9, 6, 2))
+    dense = np.zeros((rows, cols), dtype)
+    dense[rows - 3, 3] = 2.5
+    check_products(kernel_backend, from_dense(dense), m, np.random.default_rng(4))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_no_entries_overwrites_out(backend, dtype):
-    w = CSRMatrix(np.zeros(0, dtype), np.zeros(0, np.int32), np.zeros(6, np.int32), (5, 4))
-    out = np.full((3, 5), np.nan, dtype)
-    w.matmul(np.ones((3, 4), dtype), out=out)
-    assert not out.any()
-    out_t = np.full((3, 4), np.nan, dtype)
-    w.matmul_t(np.ones((3, 5), dtype), out=out_t)
-    assert not out_t.any()
-    assert w.sddmm(np.ones((3, 5), dtype), np.ones((3, 4), dtype)).shape == (0,)
+@pytest.mark.parametrize("m", [1, 100])
+def test_one_by_one(kernel_backend, dtype, m):
+    w, rng = from_dense(np.full((1, 1), -1.5, dtype)), np.random.default_rng(5)
+    check_products(kernel_backend, w, m, rng)
+    check_products(kernel_backend, w, m, rng, accumulate=True)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_zero_batch_rows(backend, dtype):
-    rng = np.random.default_rng(5)
-    w = csr_random(20, 10, 0.3, rng, dtype=dtype)
-    assert w.matmul(np.zeros((0, 10), dtype)).shape == (0, 20)
-    grad = np.full(w.nnz, 3.0, dtype)
-    w.sddmm(np.zeros((0, 20), dtype), np.zeros((0, 10), dtype), out=grad)
-    assert not grad.any()
+def test_no_entries_zeroes_or_keeps_out(kernel_backend, dtype):
+    be = kernel_backend
+    w = no_entries(5, 4, dtype)
+    x, dy = be.dev(np.ones((3, 4), dtype)), be.dev(np.ones((3, 5), dtype))
+    for name, args, shape in [("matmul", (x,), (3, 5)), ("matmul_t", (dy,), (3, 4))]:
+        out = be.dev(np.full(shape, np.nan, dtype))
+        getattr(w, name)(*args, out=out)
+        assert not be.host(out).any(), name                 # overwritten with zeros
+        kept = be.dev(np.full(shape, 2.0, dtype))
+        getattr(w, name)(*args, out=kept, accumulate=True)
+        assert (be.host(kept) == 2.0).all(), name
+    assert be.host(w.sddmm(dy, x)).shape == (0,)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_large_batch_many_chunks(backend, dtype):
-    rng = np.random.default_rng(8)
-    w = csr_random(400, 100, 0.05, rng, mask="uniform", dtype=dtype)
-    check_all(w, 403, backend, rng)
+def test_zero_batch_rows(kernel_backend, dtype):
+    be = kernel_backend
+    w = csr_random(5, 4, 0.5, np.random.default_rng(2), "fanin", dtype)
+    x, dy = be.dev(np.zeros((0, 4), dtype)), be.dev(np.zeros((0, 5), dtype))
+    assert be.host(w.matmul(x)).shape == (0, 5)
+    assert be.host(w.matmul_t(dy)).shape == (0, 4)
+    grad = be.dev(np.full(w.nnz, 3.0, dtype))
+    w.sddmm(dy, x, out=grad)
+    assert not be.host(grad).any()                          # an empty sum is zero
+    kept = be.dev(np.full(w.nnz, 3.0, dtype))
+    w.sddmm(dy, x, out=kept, accumulate=True)
+    assert (be.host(kept) == 3.0).all()
 
 
-def test_rejects_bad_operands(backend):
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("accumulate", [False, True], ids=["overwrite", "accumulate"])
+def test_raw_kernels(kernel_backend, dtype, accumulate):
+    """The raw-array kernels as CSRMatrix calls them, with every array on the backend: the CUDA
+    module's launchers take the CPU kernels' arguments in the same order."""
+    be = kernel_backend
+    rng = np.random.default_rng(10)
+    rows, cols, m = pick(be, (120, 33, 21), (9, 6, 5))
+    w = csr_random(rows, cols, 0.3, rng, mask="uniform", dtype=dtype, scale=1.0)
+    x = rng.standard_normal((m, cols)).astype(dtype)
+    dy = rng.standard_normal((m, rows)).astype(dtype)
+    refs = references(w, x, dy)
+    starts = {name: rng.standard_normal(ref.shape).astype(dtype) for name, (_, ref) in refs.items()}
+    outs = {name: be.dev(start) for name, start in starts.items()}
+    data, indices, indptr, t_perm, t_indices, t_indptr = (
+        be.dev(a) for a in (w.data, w.indices, w.indptr, w.t_perm, w.t_indices, w.t_indptr))
+    be.csr.csr_matmul(data, indices, indptr, be.dev(x), outs["matmul"], accumulate)
+    be.csr.csr_matmul_t(data, t_perm, t_indices, t_indptr, be.dev(dy), outs["matmul_t"],
+                        accumulate)
+    be.csr.csr_sddmm(indices, indptr, be.dev(dy), be.dev(x), outs["sddmm"], accumulate)
+    for name, (_, ref) in refs.items():
+        assert_close(be.host(outs[name]), ref + starts[name] if accumulate else ref, dtype)
+
+
+def test_rejects_bad_operands(kernel_backend):
+    """CSRMatrix checks operands on the backend as it checks NumPy ones, before any kernel runs."""
+    be = kernel_backend
     rng = np.random.default_rng(9)
-    w = csr_random(30, 12, 0.2, rng, dtype=np.float32)
-    x = rng.standard_normal((8, 12)).astype(np.float32)
-    wide = rng.standard_normal((8, 24)).astype(np.float32)
-    dy = rng.standard_normal((8, 30)).astype(np.float32)
+    w = csr_random(10, 6, 0.3, rng, dtype=np.float32)
+    x, wide, dy = (rng.standard_normal(s).astype(np.float32) for s in [(4, 6), (4, 12), (4, 10)])
+    d = be.dev
+
+    def strided(a):     # a's values in a non-contiguous view on the backend (a device .T copies)
+        return d(np.repeat(a, 2, axis=1))[:, ::2]
+
     bad = {
-        "C-contiguous": [lambda: w.matmul(wide[:, ::2]), lambda: w.matmul_t(np.asfortranarray(dy)),
-                         lambda: w.sddmm(dy, wide[:, ::2]),
-                         lambda: w.matmul(x, out=np.empty((30, 8), np.float32).T)],
-        "dtype": [lambda: w.matmul(x.astype(np.float64)),
-                  lambda: w.sddmm(dy, x, out=np.empty(w.nnz, np.float64))],
-        "shape|rows|2-D": [lambda: w.matmul(wide), lambda: w.matmul_t(dy[:, :29].copy()),
-                           lambda: w.matmul(x, out=np.empty((8, 29), np.float32)),
-                           lambda: w.sddmm(dy[:7].copy(), x),
-                           lambda: w.matmul(np.ones(12, np.float32))],
+        "C-contiguous": [lambda: w.matmul(strided(x)), lambda: w.sddmm(d(dy), strided(x)),
+                         lambda: w.matmul_t(strided(dy)),
+                         lambda: w.matmul(d(x), out=strided(np.empty((4, 10), np.float32)))],
+        "dtype": [lambda: w.matmul(d(x.astype(np.float64))),
+                  lambda: w.sddmm(d(dy), d(x), out=be.empty(w.nnz, np.float64))],
+        "shape|rows|2-D": [lambda: w.matmul(d(wide)), lambda: w.matmul_t(d(dy[:, :9].copy())),
+                           lambda: w.matmul(d(x), out=be.empty((4, 9), np.float32)),
+                           lambda: w.sddmm(d(dy[:3].copy()), d(x)),
+                           lambda: w.matmul(d(np.ones(6, np.float32)))],
     }
     for pattern, calls in bad.items():
         for call in calls:
@@ -183,28 +239,10 @@ def test_rejects_bad_operands(backend):
                 call()
 
 
-def test_kernels_directly():
-    """The raw-array kernels, as the CUDA module must mirror them."""
-    from sparselm.kernels import cpu_csr
-
-    rng = np.random.default_rng(10)
-    w = csr_random(120, 33, 0.1, rng, mask="uniform", dtype=np.float64)
-    x = rng.standard_normal((21, 33))
-    dy = rng.standard_normal((21, 120))
-    out = np.empty((21, 120))
-    cpu_csr.csr_matmul(w.data, w.indices, w.indptr, x, out, False)
-    assert_close(out, naive.csr_matmul_ref(w.data, w.indices, w.indptr, w.shape, x), np.float64)
-    out_t = np.ones((21, 33))
-    cpu_csr.csr_matmul_t(w.data, w.t_perm, w.t_indices, w.t_indptr, dy, out_t, True)
-    ref_t = 1.0 + naive.csr_matmul_t_ref(w.data, w.indices, w.indptr, w.shape, dy)
-    assert_close(out_t, ref_t, np.float64)
-    grad = np.empty(w.nnz)
-    cpu_csr.csr_sddmm(w.indices, w.indptr, dy, x, grad, False)
-    assert_close(grad, naive.csr_sddmm_ref(w.indices, w.indptr, w.shape, dy, x), np.float64)
-
-
-def test_bench_quick_smoke():
-    """scripts/bench_kernels.py --quick runs end to end (a few seconds once kernels are cached)."""
+# -- CPU only ------------------------------------------------------------------------------------
+def test_cpu_bench_quick_smoke():
+    """CPU only: scripts/bench_kernels.py --quick (the CPU kernels' benchmark) runs end to end,
+    a few seconds once kernels are cached."""
     script = Path(__file__).resolve().parent.parent / "scripts" / "bench_kernels.py"
     res = subprocess.run([sys.executable, str(script), "--quick", "--reps", "1", "--target-ms",
                           "0.2", "--threads", "1"], capture_output=True, text=True, timeout=600)

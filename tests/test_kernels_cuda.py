@@ -1,5 +1,7 @@
-"""The CUDA kernels (sparselm.kernels.cuda) against the references in tests/naive.py, and the
-backend selection (sparselm.kernels.get_backend).
+"""What only the CUDA backend has: its launchers' own checks and helpers (fill, col_sum, gemm,
+device copies of CSR patterns), the backend selection (sparselm.kernels.get_backend), and a
+compile check for real GPUs. The kernels shared with the CPU are tested once per backend in
+tests/test_kernels_dense.py and tests/test_kernels_csr.py.
 
 Kernel tests run on Numba's CUDA simulator (conftest.py turns it on) or, with
 SPARSELM_REAL_CUDA=1, on a real GPU. The simulator runs every GPU thread as a Python thread, so
@@ -16,10 +18,9 @@ import warnings
 import numpy as np
 import pytest
 
-import naive
 from sparselm import kernels
-from sparselm.csr import CSRMatrix, csr_random
-from sparselm.device import cuda_status, is_device_array
+from sparselm.csr import csr_random
+from sparselm.device import cuda_status
 from sparselm.errors import ConfigError
 
 USABLE, DETAIL = cuda_status()
@@ -46,101 +47,17 @@ def close(got, want, dtype, scale=1.0):
     np.testing.assert_allclose(got, want, rtol=tol["rtol"], atol=tol["atol"] * scale)
 
 
-# -- CSR products ---------------------------------------------------------------------------------
-def from_dense(dense):
-    """CSRMatrix holding exactly the non-zeros of a small dense array."""
-    rows, cols = np.nonzero(dense)
-    indptr = np.zeros(dense.shape[0] + 1, dtype=np.int32)
-    np.cumsum(np.bincount(rows, minlength=dense.shape[0]), out=indptr[1:])
-    return CSRMatrix(dense[rows, cols].copy(), cols.astype(np.int32), indptr, dense.shape)
-
-
-def _empty_rows_cols(dtype):
-    dense = np.arange(1, 31, dtype=dtype).reshape(6, 5) / 7
-    dense[[0, 2, 5]] = 0                # empty rows, first and last included
-    dense[:, [0, 4]] = 0                # empty columns, first and last
-    dense[3, 1] = 0
-    return from_dense(dense)
-
-
-def _single_entry(dtype):
-    dense = np.zeros((9, 6), dtype)
-    dense[7, 2] = 2.5
-    return from_dense(dense)
-
-
-CSR_CASES = {  # name: (build(dtype), M)
-    # more outputs and entries (30 to 45) than the 24 launched threads: grid-stride loops run
-    "random": (lambda d: csr_random(9, 6, 0.6, np.random.default_rng(1), "uniform", d, 1.0), 5),
-    "empty_rows_cols": (_empty_rows_cols, 4),
-    "single_entry": (_single_entry, 2),
-    "1x1": (lambda d: from_dense(np.full((1, 1), -1.5, d)), 3),
-    "no_entries": (lambda d: CSRMatrix(np.zeros(0, d), np.zeros(0, np.int32),
-                                       np.zeros(5, np.int32), (4, 3)), 2),
-    "no_batch_rows": (lambda d: csr_random(5, 4, 0.5, np.random.default_rng(2), "fanin", d), 0),
-}
-
-
-def _csr_refs(w, x, dy):
-    args = (w.data, w.indices, w.indptr, w.shape)
-    return {"matmul": naive.csr_matmul_ref(*args, x),
-            "matmul_t": naive.csr_matmul_t_ref(*args, dy),
-            "sddmm": naive.csr_sddmm_ref(w.indices, w.indptr, w.shape, dy, x)}
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("case", list(CSR_CASES))
-def test_csr_products(kc, dtype, case):
-    """CSRMatrix products on device operands dispatch to the CUDA kernels (host and device data,
-    fresh and accumulated outputs)."""
-    build, m = CSR_CASES[case]
-    w = build(dtype)
-    rng = np.random.default_rng(3)
-    rows, cols = w.shape
-    x = rng.standard_normal((m, cols)).astype(dtype)
-    dy = rng.standard_normal((m, rows)).astype(dtype)
-    refs = _csr_refs(w, x, dy)
-    inputs = {"matmul": (x,), "matmul_t": (dy,), "sddmm": (dy, x)}
-    w_dev = w.with_data(kc.to_device(w.data))           # values on the device, pattern cached
-    for matrix in (w, w_dev):
-        for name, ref in refs.items():
-            args = [kc.to_device(a) for a in inputs[name]]
-            got = getattr(matrix, name)(*args)
-            assert is_device_array(got)
-            close(got, ref, dtype)
-            start = rng.standard_normal(ref.shape).astype(dtype)
-            out = kc.to_device(start)
-            assert getattr(matrix, name)(*args, out=out, accumulate=True) is out
-            close(out, ref + start, dtype)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_csr_empty_products_overwrite_out(kc, dtype):
-    w = CSR_CASES["no_entries"][0](dtype)
-    out = kc.to_device(np.full((2, 4), np.nan, dtype))
-    w.matmul(kc.to_device(np.ones((2, 3), dtype)), out=out)
-    assert not out.copy_to_host().any()
-    w5 = csr_random(5, 4, 0.5, np.random.default_rng(2), "fanin", dtype)
-    grad = kc.to_device(np.full(w5.nnz, 3.0, dtype))
-    w5.sddmm(kc.empty((0, 5), dtype), kc.empty((0, 4), dtype), out=grad)
-    assert not grad.copy_to_host().any()
-
-
-def test_csr_kernels_directly_and_pattern_cache(kc):
-    """The raw launchers with device arrays, as CSRMatrix calls them; one pattern copy."""
-    w = CSR_CASES["random"][0](np.float64)
-    rng = np.random.default_rng(4)
-    x, dy = rng.standard_normal((5, w.shape[1])), rng.standard_normal((5, w.shape[0]))
+# -- CSR products: one suite for both backends in tests/test_kernels_csr.py; here only the CUDA
+# module's device copies of CSR patterns -----------------------------------------------------------
+def test_csr_pattern_copied_once_per_pattern(kc):
+    w = csr_random(9, 6, 0.6, np.random.default_rng(1), "uniform", np.float64)
     pattern = kc.csr_pattern(w)
     assert kc.csr_pattern(w.with_data(w.data * 2)) is pattern     # shared by with_data
-    indices, indptr, t_indices, t_indptr, t_perm = pattern
-    data = kc.to_device(w.data)
-    out = kc.empty(x.shape, np.float64)
-    kc.csr_matmul_t(data, t_perm, t_indices, t_indptr, kc.to_device(dy), out, False)
-    close(out, _csr_refs(w, x, dy)["matmul_t"], np.float64)
-    grad = kc.zeros(w.nnz, np.float64)
-    kc.csr_sddmm(indices, indptr, kc.to_device(dy), kc.to_device(x), grad, True)
-    close(grad, _csr_refs(w, x, dy)["sddmm"], np.float64)
+    host = (w.indices, w.indptr, w.t_indices, w.t_indptr, w.t_perm)
+    for got, want in zip(pattern, host, strict=True):
+        np.testing.assert_array_equal(got.copy_to_host(), want)
+    other = csr_random(9, 6, 0.6, np.random.default_rng(2), "uniform", np.float64)
+    assert kc.csr_pattern(other) is not pattern
 
 
 # -- LSTM cell, softmax, embedding, optimiser: one suite for both backends in
@@ -159,35 +76,7 @@ def test_softmax_without_grad_and_nan(kc):
     np.testing.assert_array_equal(work.copy_to_host(), logits)
 
 
-# -- CUDA-only helpers -----------------------------------------------------------------------------
-def test_fill_and_col_sum(kc):
-    a = kc.to_device(np.arange(30.0).reshape(5, 6))
-    out = kc.to_device(np.ones(6))
-    kc.col_sum(a, out, accumulate=True)
-    close(out, 1 + np.arange(30.0).reshape(5, 6).sum(axis=0), np.float64)
-    kc.fill(a, 2.5)
-    assert (a.copy_to_host() == 2.5).all()
-
-
-# -- GEMM -----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, False), (False, True),
-                                             (True, True)])
-def test_gemm(kc, dtype, trans_a, trans_b):
-    rng = np.random.default_rng(6)
-    m, k, n = 5, 3, 7                       # tile 2 (8 threads): edges in every dimension
-    a = rng.normal(size=(k, m) if trans_a else (m, k)).astype(dtype)
-    b = rng.normal(size=(n, k) if trans_b else (k, n)).astype(dtype)
-    want = (a.T if trans_a else a).astype(np.float64) @ (b.T if trans_b else b)
-    out = kc.empty((m, n), dtype)
-    kc.gemm(kc.to_device(a), kc.to_device(b), out, trans_a=trans_a, trans_b=trans_b)
-    close(out, want, dtype)
-    start = rng.normal(size=(m, n)).astype(dtype)
-    out = kc.to_device(start)
-    kc.gemm(a, b, out, accumulate=True, trans_a=trans_a, trans_b=trans_b)   # host inputs too
-    close(out, start + want, dtype)
-
-
+# -- GEMM (the contract is tested in test_kernels_dense.py) -----------------------------------
 def test_gemm_larger_tile_and_edge_cases(kc, monkeypatch):
     monkeypatch.setattr(kc, "THREADS_PER_BLOCK", 16)
     assert kc.gemm_tile() == 4
@@ -251,9 +140,10 @@ def test_cuda_backend_on_simulator_or_gpu(kc):
     np.testing.assert_array_equal(be.to_host(be.zeros(3, np.float32)), 0)
 
 
-def test_cuda_without_gpu_is_a_config_error():
+def test_cuda_without_gpu_is_a_config_error(tmp_path):
     """In a process without the simulator (and, here, without a GPU): a one-line ConfigError,
-    auto falls back, and neither imports the CUDA kernel module."""
+    `sparselm train --device cuda` a one-line error, auto falls back, and neither imports the
+    CUDA kernel module."""
     script = textwrap.dedent("""
         import sys, warnings
         from sparselm.device import cuda_status
@@ -269,9 +159,14 @@ def test_cuda_without_gpu_is_a_config_error():
             warnings.simplefilter("always")
             be = get_backend("auto")
         print("AUTO", be.name, len(caught), "sparselm.kernels.cuda" in sys.modules)
+        from click.testing import CliRunner
+        from sparselm.cli import main
+        res = CliRunner().invoke(main, ["train", "--device", "cuda", "--out", sys.argv[1]])
+        out = res.output.strip()
+        print("CLI", res.exit_code, len(out.splitlines()), "Traceback" in out, out)
     """)
     env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "0"}
-    res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+    res = subprocess.run([sys.executable, "-c", script, str(tmp_path / "run")], env=env, capture_output=True, text=True,
                          timeout=120, cwd=os.path.dirname(os.path.dirname(__file__)))
     assert res.returncode == 0, res.stderr
     if "HAS-GPU" in res.stdout:
@@ -279,6 +174,7 @@ def test_cuda_without_gpu_is_a_config_error():
     lines = res.stdout.splitlines()
     assert lines[0].startswith("ERROR 0 --device cuda: "), res.stdout
     assert lines[1] == "AUTO cpu 1 False"
+    assert lines[2].startswith("CLI 1 1 False error: --device cuda: "), res.stdout
 
 
 @pytest.mark.slow
@@ -295,7 +191,7 @@ def test_every_kernel_compiles_for_a_real_gpu():
         print("COMPILED", len(cuda.compile_all((9, 0))))
     """)
     env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "0"}
-    res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+    res = subprocess.run([sys.executable, "-c", script, str(tmp_path / "run")], env=env, capture_output=True, text=True,
                          timeout=600, cwd=os.path.dirname(os.path.dirname(__file__)))
     assert res.returncode == 0, res.stderr[-3000:]
     if "NO-NVVM" in res.stdout:

@@ -163,3 +163,81 @@ def test_adam_update(kernel_backend, dtype):
     be.k.adam_update(d_p, be.dev(g), d_m, d_v, *args)
     for got, want in zip((d_p, d_m, d_v), naive.adam_update_ref(p, g, m, v, *args)):
         close(be, got, want, dtype)
+
+
+# -- array operations of the step (kernels/cpu_arrays.py and their CUDA namesakes) ----------------
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, False), (False, True),
+                                             (True, True)])
+def test_gemm(kernel_backend, dtype, trans_a, trans_b):
+    kb, ops = kernel_backend, kernel_backend.arrays
+    rng = np.random.default_rng(6)
+    m, k, n = 5, 3, 7                       # CUDA tile 2 (8 threads): edges in every dimension
+    a = rng.normal(size=(k, m) if trans_a else (m, k)).astype(dtype)
+    b = rng.normal(size=(n, k) if trans_b else (k, n)).astype(dtype)
+    want = (a.T if trans_a else a).astype(np.float64) @ (b.T if trans_b else b)
+    out = kb.empty((m, n), dtype)
+    ops.gemm(kb.dev(a), kb.dev(b), out, trans_a=trans_a, trans_b=trans_b)
+    close(kb, out, want, dtype)
+    start = rng.normal(size=(m, n)).astype(dtype)
+    out = kb.dev(start)
+    ops.gemm(kb.dev(a), kb.dev(b), out, accumulate=True, trans_a=trans_a, trans_b=trans_b)
+    close(kb, out, start + want, dtype)
+
+
+def test_fill_and_col_sum(kernel_backend):
+    kb, ops = kernel_backend, kernel_backend.arrays
+    a = kb.dev(np.arange(30.0).reshape(5, 6))
+    out = kb.dev(np.ones(6))
+    ops.col_sum(a, out, accumulate=True)
+    close(kb, out, 1 + np.arange(30.0).reshape(5, 6).sum(axis=0), np.float64)
+    ops.col_sum(a, out)
+    close(kb, out, np.arange(30.0).reshape(5, 6).sum(axis=0), np.float64)
+    ops.fill(a, 2.5)
+    assert (kb.host(a) == 2.5).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_copy_mul_add_rows(kernel_backend, dtype):
+    kb, ops = kernel_backend, kernel_backend.arrays
+    rng = np.random.default_rng(8)
+    x, y = rng.normal(size=(2, 5, 7)).astype(dtype), rng.normal(size=(2, 5, 7)).astype(dtype)
+    v = rng.normal(size=7).astype(dtype)
+    dst = kb.empty((2, 5, 7), dtype)
+    ops.copy(dst, kb.dev(x))
+    np.testing.assert_array_equal(kb.host(dst), x)
+    ops.mul(dst, kb.dev(y), dst)                      # in place, as the dropout backward does
+    close(kb, dst, x.astype(np.float64) * y, dtype)
+    rows = kb.dev(x.reshape(10, 7))
+    ops.add_rows(rows, kb.dev(v))
+    close(kb, rows, x.reshape(10, 7).astype(np.float64) + v, dtype)
+
+
+def test_gather_repeated_ids(kernel_backend):
+    kb, ops = kernel_backend, kernel_backend.arrays
+    table = np.arange(24.0).reshape(6, 4)
+    ids = np.array([5, 0, 5, 2, 2, 1, 0], dtype=np.int32)
+    out = kb.empty((7, 4), np.float64)
+    ops.gather(kb.dev(table), kb.dev(ids), out)
+    np.testing.assert_array_equal(kb.host(out), table[ids])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_grid_sums_and_their_gradient(kernel_backend, dtype):
+    """rows/cols of h read as an S x S grid, and grid_outer_add: the adjoint of grid_sums
+    (<grid_sums(h), (dr, dc)> = <h, grid_outer_add(dr, dc)>)."""
+    kb, ops = kernel_backend, kernel_backend.arrays
+    rng = np.random.default_rng(9)
+    n, side = 5, 3
+    h = rng.normal(size=(n, side * side)).astype(dtype)
+    rows, cols = kb.empty((n, side), dtype), kb.empty((n, side), dtype)
+    ops.grid_sums(kb.dev(h), rows, cols)
+    grid = h.astype(np.float64).reshape(n, side, side)
+    close(kb, rows, grid.sum(axis=2), dtype)
+    close(kb, cols, grid.sum(axis=1), dtype)
+    dr, dc = rng.normal(size=(2, n, side)).astype(dtype)
+    dh = kb.empty((n, side * side), dtype)
+    ops.grid_outer_add(kb.dev(dr), kb.dev(dc), dh)
+    lhs = (kb.host(rows) * dr).sum() + (kb.host(cols) * dc).sum()
+    assert float((h * kb.host(dh)).sum()) == pytest.approx(float(lhs), rel=1e-5)
+    close(kb, dh, (dr[:, :, None] + dc[:, None, :]).reshape(n, -1).astype(np.float64), dtype)

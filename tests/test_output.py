@@ -124,7 +124,7 @@ def test_model_parameters_and_logits():
     assert model.params["softmax.row_weight"].shape == (V, 4)
     inputs = np.array([[1, 2], [3, 4], [5, 6]], np.int32)
     logits, _ = model.logits(inputs)
-    top, _, _, _ = model.hidden_forward(inputs)
+    top, _, _, _ = model.hidden_forward(inputs.reshape(-1), inputs.shape[0])
     p = model.params
     ref = reference_logits(top.reshape(-1, 16), p["softmax.row_weight"], p["softmax.col_weight"],
                            p["softmax.bias"])

@@ -1,5 +1,6 @@
-"""Backend selection: one kernel contract, run on the CPU (kernels.cpu, kernels.cpu_csr, dense)
-or on a CUDA GPU (kernels.cuda).
+"""Backend selection: one kernel contract, run on the CPU (kernels.cpu, kernels.cpu_csr,
+kernels.cpu_arrays) or on a CUDA GPU (kernels.cuda). The model, the LSTM, the output layer and
+the optimiser call only these, so one step implementation runs on both.
 
     be = get_backend(cfg.device)        # "cpu" | "cuda" | "auto"
     be.csr_matmul(data, indices, indptr, x, out, False); be.name -> "cpu" | "cuda"
@@ -16,17 +17,17 @@ from __future__ import annotations
 
 import warnings
 
-import numpy as np
-
 from ..errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda")
 # What every backend provides: the kernels (same names, arguments and meaning on both) and the
-# array helpers a step needs around them.
+# array operations a step needs around them.
 _NUMBA_KERNELS = ("csr_matmul", "csr_matmul_t", "csr_sddmm",                  # kernels.cpu_csr
                   "lstm_cell_forward", "lstm_cell_backward", "softmax_xent",  # kernels.cpu
                   "embedding_backward", "sum_squares", "sgd_update", "adam_update")
-KERNELS = _NUMBA_KERNELS + ("gemm", "col_sum", "fill")    # on the CPU: dense.gemm, NumPy
+_ARRAY_OPS = ("gemm", "col_sum", "fill", "copy", "mul", "add_rows", "gather", "grid_sums",
+              "grid_outer_add")                                          # kernels.cpu_arrays
+KERNELS = _NUMBA_KERNELS + _ARRAY_OPS
 ARRAYS = ("empty", "zeros", "to_device", "to_host")
 
 
@@ -88,29 +89,9 @@ def _cuda_backend(detail: str) -> Backend:
 
 
 def _cpu_backend(fallback: str | None = None) -> Backend:
-    from . import cpu, cpu_csr
+    from . import cpu, cpu_arrays, cpu_csr
 
     functions = {key: getattr(cpu_csr if key.startswith("csr_") else cpu, key)
                  for key in _NUMBA_KERNELS}
-    functions.update(gemm=_cpu_gemm, col_sum=_cpu_col_sum, fill=_cpu_fill, empty=np.empty,
-                     zeros=np.zeros, to_device=np.ascontiguousarray, to_host=np.asarray)
+    functions.update({key: getattr(cpu_arrays, key) for key in _ARRAY_OPS + ARRAYS})
     return Backend("cpu", functions, "NumPy + Numba", fallback)
-
-
-def _cpu_gemm(a, b, out, accumulate=False, trans_a=False, trans_b=False):
-    """kernels.cuda.gemm's signature on dense.gemm (transposes are free views on the CPU)."""
-    from ..dense import gemm
-
-    return gemm(a.T if trans_a else a, b.T if trans_b else b, out, accumulate)
-
-
-def _cpu_col_sum(a, out, accumulate=False) -> None:
-    """out (V,) = a (N, V).sum(axis=0), or += when accumulate."""
-    if accumulate:
-        out += a.sum(axis=0)
-    else:
-        np.sum(a, axis=0, out=out)
-
-
-def _cpu_fill(a, value) -> None:
-    a.fill(value)

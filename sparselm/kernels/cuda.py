@@ -48,43 +48,18 @@ Sums that use atomics (embedding_backward) are not bitwise reproducible from run
 other kernels are deterministic (the softmax's bias gradient is a separate column-sum pass, the
 global norm sums fixed per-block partials on the host).
 
-What a whole training step on the device still needs
-----------------------------------------------------
-These kernels cover the hot loops. model.py, lstm.py, loss.py and optim.py call them between
-NumPy operations; for a step that never leaves the device each of the following must become a
-device operation (a kernel here, or CuPy when installed) and the modules must call kernels
-through a backend object (``get_backend(cfg.device)``) instead of ``from .kernels.cpu import``:
-
-* allocation: Workspace.get / .zeros (np.empty, fill(0)) -> ``backend.empty`` + ``fill``;
-  ParamSet's flat buffers and Optimizer state (np.zeros) -> device buffers (slicing and
-  reshape of a contiguous device array are views, so named parameter views keep working);
-  checkpoint save/load and evaluation copy to and from the host (copy_to_host / to_device).
-* dense products: dense.gemm is SciPy BLAS. DenseMatrix.matmul / matmul_t / sddmm and the
-  softmax's three products -> ``gemm`` here with trans_a / trans_b flags (or cuBLAS through
-  CuPy). ``weight.T`` and ``dlogits.T`` must become flags: transposing a DeviceNDArray copies.
-* bias broadcast: ``gx += bias`` (lstm forward) -> a row-broadcast add kernel (or a bias
-  epilogue in gemm; the softmax already adds its bias inside softmax_xent).
-  ``dbias += da.sum(axis=0)`` (lstm backward) -> ``col_sum(da, dbias, True)``;
-  ``dbias += dbias_rows`` (softmax backward) -> an axpy kernel, or pass the real bias gradient
-  to softmax_xent directly.
-* copies: ``hs[0] = h0``, ``cs[0] = c0``, ``dst[...] = src`` (_copy_or_zero), ``h.copy()``,
-  ``dh0.copy()`` -> device-to-device copies (DeviceNDArray.copy_to_device); ``fill(0)``
-  -> ``fill``; ``g.flat.fill(0)`` (model.backward) -> ``fill``.
-* embedding lookup: ``np.take(E, inputs, axis=0, out=x)`` -> a gather kernel
-  (out[n, :] = E[ids[n], :]); ``embedding_backward`` is here.
-* dropout: ``rng.random(x.shape)``, ``np.greater_equal``, ``mask *= 1/(1-p)``, ``np.multiply``
-  and ``d *= mask`` -> one fused kernel that draws, thresholds, scales and stores the mask, and
-  an element-wise multiply. It needs a device RNG (numba.cuda.random xoroshiro128p states, or a
-  counter-based hash of (seed, step, layer, index) so a resumed run reproduces its masks without
-  saving generator state); CPU and GPU runs then draw different masks.
-* batch transfer: inputs, targets, mask (T, B) int32 and the (T*B,) row weights are built on the
-  host -> one small to_device per batch (or build row weights with ``fill`` + a scale kernel).
-* loss readout: ``np.dot(nll, row_w)`` and ``real.sum()`` -> copy nll (T*B float64) to the host
-  once per step (cheap; also yields the loss for logging) or a device dot reduction.
-* optimiser: ``sum_squares`` (returns a host float: the only forced sync besides the loss),
-  ``sgd_update``, ``adam_update`` are here; lr and clip scale are host scalars.
-* CSR weights: CSRMatrix.with_data(device_values) keeps the host pattern; ``csr_pattern`` below
-  caches device copies of it per pattern, so nothing is copied per step.
+The training step on the device
+-------------------------------
+model.py, lstm.py, loss.py, output.py and optim.py call every array operation through a Backend
+(kernels/__init__.py): the fused kernels above plus the array operations of the step (copy, mul,
+add_rows, gather, grid_sums, grid_outer_add, col_sum, fill, gemm with transpose flags), whose
+CPU versions are in kernels/cpu_arrays.py. With ``--device cuda`` parameters, gradients and
+optimiser state are (P,) device buffers with named views, the Workspace allocates here, and a
+step sends only the batch's ids and targets, its row weights and the dropout masks (drawn on the
+host from the run's generator, so CPU and GPU runs use the same masks and resume exactly) and
+brings back the (T*B,) NLL and the gradient norm. Checkpoints are written from host copies.
+The dense products use the tiled GEMM below; routing them to cuBLAS (CuPy) is the next speed-up
+for real GPUs and is not done.
 """
 
 from __future__ import annotations
@@ -219,6 +194,113 @@ def col_sum(a, out, accumulate=False) -> None:
     """
     if out.shape[0]:
         _kernel(_COL_SUM, a.dtype)[_grid(out.shape[0])](to_device(a), _out(out, "out"), accumulate)
+
+
+# -- element-wise array operations of the step (contracts: kernels/cpu_arrays.py) --------------
+def _copy_py(dst, src):
+    for k in range(cuda.grid(1), dst.shape[0], cuda.gridsize(1)):
+        dst[k] = src[k]
+
+
+def _mul_py(a, b, out):
+    for k in range(cuda.grid(1), out.shape[0], cuda.gridsize(1)):
+        out[k] = a[k] * b[k]
+
+
+def _add_rows_py(x, v):
+    n_rows, n_cols = x.shape
+    for idx in range(cuda.grid(1), n_rows * n_cols, cuda.gridsize(1)):
+        r = idx // n_cols
+        c = idx - r * n_cols
+        x[r, c] += v[c]
+
+
+def _gather_py(table, ids, out):
+    n, ne = out.shape
+    for idx in range(cuda.grid(1), n * ne, cuda.gridsize(1)):
+        k = idx // ne
+        e = idx - k * ne
+        out[k, e] = table[ids[k], e]
+
+
+def _grid_sums_py(h, rows, cols):
+    n, side = rows.shape
+    for idx in range(cuda.grid(1), n * side, cuda.gridsize(1)):
+        k = idx // side
+        i = idx - k * side
+        r = ZERO
+        c = ZERO
+        for j in range(side):
+            r += h[k, i * side + j]
+            c += h[k, j * side + i]
+        rows[k, i] = r
+        cols[k, i] = c
+
+
+def _grid_outer_add_py(drows, dcols, dh):
+    n, side = drows.shape
+    for idx in range(cuda.grid(1), n * side * side, cuda.gridsize(1)):
+        k = idx // (side * side)
+        ij = idx - k * side * side
+        i = ij // side
+        dh[k, ij] = drows[k, i] + dcols[k, ij - i * side]
+
+
+_COPY = _pair(_copy_py, fast=True)
+_MUL = _pair(_mul_py, fast=True)
+_ADD_ROWS = _pair(_add_rows_py, fast=True)
+_GATHER = _pair(_gather_py, fast=True)
+_GRID_SUMS = _pair(_grid_sums_py, fast=True)
+_GRID_OUTER_ADD = _pair(_grid_outer_add_py, fast=True)
+
+
+def _same_shape(*arrays) -> None:
+    shapes = {tuple(a.shape) for a in arrays}
+    if len(shapes) != 1:
+        raise ValueError(f"arrays must have one shape, got {sorted(shapes)}")
+
+
+def copy(dst, src) -> None:
+    """dst[...] = src: device dst, src on device (or host, copied first); C-contiguous."""
+    _same_shape(dst, src)
+    if dst.size:
+        _kernel(_COPY, dst.dtype)[_grid(dst.size)](_flat(_out(dst, "dst")), _flat(to_device(src)))
+
+
+def mul(a, b, out) -> None:
+    """out = a * b element-wise; one shape, C-contiguous; out may be a or b."""
+    _same_shape(a, b, out)
+    if out.size:
+        ins = [_flat(to_device(x)) for x in (a, b)]
+        _kernel(_MUL, out.dtype)[_grid(out.size)](*ins, _flat(_out(out, "out")))
+
+
+def add_rows(x, v) -> None:
+    """x (N, C) += v (C,) on every row."""
+    if x.size:
+        _kernel(_ADD_ROWS, x.dtype)[_grid(x.size)](_out(x, "x"), to_device(v))
+
+
+def gather(table, ids, out) -> None:
+    """out (N, E) = table (V, E)[ids (N,) int32]; ids must be valid rows."""
+    if out.size:
+        kern = _kernel(_GATHER, out.dtype)
+        kern[_grid(out.size)](to_device(table), to_device(ids), _out(out, "out"))
+
+
+def grid_sums(h, rows, cols) -> None:
+    """rows[n, i] = sum_j h[n, i*S+j], cols[n, j] = sum_i h[n, i*S+j]; h (N, S*S), rows and
+    cols (N, S). One thread per (n, i) computes both sums of index i."""
+    if rows.size:
+        kern = _kernel(_GRID_SUMS, rows.dtype)
+        kern[_grid(rows.size)](to_device(h), _out(rows, "rows"), _out(cols, "cols"))
+
+
+def grid_outer_add(drows, dcols, dh) -> None:
+    """dh[n, i*S + j] = drows[n, i] + dcols[n, j]; drows, dcols (N, S), dh (N, S*S)."""
+    if dh.size:
+        ins = [to_device(a) for a in (drows, dcols)]
+        _kernel(_GRID_OUTER_ADD, dh.dtype)[_grid(dh.size)](*ins, _out(dh, "dh"))
 
 
 # -- block reductions (blockDim.x must be a power of two) -----------------------------------------
@@ -728,6 +810,12 @@ def _signatures(dtype, nt) -> dict:
     return {
         "fill": (_fill.py_func, (v, f), False),
         "col_sum": (_col_sum_py, (mat, v, b), fast),
+        "copy": (_copy_py, (v, v), fast),
+        "mul": (_mul_py, (v, v, v), fast),
+        "add_rows": (_add_rows_py, (mat, v), fast),
+        "gather": (_gather_py, (mat, i32, mat), fast),
+        "grid_sums": (_grid_sums_py, (mat, mat, mat), fast),
+        "grid_outer_add": (_grid_outer_add_py, (mat, mat, mat), fast),
         "lstm_cell_forward": (_lstm_forward_kernel(dtype).py_func, (mat,) * 7, False),
         "lstm_cell_backward": (_lstm_backward_py, (mat,) * 8, fast),
         "softmax_xent": (_softmax_kernel(dtype, 256).py_func,
