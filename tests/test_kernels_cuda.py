@@ -92,6 +92,45 @@ def test_gemm_larger_tile_and_edge_cases(kc, monkeypatch):
         kc.gemm(a, b, kc.empty((6, 4), np.float64))
 
 
+@pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, False), (False, True)])
+def test_gemm_routes_to_cupy_when_present(kc, monkeypatch, trans_a, trans_b):
+    """With CuPy present, gemm hands the products to its matmul (cuBLAS) on the arrays' own
+    memory. Checked with a stand-in module whose asarray views the simulator's host buffer, as
+    CuPy's views device memory: the result must land in `out`, transposes and accumulate
+    included, and the tiled kernel must not run."""
+    import types
+    if not hasattr(kc.empty((1,), np.float64), "_ary"):
+        pytest.skip("needs the simulator's arrays")
+    calls = []
+
+    def matmul(x, y, out=None):
+        calls.append((x.shape, y.shape))
+        return np.matmul(x, y, out=out)
+
+    fake = types.SimpleNamespace(asarray=lambda arr: arr._ary, matmul=matmul)
+    monkeypatch.setattr(kc, "_CUPY", [fake])
+    monkeypatch.setattr(kc, "_gemm_kernel", None)          # any use of the tiled path fails
+    rng = np.random.default_rng(11)
+    a = rng.normal(size=(3, 4) if trans_a else (4, 3))
+    b = rng.normal(size=(5, 3) if trans_b else (3, 5))
+    want = (a.T if trans_a else a) @ (b.T if trans_b else b)
+    out = kc.empty((4, 5), np.float64)
+    kc.gemm(kc.to_device(a), kc.to_device(b), out, trans_a=trans_a, trans_b=trans_b)
+    close(out, want, np.float64)
+    kc.gemm(kc.to_device(a), kc.to_device(b), out, accumulate=True, trans_a=trans_a,
+            trans_b=trans_b)
+    close(out, 2 * want, np.float64)
+    assert calls == [((4, 3), (3, 5))] * 2
+
+
+def test_no_cupy_under_the_simulator(kc, monkeypatch):
+    monkeypatch.setattr(kc, "_CUPY", [])
+    from sparselm.device import simulator_enabled
+    if not simulator_enabled():
+        pytest.skip("a real GPU: CuPy may legitimately be used")
+    assert kc.cupy_module() is None
+
+
 def test_launch_checks(kc, monkeypatch):
     with pytest.raises(TypeError, match="device array"):
         kc.sgd_update(np.ones(3), np.ones(3), np.ones(3), 0.1, 1.0, 0.0)

@@ -58,8 +58,8 @@ optimiser state are (P,) device buffers with named views, the Workspace allocate
 step sends only the batch's ids and targets, its row weights and the dropout masks (drawn on the
 host from the run's generator, so CPU and GPU runs use the same masks and resume exactly) and
 brings back the (T*B,) NLL and the gradient norm. Checkpoints are written from host copies.
-The dense products use the tiled GEMM below; routing them to cuBLAS (CuPy) is the next speed-up
-for real GPUs and is not done.
+Dense products run on cuBLAS through CuPy when it is installed (extra "cuda"), otherwise on
+the tiled GEMM below.
 """
 
 from __future__ import annotations
@@ -759,8 +759,8 @@ def gemm(a, b, out, accumulate=False, trans_a=False, trans_b=False):
 
     a: (M, K), or (K, M) when trans_a; b: (K, N), or (N, K) when trans_b; out: (M, N)
     C-contiguous; device arrays of one dtype. The flags replace ``.T`` views, which a
-    DeviceNDArray cannot give without a copy. The fallback when CuPy (cuBLAS) is absent.
-    Returns out.
+    DeviceNDArray cannot give without a copy. Runs on cuBLAS through CuPy when it is installed
+    (cupy_module), and on the tiled kernel below otherwise. Returns out.
     """
     m, n = out.shape
     k = a.shape[0] if trans_a else a.shape[1]
@@ -774,11 +774,51 @@ def gemm(a, b, out, accumulate=False, trans_a=False, trans_b=False):
     if k == 0:
         _zero_unless(out, accumulate)
         return out
+    blas = cupy_module()
+    if blas is not None:
+        return _cublas_gemm(blas, a, b, out, accumulate, trans_a, trans_b)
     tile = gemm_tile()
     grid = (-(-n // tile), -(-m // tile))
     kern = _gemm_kernel(_check_dtype(out.dtype), tile)
     kern[grid, (tile, tile)](to_device(a), to_device(b), _out(out, "out"), bool(accumulate),
                              bool(trans_a), bool(trans_b))
+    return out
+
+
+_CUPY: list = []       # [module or None], filled on first use
+
+
+def cupy_module():
+    """CuPy (cuBLAS) when it is installed (extra "cuda") and a real GPU is in use; else None.
+
+    Under the simulator there is no device memory for cuBLAS to work on, so the tiled kernel
+    runs. Tests may set _CUPY[:] = [module] to route products through a stand-in.
+    """
+    if not _CUPY:
+        module = None
+        from ..device import simulator_enabled
+        if not simulator_enabled():
+            try:
+                import cupy as module
+            except Exception:       # not installed, or no usable CUDA runtime for it
+                module = None
+        _CUPY.append(module)
+    return _CUPY[0]
+
+
+def _cublas_gemm(cp, a, b, out, accumulate, trans_a, trans_b):
+    """gemm through CuPy's matmul (cuBLAS) on the arrays' own memory: cp.asarray wraps a
+    numba device array through __cuda_array_interface__ without copying, and a transposed
+    CuPy view is passed to cuBLAS as a transpose flag. Numba and CuPy both launch on the legacy
+    default stream, so the product is ordered with the kernels around it."""
+    op_a = cp.asarray(to_device(a))
+    op_b = cp.asarray(to_device(b))
+    op_a, op_b = (op_a.T if trans_a else op_a), (op_b.T if trans_b else op_b)
+    target = cp.asarray(out)
+    if accumulate:
+        target += cp.matmul(op_a, op_b)
+    else:
+        cp.matmul(op_a, op_b, out=target)
     return out
 
 
