@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 from .config import TrainConfig
+from .kernels import get_backend
 
 
 def learning_rate(cfg: TrainConfig, step: int, epoch: int) -> float:
@@ -47,7 +48,6 @@ class Optimizer:
     the CPU), saved in checkpoints through host_state()."""
 
     def __init__(self, cfg: TrainConfig, size: int, dtype, backend=None):
-        from .kernels import get_backend
         self.cfg = cfg
         self.be = backend if backend is not None else get_backend("cpu")
         self.steps = 0
