@@ -205,7 +205,8 @@ def test_cuda_without_gpu_is_a_config_error(tmp_path):
         print("CLI", res.exit_code, len(out.splitlines()), "Traceback" in out, out)
     """)
     env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "0"}
-    res = subprocess.run([sys.executable, "-c", script, str(tmp_path / "run")], env=env, capture_output=True, text=True,
+    res = subprocess.run([sys.executable, "-c", script, str(tmp_path / "run")], env=env,
+                         capture_output=True, text=True,
                          timeout=120, cwd=os.path.dirname(os.path.dirname(__file__)))
     assert res.returncode == 0, res.stderr
     if "HAS-GPU" in res.stdout:
@@ -230,7 +231,7 @@ def test_every_kernel_compiles_for_a_real_gpu():
         print("COMPILED", len(cuda.compile_all((9, 0))))
     """)
     env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "0"}
-    res = subprocess.run([sys.executable, "-c", script, str(tmp_path / "run")], env=env, capture_output=True, text=True,
+    res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
                          timeout=600, cwd=os.path.dirname(os.path.dirname(__file__)))
     assert res.returncode == 0, res.stderr[-3000:]
     if "NO-NVVM" in res.stdout:
