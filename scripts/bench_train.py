@@ -9,6 +9,10 @@ step would have if everything but the output layer were free: the three output G
 d(hidden), d(weight)) timed here. Ends with one JSON line per configuration.
 
     python scripts/bench_train.py --configs small,medium --threads 2
+    python scripts/bench_train.py --device cuda --configs small,large,h1500-d0.0005   # on a GPU
+
+With --device cuda our step runs on the CUDA backend and PyTorch on its GPU; the softmax bound is
+then timed with the backend's GEMM.
 """
 
 from __future__ import annotations
