@@ -62,7 +62,7 @@ def _act_tanh_typed(x):
 
 
 cell_state = njit(inline="always", fastmath=FAST)(cell.cell_state)
-cell_gradients = njit(inline="always", fastmath=FAST)(cell.cell_gradients)
+cell_backward_unit = njit(inline="always", fastmath=FAST)(cell.cell_backward_unit)
 
 
 @njit(inline="always", fastmath=FAST)
@@ -111,14 +111,8 @@ def lstm_cell_backward(dh_out, dh_rec, dc, gates, c_prev, tanh_c, dgates, dc_pre
     nh = ng // 4
     for b in prange(nb):
         for j in range(nh):
-            da_i, da_f, da_g, da_o, dcp = cell_gradients(
-                gates[b, j], gates[b, nh + j], gates[b, 2 * nh + j], gates[b, 3 * nh + j],
-                tanh_c[b, j], c_prev[b, j], dh_out[b, j] + dh_rec[b, j], dc[b, j], ONE)
-            dgates[b, j] = da_i
-            dgates[b, nh + j] = da_f
-            dgates[b, 2 * nh + j] = da_g
-            dgates[b, 3 * nh + j] = da_o
-            dc_prev[b, j] = dcp
+            cell_backward_unit(dh_out, dh_rec, dc, gates, c_prev, tanh_c, dgates, dc_prev, b, j,
+                               nh, ONE)
 
 
 # exp(x) for x <= 0: x = n ln2 + r with |r| <= ln2/2, exp(r) by its degree-6 Taylor polynomial

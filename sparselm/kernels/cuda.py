@@ -341,7 +341,7 @@ def _block_max(buf, val):
 # -- LSTM cell ------------------------------------------------------------------------------------
 # The cell's algebra is shared with the CPU backend (kernels/cell.py); only the loop differs.
 _cell_state = cuda.jit(device=True)(cell.cell_state)
-_cell_gradients = cuda.jit(device=True)(cell.cell_gradients)
+_cell_backward_unit = cuda.jit(device=True)(cell.cell_backward_unit)
 
 @functools.lru_cache(maxsize=None)
 def _lstm_forward_kernel(dtype: np.dtype):
@@ -383,14 +383,8 @@ def _lstm_backward_py(dh_out, dh_rec, dc, gates, c_prev, tanh_c, dgates, dc_prev
     for idx in range(cuda.grid(1), nb * nh, cuda.gridsize(1)):
         b = idx // nh
         j = idx - b * nh
-        da_i, da_f, da_g, da_o, dcp = _cell_gradients(
-            gates[b, j], gates[b, nh + j], gates[b, 2 * nh + j], gates[b, 3 * nh + j],
-            tanh_c[b, j], c_prev[b, j], dh_out[b, j] + dh_rec[b, j], dc[b, j], ONE)
-        dgates[b, j] = da_i
-        dgates[b, nh + j] = da_f
-        dgates[b, 2 * nh + j] = da_g
-        dgates[b, 3 * nh + j] = da_o
-        dc_prev[b, j] = dcp
+        _cell_backward_unit(dh_out, dh_rec, dc, gates, c_prev, tanh_c, dgates, dc_prev, b, j, nh,
+                            ONE)
 
 
 _LSTM_BACKWARD = _pair(_lstm_backward_py, fast=True)     # no transcendental functions
