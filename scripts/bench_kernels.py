@@ -2,6 +2,7 @@
 """CSR kernels vs scipy.sparse, torch.sparse and dense NumPy, side by side, in one run.
 
     python scripts/bench_kernels.py [--quick] [--threads N] [--reps R] [--target-ms T]
+                                    [--hidden 650,1500] [--density 0.0005] [--rows 20]
 
 For each gate matrix W_h (4H, H) with a fan-in mask of density d, float32, and M batch rows:
   matmul    out (M, 4H) = x (M, H) @ W^T        ours: CSRMatrix.matmul
@@ -32,6 +33,11 @@ QUICK = ((200,), (0.01, 0.1), (20,))
 OPS = ("matmul", "matmul_t", "sddmm")
 
 
+def _floats(kind):
+    """argparse type: "a,b,c" -> tuple of kind."""
+    return lambda text: tuple(kind(v) for v in text.split(","))
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="a tiny grid for smoke tests")
@@ -39,7 +45,16 @@ def parse_args(argv=None):
     p.add_argument("--reps", type=int, default=None, help="repetitions per point (median)")
     p.add_argument("--target-ms", type=float, default=None, help="duration of one repetition")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--hidden", type=_floats(int), default=None,
+                   help="comma-separated H values (default: the full grid's)")
+    p.add_argument("--density", type=_floats(float), default=None,
+                   help="comma-separated densities (default: the full grid's)")
+    p.add_argument("--rows", type=_floats(int), default=None,
+                   help="comma-separated batch rows M (default: the full grid's)")
     args = p.parse_args(argv)
+    base = QUICK if args.quick else (GRID_H, GRID_D, GRID_M)
+    args.grid = tuple(given or default for given, default
+                      in zip((args.hidden, args.density, args.rows), base))
     args.reps = args.reps or (3 if args.quick else 7)
     args.target_ms = args.target_ms or (1.0 if args.quick else 8.0)
     return args
@@ -120,7 +135,7 @@ def measure(args, np, sp, torch, csr_random):
     Dense products do not depend on d and are timed last, once per (H, M, op): OpenBLAS
     threads busy-wait for a long while after each call and would slow whatever runs next.
     """
-    grid = QUICK if args.quick else (GRID_H, GRID_D, GRID_M)
+    grid = args.grid
     rng = np.random.default_rng(args.seed)
     target = args.target_ms / 1e3
     rows, dense_fns = [], {}

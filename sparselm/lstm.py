@@ -26,7 +26,8 @@ and once after the loop, over all T*B rows at once (one GEMM dense, one SDDMM sp
     dW_x += da^T x,   dW_h += da^T h_{<T},   db += sum_t,b da,   dx = da W_x.
 
 The input projection x W_x^T is likewise one product over all T*B rows before the loop, so the
-per-step work is only the recurrent product and the fused cell kernel.
+per-step work is only the recurrent product and the fused cell kernel, which also adds the bias
+(no pass over the (T, B, G) projection of its own).
 
 Every array operation goes through the workspace's backend (`ws.be`), so the same code runs on
 NumPy arrays with the CPU kernels and on device arrays with the CUDA kernels.
@@ -50,7 +51,6 @@ def lstm_layer_forward(x, h0, c0, w_x, w_h, bias, ws: Workspace, tag: str):
     dtype, be = x.dtype, ws.be
     gx = ws.get(tag + "gx", (steps, nb, ng), dtype)
     w_x.matmul(x.reshape(steps * nb, ni), out=gx.reshape(steps * nb, ng))
-    be.add_rows(gx.reshape(steps * nb, ng), bias)
     hs = ws.get(tag + "hs", (steps + 1, nb, nh), dtype)
     cs = ws.get(tag + "cs", (steps + 1, nb, nh), dtype)
     gates = ws.get(tag + "gates", (steps, nb, ng), dtype)
@@ -60,7 +60,7 @@ def lstm_layer_forward(x, h0, c0, w_x, w_h, bias, ws: Workspace, tag: str):
     be.copy(cs[0], c0)
     for t in range(steps):
         w_h.matmul(hs[t], out=rec)
-        be.lstm_cell_forward(gx[t], rec, cs[t], gates[t], cs[t + 1], tanh_c[t], hs[t + 1])
+        be.lstm_cell_forward(gx[t], rec, bias, cs[t], gates[t], cs[t + 1], tanh_c[t], hs[t + 1])
     cache = (x, hs, cs, gates, tanh_c)
     return hs[1:], (hs[steps], cs[steps]), cache
 

@@ -25,7 +25,7 @@ DEVICES = ("auto", "cpu", "cuda")
 _NUMBA_KERNELS = ("csr_matmul", "csr_matmul_t", "csr_sddmm",                  # kernels.cpu_csr
                   "lstm_cell_forward", "lstm_cell_backward", "softmax_xent",  # kernels.cpu
                   "embedding_backward", "sum_squares", "sgd_update", "adam_update")
-_ARRAY_OPS = ("gemm", "col_sum", "fill", "copy", "mul", "add_rows", "gather", "grid_sums",
+_ARRAY_OPS = ("gemm", "col_sum", "fill", "copy", "mul", "gather", "grid_sums",
               "grid_outer_add")                                          # kernels.cpu_arrays
 KERNELS = _NUMBA_KERNELS + _ARRAY_OPS
 ARRAYS = ("empty", "zeros", "to_device", "to_host")

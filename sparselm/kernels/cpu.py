@@ -72,10 +72,11 @@ def act_sigmoid(x):
 
 
 @njit(parallel=True, cache=True, fastmath=FAST)
-def lstm_cell_forward(gx, r, c_prev, gates, c, tanh_c, h):
+def lstm_cell_forward(gx, r, bias, c_prev, gates, c, tanh_c, h):
     """One LSTM step for the whole batch, gate order i, f, g, o.
 
-    gx, r: (B, G) pre-activations from the input and from the recurrence (summed here);
+    gx, r: (B, G) pre-activations from the input and from the recurrence; bias: (G,) (all three
+    summed here, so the input projection needs no pass of its own for the bias);
     c_prev: (B, H). Writes gates (B, G) = activated [i, f, g, o], c, tanh_c, h: (B, H).
         i = sigmoid(a_i), f = sigmoid(a_f), g = tanh(a_g), o = sigmoid(a_o)
         c = f * c_prev + i * g,  h = o * tanh(c)
@@ -84,10 +85,10 @@ def lstm_cell_forward(gx, r, c_prev, gates, c, tanh_c, h):
     nh = ng // 4
     for b in prange(nb):
         for j in range(nh):
-            i = act_sigmoid(gx[b, j] + r[b, j])
-            f = act_sigmoid(gx[b, nh + j] + r[b, nh + j])
-            g = act_tanh(gx[b, 2 * nh + j] + r[b, 2 * nh + j])
-            o = act_sigmoid(gx[b, 3 * nh + j] + r[b, 3 * nh + j])
+            i = act_sigmoid(gx[b, j] + r[b, j] + bias[j])
+            f = act_sigmoid(gx[b, nh + j] + r[b, nh + j] + bias[nh + j])
+            g = act_tanh(gx[b, 2 * nh + j] + r[b, 2 * nh + j] + bias[2 * nh + j])
+            o = act_sigmoid(gx[b, 3 * nh + j] + r[b, 3 * nh + j] + bias[3 * nh + j])
             cc = cell_state(i, f, g, c_prev[b, j])
             tc = act_tanh(cc)
             gates[b, j] = i

@@ -43,11 +43,6 @@ def copy(dst, src) -> None:
     np.copyto(dst, src)
 
 
-def add_rows(x, v) -> None:
-    """x (N, C) += v (C,) on every row: the gate bias of the input projection."""
-    x += v
-
-
 def mul(a, b, out) -> None:
     """out = a * b element-wise (same shapes; out may be a or b): applying a dropout mask."""
     np.multiply(a, b, out=out)

@@ -52,7 +52,7 @@ The training step on the device
 -------------------------------
 model.py, lstm.py, loss.py, output.py and optim.py call every array operation through a Backend
 (kernels/__init__.py): the fused kernels above plus the array operations of the step (copy, mul,
-add_rows, gather, grid_sums, grid_outer_add, col_sum, fill, gemm with transpose flags), whose
+gather, grid_sums, grid_outer_add, col_sum, fill, gemm with transpose flags), whose
 CPU versions are in kernels/cpu_arrays.py. With ``--device cuda`` parameters, gradients and
 optimiser state are (P,) device buffers with named views, the Workspace allocates here, and a
 step sends only the batch's ids and targets, its row weights and the dropout masks (drawn on the
@@ -207,14 +207,6 @@ def _mul_py(a, b, out):
         out[k] = a[k] * b[k]
 
 
-def _add_rows_py(x, v):
-    n_rows, n_cols = x.shape
-    for idx in range(cuda.grid(1), n_rows * n_cols, cuda.gridsize(1)):
-        r = idx // n_cols
-        c = idx - r * n_cols
-        x[r, c] += v[c]
-
-
 def _gather_py(table, ids, out):
     n, ne = out.shape
     for idx in range(cuda.grid(1), n * ne, cuda.gridsize(1)):
@@ -248,7 +240,6 @@ def _grid_outer_add_py(drows, dcols, dh):
 
 _COPY = _pair(_copy_py, fast=True)
 _MUL = _pair(_mul_py, fast=True)
-_ADD_ROWS = _pair(_add_rows_py, fast=True)
 _GATHER = _pair(_gather_py, fast=True)
 _GRID_SUMS = _pair(_grid_sums_py, fast=True)
 _GRID_OUTER_ADD = _pair(_grid_outer_add_py, fast=True)
@@ -273,12 +264,6 @@ def mul(a, b, out) -> None:
     if out.size:
         ins = [_flat(to_device(x)) for x in (a, b)]
         _kernel(_MUL, out.dtype)[_grid(out.size)](*ins, _flat(_out(out, "out")))
-
-
-def add_rows(x, v) -> None:
-    """x (N, C) += v (C,) on every row."""
-    if x.size:
-        _kernel(_ADD_ROWS, x.dtype)[_grid(x.size)](_out(x, "x"), to_device(v))
 
 
 def gather(table, ids, out) -> None:
@@ -354,16 +339,16 @@ def _lstm_forward_kernel(dtype: np.dtype):
         return one / (one + math.exp(-x))
 
     @cuda.jit(fastmath=False)       # accurate tanhf / expf in float32 too (Precision)
-    def lstm_forward(gx, r, c_prev, gates, c, tanh_c, h):
+    def lstm_forward(gx, r, bias, c_prev, gates, c, tanh_c, h):
         nb, ng = gx.shape
         nh = ng // 4
         for idx in range(cuda.grid(1), nb * nh, cuda.gridsize(1)):
             b = idx // nh
             j = idx - b * nh
-            i = sigmoid(gx[b, j] + r[b, j])
-            f = sigmoid(gx[b, nh + j] + r[b, nh + j])
-            g = math.tanh(gx[b, 2 * nh + j] + r[b, 2 * nh + j])
-            o = sigmoid(gx[b, 3 * nh + j] + r[b, 3 * nh + j])
+            i = sigmoid(gx[b, j] + r[b, j] + bias[j])
+            f = sigmoid(gx[b, nh + j] + r[b, nh + j] + bias[nh + j])
+            g = math.tanh(gx[b, 2 * nh + j] + r[b, 2 * nh + j] + bias[2 * nh + j])
+            o = sigmoid(gx[b, 3 * nh + j] + r[b, 3 * nh + j] + bias[3 * nh + j])
             cc = _cell_state(i, f, g, c_prev[b, j])
             tc = math.tanh(cc)
             gates[b, j] = i
@@ -390,15 +375,15 @@ def _lstm_backward_py(dh_out, dh_rec, dc, gates, c_prev, tanh_c, dgates, dc_prev
 _LSTM_BACKWARD = _pair(_lstm_backward_py, fast=True)     # no transcendental functions
 
 
-def lstm_cell_forward(gx, r, c_prev, gates, c, tanh_c, h) -> None:
+def lstm_cell_forward(gx, r, bias, c_prev, gates, c, tanh_c, h) -> None:
     """One LSTM step, gate order i, f, g, o (as kernels.cpu.lstm_cell_forward).
 
-    gx, r: (B, G) pre-activations (summed here); c_prev: (B, H). Writes gates (B, G) activated,
-    c, tanh_c, h: (B, H). All device arrays of one dtype; one thread per (b, j).
+    gx, r: (B, G) pre-activations and bias: (G,) (summed here); c_prev: (B, H). Writes gates
+    (B, G) activated, c, tanh_c, h: (B, H). All device arrays of one dtype; one thread per (b, j).
     """
     nb, ng = gx.shape
     if nb * ng:
-        ins = [to_device(a) for a in (gx, r, c_prev)]
+        ins = [to_device(a) for a in (gx, r, bias, c_prev)]
         outs = [_out(a, "output") for a in (gates, c, tanh_c, h)]
         _lstm_forward_kernel(_check_dtype(gx.dtype))[_grid(nb * ng // 4)](*ins, *outs)
 
@@ -846,11 +831,11 @@ def _signatures(dtype, nt) -> dict:
         "col_sum": (_col_sum_py, (mat, v, b), fast),
         "copy": (_copy_py, (v, v), fast),
         "mul": (_mul_py, (v, v, v), fast),
-        "add_rows": (_add_rows_py, (mat, v), fast),
         "gather": (_gather_py, (mat, i32, mat), fast),
         "grid_sums": (_grid_sums_py, (mat, mat, mat), fast),
         "grid_outer_add": (_grid_outer_add_py, (mat, mat, mat), fast),
-        "lstm_cell_forward": (_lstm_forward_kernel(dtype).py_func, (mat,) * 7, False),
+        "lstm_cell_forward": (_lstm_forward_kernel(dtype).py_func, (mat, mat, v) + (mat,) * 5,
+                              False),
         "lstm_cell_backward": (_lstm_backward_py, (mat,) * 8, fast),
         "softmax_xent": (_softmax_kernel(dtype, 256).py_func,
                          (mat, v, i32, v, nt.float64[::1], b), False),
