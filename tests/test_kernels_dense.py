@@ -47,6 +47,23 @@ def test_exp_approx_error_bound():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("nv", [1, 7, 8, 15, 16, 17, 63, 64, 65, 129, 10000])
+def test_row_max_simd(dtype, nv):
+    """The softmax's vectorised max of row + bias, at every length around the vector width and
+    the four-register block (CPU only: the simd intrinsics are the CPU's)."""
+    rng = np.random.default_rng(nv)
+    row, bias = rng.normal(0, 3, nv).astype(dtype), rng.normal(0, 1, nv).astype(dtype)
+    for where in {0, nv // 2, nv - 1}:
+        spiked = row.copy()
+        spiked[where] = 50.0                                # the maximum at every position
+        assert cpu._row_max(spiked, bias) == np.max(spiked + bias)
+    assert cpu._row_max(row, bias) == np.max(row + bias)
+    if nv > 1:
+        row[nv // 3] = np.nan                               # skipped (the NLL shows the NaN)
+        assert cpu._row_max(row, bias) == np.nanmax(row + bias)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("nb,nh", [(1, 1), (3, 5), (4, 7), (20, 200)])
 def test_lstm_cell_forward(kernel_backend, dtype, nb, nh):
     be = kernel_backend

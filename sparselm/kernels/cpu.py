@@ -11,7 +11,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
-from . import cell
+from . import cell, simd
 
 # Floating-point freedoms that let LLVM vectorise reductions and fuse multiply-adds. No 'nnan' or
 # 'ninf': a NaN loss must stay NaN so the trainer can see it.
@@ -179,6 +179,18 @@ def _row_exp_typed(row, bias, shift, bits):
     return lambda row, bias, shift, bits: _row_exp_libm(row, bias, shift, bits)
 
 
+@njit(inline="always")
+def _row_max(row, bias):
+    """max_v row[v] + bias[v] (row, bias: (V,) float, V >= 1), NaN sums skipped (a NaN still
+    reaches the row's NLL through its exp). Explicit vector code: LLVM leaves a float
+    max-reduction scalar unless it may assume there are no NaNs."""
+    n_vecs = row.shape[0] // simd.lanes(row)
+    shift = simd.max_of_sum(row, bias, n_vecs)
+    for v in range(n_vecs * simd.lanes(row), row.shape[0]):
+        shift = max(shift, row[v] + bias[v])
+    return shift
+
+
 # Rows are split in at most this many chunks, each with its own bias-gradient partial sum
 # (race-free; a constant because get_num_threads() inside a kernel defeats Numba's cache).
 _MAX_CHUNKS = 32
@@ -202,9 +214,7 @@ def softmax_xent(logits, bias, targets, weights, nll, dbias, grad):
         bits = np.empty(n_vocab, dtype=np.int32)
         for n in range(chunk * n_rows // n_chunks, (chunk + 1) * n_rows // n_chunks):
             row = logits[n]
-            shift = row[0] + bias[0]
-            for v in range(n_vocab):
-                shift = max(shift, row[v] + bias[v])
+            shift = _row_max(row, bias)
             target_logit = row[targets[n]] + bias[targets[n]]
             total = row_exp(row, bias, shift, bits)
             nll[n] = np.log(total) + shift - target_logit

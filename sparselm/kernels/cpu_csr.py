@@ -33,68 +33,17 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-_VEC_BYTES = 64  # one AVX-512 register
+from .simd import data_ptr, fma, hsum, load, plus, shuffle, splat, store, times, vec_type
+from .simd import lanes as _lanes
+
 # Row ranges per call: several per thread so work-stealing absorbs uneven rows and noisy cores.
 # A constant, because numba.get_num_threads() inside a kernel defeats the on-disk cache.
 _MAX_TASKS = 32
 _SMALL_WORK = 1 << 16  # below this many multiply-adds and moves a call runs on one thread
 
 # ---------------------------------------------------------------------------------------------
-# explicit SIMD: intrinsics on flat element offsets into C-contiguous arrays. They do no bounds
-# checks; callers pass valid patterns (CSRMatrix validates them once).
-
-_I32 = ir.IntType(32)
-
-
-def _vec_type(context, dtype):
-    return ir.VectorType(context.get_value_type(dtype), _VEC_BYTES // (dtype.bitwidth // 8))
-
-
-def _data(context, builder, sig, args, i):
-    """Data pointer of array argument i."""
-    return context.make_array(sig.args[i])(context, builder, args[i]).data
-
-
-def _plus(builder, value, n):
-    return builder.add(value, ir.Constant(value.type, n))
-
-
-def _times(builder, value, n):
-    return builder.mul(value, ir.Constant(value.type, n))
-
-
-def _vec_ptr(builder, base, offset, vty):
-    return builder.bitcast(builder.gep(base, [offset], inbounds=True), vty.as_pointer())
-
-
-def _align(vty):  # only element alignment is guaranteed; unaligned vector moves are cheap
-    return 4 if isinstance(vty.element, ir.FloatType) else 8
-
-
-def _load(builder, base, offset, vty):
-    return builder.load(_vec_ptr(builder, base, offset, vty), align=_align(vty))
-
-
-def _store(builder, value, base, offset, vty):
-    builder.store(value, _vec_ptr(builder, base, offset, vty), align=_align(vty))
-
-
-def _shuffle(builder, a, b, lanes):
-    return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(_I32, len(lanes)), lanes))
-
-
-def _splat(builder, value, vty):
-    one = builder.insert_element(ir.Constant(vty, ir.Undefined), value, ir.Constant(_I32, 0))
-    return _shuffle(builder, one, one, [0] * vty.count)
-
-
-def _fma(builder, a, b, c):
-    """a * b + c, lane-wise, rounded once (llvmlite's builder.fma takes scalars only)."""
-    vty = a.type
-    elem = "f32" if isinstance(vty.element, ir.FloatType) else "f64"
-    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty] * 3),
-                                        f"llvm.fma.v{vty.count}{elem}")
-    return builder.call(fn, [a, b, c])
+# explicit SIMD (kernels/simd.py): intrinsics on flat element offsets into C-contiguous arrays.
+# They do no bounds checks; callers pass valid patterns (CSRMatrix validates them once).
 
 
 def _stride0(context, builder, sig, args, i):
@@ -124,9 +73,9 @@ def _make_rows_kernel(n_regs):
         direct = isinstance(perm, types.NoneType)
 
         def codegen(context, builder, sig, args):
-            vty = _vec_type(context, sig.args[0].dtype)
-            pd, pv, pc, pr, ps = (_data(context, builder, sig, args, j) for j in (0, 2, 4, 5, 8))
-            pp = None if direct else _data(context, builder, sig, args, 3)
+            vty = vec_type(context, sig.args[0].dtype)
+            pd, pv, pc, pr, ps = (data_ptr(context, builder, sig, args, j) for j in (0, 2, 4, 5, 8))
+            pp = None if direct else data_ptr(context, builder, sig, args, 3)
             d_off, r0, n_rows, s_off = (args[j] for j in (1, 6, 7, 9))
             d_stride = _stride0(context, builder, sig, args, 0)
             s_stride = _stride0(context, builder, sig, args, 8)
@@ -134,20 +83,20 @@ def _make_rows_kernel(n_regs):
             accs = [cgutils.alloca_once_value(builder, zero) for _ in range(n_regs)]
             with cgutils.for_range(builder, n_rows) as row:
                 r = builder.add(r0, row.index)
-                lo, hi = _load_index(builder, pr, r), _load_index(builder, pr, _plus(builder, r, 1))
+                lo, hi = _load_index(builder, pr, r), _load_index(builder, pr, plus(builder, r, 1))
                 for acc in accs:
                     builder.store(zero, acc)
                 with cgutils.for_range(builder, builder.sub(hi, lo)) as loop:
                     k = builder.add(lo, loop.index)
                     kv = k if direct else _load_index(builder, pp, k)
-                    v = _splat(builder, builder.load(builder.gep(pv, [kv])), vty)
+                    v = splat(builder, builder.load(builder.gep(pv, [kv])), vty)
                     base = builder.add(builder.mul(_load_index(builder, pc, k), s_stride), s_off)
                     for g, acc in enumerate(accs):
-                        x = _load(builder, ps, _plus(builder, base, g * vty.count), vty)
-                        builder.store(_fma(builder, v, x, builder.load(acc)), acc)
+                        x = load(builder, ps, plus(builder, base, g * vty.count), vty)
+                        builder.store(fma(builder, v, x, builder.load(acc)), acc)
                 out = builder.add(builder.mul(row.index, d_stride), d_off)
                 for g, acc in enumerate(accs):
-                    _store(builder, builder.load(acc), pd, _plus(builder, out, g * vty.count), vty)
+                    store(builder, builder.load(acc), pd, plus(builder, out, g * vty.count), vty)
             return context.get_dummy_value()
 
         return types.void(dst, i, vals, perm, cols, ptr, i, i, src, i), codegen
@@ -158,31 +107,21 @@ def _make_rows_kernel(n_regs):
 _rows1, _rows2, _rows4 = (_make_rows_kernel(g) for g in (1, 2, 4))
 
 
-def _hsum(builder, v):
-    """Sum of the lanes of v by halving (a fixed order, so results are reproducible)."""
-    n = v.type.count
-    while n > 1:
-        n //= 2
-        v = builder.fadd(_shuffle(builder, v, v, list(range(n))),
-                         _shuffle(builder, v, v, list(range(n, 2 * n))))
-    return builder.extract_element(v, ir.Constant(_I32, 0))
-
-
 def _dots_codegen(n_dots):
     """Codegen of the _dot intrinsics; args: a, a_off, b, b_off_0 .. b_off_{n-1}, n_vecs."""
 
     def codegen(context, builder, sig, args):
-        vty = _vec_type(context, sig.args[0].dtype)
-        pa, pb = _data(context, builder, sig, args, 0), _data(context, builder, sig, args, 2)
+        vty = vec_type(context, sig.args[0].dtype)
+        pa, pb = data_ptr(context, builder, sig, args, 0), data_ptr(context, builder, sig, args, 2)
         a_off, b_offs, n_vecs = args[1], args[3:3 + n_dots], args[3 + n_dots]
         accs = [cgutils.alloca_once_value(builder, ir.Constant(vty, None)) for _ in b_offs]
         with cgutils.for_range(builder, n_vecs) as loop:
-            step = _times(builder, loop.index, vty.count)
-            av = _load(builder, pa, builder.add(a_off, step), vty)
+            step = times(builder, loop.index, vty.count)
+            av = load(builder, pa, builder.add(a_off, step), vty)
             for acc, b_off in zip(accs, b_offs):
-                bv = _load(builder, pb, builder.add(b_off, step), vty)
-                builder.store(_fma(builder, av, bv, builder.load(acc)), acc)
-        sums = [_hsum(builder, builder.load(acc)) for acc in accs]
+                bv = load(builder, pb, builder.add(b_off, step), vty)
+                builder.store(fma(builder, av, bv, builder.load(acc)), acc)
+        sums = [hsum(builder, builder.load(acc)) for acc in accs]
         return context.make_tuple(builder, sig.return_type, sums)
 
     return codegen
@@ -215,22 +154,22 @@ def _make_transpose_kernel(add):
         i = types.intp
 
         def codegen(context, builder, sig, args):
-            vty = _vec_type(context, sig.args[0].dtype)
+            vty = vec_type(context, sig.args[0].dtype)
             n = vty.count
-            ps, pd = _data(context, builder, sig, args, 0), _data(context, builder, sig, args, 3)
+            ps, pd = data_ptr(context, builder, sig, args, 0), data_ptr(context, builder, sig, args, 3)
             s_off, s_stride, d_off, d_stride = args[1], args[2], args[4], args[5]
-            rows = [_load(builder, ps, builder.add(s_off, _times(builder, s_stride, r)), vty)
+            rows = [load(builder, ps, builder.add(s_off, times(builder, s_stride, r)), vty)
                     for r in range(n)]
             lo = [k for j in range(n // 2) for k in (j, n + j)]
             hi = [k for j in range(n // 2, n) for k in (j, n + j)]
             for _ in range(n.bit_length() - 1):
                 pairs = [(rows[r], rows[r + n // 2]) for r in range(n // 2)]
-                rows = [_shuffle(builder, a, b, m) for a, b in pairs for m in (lo, hi)]
+                rows = [shuffle(builder, a, b, m) for a, b in pairs for m in (lo, hi)]
             for j, row in enumerate(rows):
-                off = builder.add(d_off, _times(builder, d_stride, j))
+                off = builder.add(d_off, times(builder, d_stride, j))
                 if add:
-                    row = builder.fadd(row, _load(builder, pd, off, vty))
-                _store(builder, row, pd, off, vty)
+                    row = builder.fadd(row, load(builder, pd, off, vty))
+                store(builder, row, pd, off, vty)
             return context.get_dummy_value()
 
         return types.void(src, i, i, dst, i, i), codegen
@@ -247,12 +186,6 @@ _transpose_block, _transpose_block_add = _make_transpose_kernel(False), _make_tr
 # (reference counting), more than a short row's arithmetic.
 
 _TR_COLS = 64  # columns per transpose task (a multiple of L for both dtypes)
-
-
-@njit(cache=True, inline="always")
-def _lanes(a):
-    """L, the SIMD lanes of a's dtype."""
-    return _VEC_BYTES // a.itemsize
 
 
 @njit(cache=True)

@@ -1,0 +1,135 @@
+"""Explicit SIMD for the CPU kernels: LLVM vector code emitted through Numba intrinsics.
+
+Numba's auto-vectoriser leaves some loops scalar that matter here: float max-reductions (LLVM
+vectorises them only under 'no NaNs', which the kernels do not assume, so that a NaN loss stays
+visible), and loops whose accumulators it keeps in memory (see kernels/cpu_csr.py). These helpers
+build vector code directly. Vectors are VEC_BYTES wide (one AVX-512 register: 16 float32 or
+8 float64 lanes); LLVM splits them on machines without AVX-512.
+
+The intrinsics work on flat element offsets into C-contiguous arrays and do no bounds checks:
+callers pass valid offsets.
+"""
+
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+VEC_BYTES = 64
+I32 = ir.IntType(32)
+
+
+@njit(cache=True, inline="always")
+def lanes(a):
+    """L, the SIMD lanes of a's dtype."""
+    return VEC_BYTES // a.itemsize
+
+
+def vec_type(context, dtype):
+    return ir.VectorType(context.get_value_type(dtype), VEC_BYTES // (dtype.bitwidth // 8))
+
+
+def data_ptr(context, builder, sig, args, i):
+    """Data pointer of array argument i."""
+    return context.make_array(sig.args[i])(context, builder, args[i]).data
+
+
+def plus(builder, value, n):
+    return builder.add(value, ir.Constant(value.type, n))
+
+
+def times(builder, value, n):
+    return builder.mul(value, ir.Constant(value.type, n))
+
+
+def _vec_ptr(builder, base, offset, vty):
+    return builder.bitcast(builder.gep(base, [offset], inbounds=True), vty.as_pointer())
+
+
+def _align(vty):  # only element alignment is guaranteed; unaligned vector moves are cheap
+    return 4 if isinstance(vty.element, ir.FloatType) else 8
+
+
+def load(builder, base, offset, vty):
+    return builder.load(_vec_ptr(builder, base, offset, vty), align=_align(vty))
+
+
+def store(builder, value, base, offset, vty):
+    builder.store(value, _vec_ptr(builder, base, offset, vty), align=_align(vty))
+
+
+def shuffle(builder, a, b, lanes):
+    return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(I32, len(lanes)), lanes))
+
+
+def splat(builder, value, vty):
+    one = builder.insert_element(ir.Constant(vty, ir.Undefined), value, ir.Constant(I32, 0))
+    return shuffle(builder, one, one, [0] * vty.count)
+
+
+def fma(builder, a, b, c):
+    """a * b + c, lane-wise, rounded once (llvmlite's builder.fma takes scalars only)."""
+    vty = a.type
+    elem = "f32" if isinstance(vty.element, ir.FloatType) else "f64"
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty] * 3),
+                                        f"llvm.fma.v{vty.count}{elem}")
+    return builder.call(fn, [a, b, c])
+
+
+def vmax(builder, a, b):
+    """Lane-wise a if a > b else b: a NaN in a is skipped, one in b is kept."""
+    return builder.select(builder.fcmp_ordered(">", a, b), a, b)
+
+
+def _reduce(builder, v, combine):
+    """combine over the lanes of v by halving (a fixed order, so results are reproducible)."""
+    n = v.type.count
+    while n > 1:
+        n //= 2
+        v = combine(builder, shuffle(builder, v, v, list(range(n))),
+                    shuffle(builder, v, v, list(range(n, 2 * n))))
+    return builder.extract_element(v, ir.Constant(I32, 0))
+
+
+def hsum(builder, v):
+    """Sum of the lanes of v."""
+    return _reduce(builder, v, lambda b, x, y: b.fadd(x, y))
+
+
+_MAX_REGS = 4   # independent accumulators: enough to hide the compare-select latency
+
+
+@intrinsic
+def max_of_sum(typingctx, a, b, n_vecs):
+    """max over l < n_vecs*L of a[l] + b[l] (a, b: C-contiguous, one float dtype).
+
+    An element whose sum is NaN is skipped; -inf when there is none.
+    """
+
+    def codegen(context, builder, sig, args):
+        vty = vec_type(context, sig.args[0].dtype)
+        pa, pb = data_ptr(context, builder, sig, args, 0), data_ptr(context, builder, sig, args, 1)
+        n_vecs = args[2]
+
+        def summed(vec):                            # a[vec*L:(vec+1)*L] + b[...]
+            off = times(builder, vec, vty.count)
+            return builder.fadd(load(builder, pa, off, vty), load(builder, pb, off, vty))
+
+        # start from -inf, not from the first vector: a NaN lane would stick (NaN > x is false)
+        lowest = splat(builder, ir.Constant(vty.element, float("-inf")), vty)
+        accs = [cgutils.alloca_once_value(builder, lowest) for _ in range(_MAX_REGS)]
+        n_blocks = builder.udiv(n_vecs, ir.Constant(n_vecs.type, _MAX_REGS))
+        with cgutils.for_range(builder, n_blocks) as loop:
+            for g, acc in enumerate(accs):
+                x = summed(plus(builder, times(builder, loop.index, _MAX_REGS), g))
+                builder.store(vmax(builder, x, builder.load(acc)), acc)
+        done = times(builder, n_blocks, _MAX_REGS)
+        with cgutils.for_range(builder, builder.sub(n_vecs, done)) as loop:
+            x = summed(builder.add(done, loop.index))
+            builder.store(vmax(builder, x, builder.load(accs[0])), accs[0])
+        v = builder.load(accs[0])
+        for acc in accs[1:]:
+            v = vmax(builder, v, builder.load(acc))
+        return _reduce(builder, v, vmax)
+
+    return a.dtype(a, b, types.intp), codegen
