@@ -248,10 +248,12 @@ class CSRMatrix:
         kern.csr_matmul_t(self.data, t_perm, t_indices, t_indptr, dy, out, acc)
         return out
 
-    def sddmm(self, dy, x, out=None, accumulate=False):
+    def sddmm(self, dy, x, out=None, accumulate=False, col_sums=None):
         """out (N,)[k] = sum_m dy[m, row_k] * x[m, col_k] (or += when accumulate): dL/d data.
 
-        dy: (M, R), x: (M, C), both the matrix's float dtype and C-contiguous.
+        dy: (M, R), x: (M, C), both the matrix's float dtype and C-contiguous. col_sums: None or
+        (R,) of that dtype, overwritten with dy's column sums (the gradient of a bias added to
+        x W^T), computed on the way.
         """
         rows, cols = self.shape
         self._check_operand("dy", dy, rows)
@@ -261,8 +263,17 @@ class CSRMatrix:
         kern = _kernels_for(dy)
         out, acc = self._prepare_out(kern, out, (self.nnz,), accumulate)
         indices, indptr, _, _, _ = self._pattern(kern)
-        kern.csr_sddmm(indices, indptr, dy, x, out, acc)
+        if col_sums is not None:
+            self._check_col_sums(col_sums, rows)
+        kern.csr_sddmm(indices, indptr, dy, x, out, acc, col_sums)
         return out
+
+    def _check_col_sums(self, col_sums, rows):
+        if tuple(col_sums.shape) != (rows,) or np.dtype(col_sums.dtype) != self.dtype:
+            raise ValueError(f"col_sums must be ({rows},) {self.dtype}, got "
+                             f"{tuple(col_sums.shape)} {col_sums.dtype}")
+        if not col_sums.flags["C_CONTIGUOUS"]:
+            raise ValueError("col_sums must be C-contiguous")
 
 
 # ---------------------------------------------------------------------------------------------

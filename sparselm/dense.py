@@ -65,10 +65,11 @@ class DenseMatrix:
     """
 
     def __init__(self, data, backend=None):
-        self.data = data
-        self.shape = tuple(data.shape)
-        self.backend = backend
-        self._gemm = backend.gemm if backend is not None else gemm_op
+        if backend is None:
+            from .kernels import get_backend   # here: kernels.cpu_arrays imports this module
+
+            backend = get_backend("cpu")
+        self.data, self.shape, self.backend = data, tuple(data.shape), backend
 
     def with_data(self, data) -> "DenseMatrix":
         return DenseMatrix(data, self.backend)
@@ -78,19 +79,21 @@ class DenseMatrix:
         return self.data.size
 
     def _empty(self, shape):
-        if self.backend is None:
-            return np.empty(shape, self.data.dtype)
         return self.backend.empty(shape, self.data.dtype)
 
     def matmul(self, x, out=None, accumulate=False):
         out = self._empty((x.shape[0], self.shape[0])) if out is None else out
-        return self._gemm(x, self.data, out, accumulate, trans_b=True)
+        return self.backend.gemm(x, self.data, out, accumulate, trans_b=True)
 
     def matmul_t(self, dy, out=None, accumulate=False):
         out = self._empty((dy.shape[0], self.shape[1])) if out is None else out
-        return self._gemm(dy, self.data, out, accumulate)
+        return self.backend.gemm(dy, self.data, out, accumulate)
 
-    def sddmm(self, dy, x, out=None, accumulate=False):
+    def sddmm(self, dy, x, out=None, accumulate=False, col_sums=None):
+        """The weight gradient dy^T x; col_sums: None or (R,), overwritten with dy's column
+        sums (the bias gradient), as CSRMatrix.sddmm."""
         out = self._empty(self.shape) if out is None else out
-        return self._gemm(dy, x, out, accumulate, trans_a=True)
+        if col_sums is not None:
+            self.backend.col_sum(dy, col_sums)
+        return self.backend.gemm(dy, x, out, accumulate, trans_a=True)
 

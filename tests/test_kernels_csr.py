@@ -206,9 +206,39 @@ def test_raw_kernels(kernel_backend, dtype, accumulate):
     be.csr.csr_matmul(data, indices, indptr, be.dev(x), outs["matmul"], accumulate)
     be.csr.csr_matmul_t(data, t_perm, t_indices, t_indptr, be.dev(dy), outs["matmul_t"],
                         accumulate)
-    be.csr.csr_sddmm(indices, indptr, be.dev(dy), be.dev(x), outs["sddmm"], accumulate)
+    sums = be.dev(np.zeros(rows, dtype))
+    be.csr.csr_sddmm(indices, indptr, be.dev(dy), be.dev(x), outs["sddmm"], accumulate, sums)
+    assert_close(be.host(sums), dy.astype(np.float64).sum(axis=0), dtype)
     for name, (_, ref) in refs.items():
         assert_close(be.host(outs[name]), ref + starts[name] if accumulate else ref, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m", [0, 1, 21, 40])
+def test_sddmm_column_sums(kernel_backend, dtype, m):
+    """sddmm(..., col_sums=) also writes dy's column sums (the bias gradient), empty rows of W
+    included, without changing the product; the dense matrix honours the same argument."""
+    from sparselm.dense import DenseMatrix
+    from sparselm.kernels import get_backend
+
+    be = kernel_backend
+    rng = np.random.default_rng(11 + m)
+    rows, cols = pick(be, (70, 33), (9, 6))
+    m = min(m, pick(be, m, 5))
+    w = csr_random(rows, cols, 0.05, rng, mask="uniform", dtype=dtype, scale=1.0)
+    assert (np.diff(w.indptr) == 0).any()                     # some rows have no entries
+    x = rng.standard_normal((m, cols)).astype(dtype)
+    dy = rng.standard_normal((m, rows)).astype(dtype)
+    sums = be.dev(np.full(rows, np.nan, dtype))
+    grad = w.sddmm(be.dev(dy), be.dev(x), col_sums=sums)
+    assert_close(be.host(sums), dy.astype(np.float64).sum(axis=0), dtype)
+    assert_close(be.host(grad), references(w, x, dy)["sddmm"][1], dtype)
+    dense_sums = be.dev(np.full(rows, np.nan, dtype))
+    DenseMatrix(be.dev(w.to_dense()), get_backend(be.name)).sddmm(be.dev(dy), be.dev(x),
+                                                       col_sums=dense_sums)
+    assert_close(be.host(dense_sums), dy.astype(np.float64).sum(axis=0), dtype)
+    with pytest.raises(ValueError, match="col_sums"):
+        w.sddmm(be.dev(dy), be.dev(x), col_sums=be.dev(np.zeros(rows + 1, dtype)))
 
 
 def test_rejects_bad_operands(kernel_backend):

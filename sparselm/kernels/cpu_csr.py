@@ -330,20 +330,25 @@ def _spmm_rows(vals, perm, cols, ptr, xt, row_lo, row_hi, out, accumulate):
 
 
 @njit(cache=True)
-def _sddmm_rows(indices, indptr, dy, xt, row_lo, row_hi, out, accumulate):
+def _sddmm_rows(indices, indptr, dy, xt, row_lo, row_hi, out, accumulate, col_sums):
     """out[k] (+)= sum_m dy[m, row_k] * xt[indices[k], m] for the entries of rows row_lo:row_hi.
 
     indices: (N,) int32; indptr: (R+1,) int32; dy: (M, R) float, C-contiguous; xt: (C, Mp)
-    x transposed and zero padded; out: (N,) float. Columns of dy are transposed L at a time
-    into a small block that stays in L1, instead of a full transposed copy of dy.
+    x transposed and zero padded; out: (N,) float; col_sums: None or (R,) float, then also
+    col_sums[r] = sum_m dy[m, r] for those rows. Columns of dy are transposed L at a time into
+    a small block that stays in L1, instead of a full transposed copy of dy.
     """
     lanes = _lanes(xt)
     mp = xt.shape[1]
     n_vecs = mp // lanes
     blk = np.empty((lanes, mp), dtype=xt.dtype)
+    ones = np.ones(mp, dtype=xt.dtype)
     for r0 in range(row_lo, row_hi, lanes):
         r1 = min(r0 + lanes, row_hi)
         _transpose_cols(dy, blk, r0, r1, r0, True)
+        if col_sums is not None:        # the block is in L1: the bias gradient for free
+            for r in range(r0, r1):
+                (col_sums[r],) = _dot1(blk, (r - r0) * mp, ones, 0, n_vecs)
         for r in range(r0, r1):
             cols = indices[indptr[r]:indptr[r + 1]]
             seg = out[indptr[r]:indptr[r + 1]]
@@ -416,22 +421,25 @@ def csr_matmul_t(data, t_perm, t_indices, t_indptr, dy, out, accumulate):
 
 
 @njit(parallel=True, cache=True)
-def csr_sddmm(indices, indptr, dy, x, out, accumulate):
+def csr_sddmm(indices, indptr, dy, x, out, accumulate, col_sums=None):
     """out[k] = sum_m dy[m, row_k] * x[m, col_k] for every stored entry k (or += when accumulate).
 
     The gradient of a loss through y = x @ W^T with respect to W's stored values.
     indices: (N,) int32; indptr: (R+1,) int32; dy: (M, R) float32|float64, C-contiguous;
-    x: (M, C) same dtype, C-contiguous; out: (N,) same dtype.
+    x: (M, C) same dtype, C-contiguous; out: (N,) same dtype. col_sums: None, or (R,) same
+    dtype to receive dy's column sums (the bias gradient of y = x W^T + b), computed from the
+    transposed blocks of dy the product reads anyway instead of another pass over dy.
     """
     m, rows = dy.shape
     cols = x.shape[1]
     xt = _alloc_transposed(x)
     if _small(out.size, m, rows, cols):
         _transpose_cols(x, xt, 0, cols, 0, True)
-        _sddmm_rows(indices, indptr, dy, xt, 0, rows, out, accumulate)
+        _sddmm_rows(indices, indptr, dy, xt, 0, rows, out, accumulate, col_sums)
         return
     for t in prange(_n_col_tasks(cols)):
         _transpose_cols(x, xt, t * _TR_COLS, min(cols, (t + 1) * _TR_COLS), 0, True)
     bounds = _task_bounds(indptr, _lanes(x))
     for t in prange(bounds.size - 1):
-        _sddmm_rows(indices, indptr, dy, xt, bounds[t], bounds[t + 1], out, accumulate)
+        _sddmm_rows(indices, indptr, dy, xt, bounds[t], bounds[t + 1], out, accumulate,
+                    col_sums)
