@@ -106,7 +106,8 @@ class Ours:
     def train_step(self, batch) -> float:
         res = self.model.forward(batch, self.state, None, train=True)
         self.model.backward(res.cache)
-        self.opt.step(self.model.params.flat, self.model.grads.flat, 1.0)
+        self.opt.step(self.model.params.flat, self.model.grads.flat, 1.0,
+                      self.model.sparse_grads)
         self.state = res.state
         return res.loss
 

@@ -29,6 +29,7 @@ from .kernels import get_backend
 from .loss import softmax_backward, softmax_forward
 from .lstm import lstm_layer_backward, lstm_layer_forward
 from .output import factorized_backward, factorized_forward, factorized_logits, output_shapes
+from .optim import RowSparse
 from .params import ParamSet
 from .workspace import Workspace
 
@@ -110,6 +111,7 @@ class LanguageModel:
         self.weights = {name: self._operator(name, self.params[name])
                         for name in gate_names(cfg.layers)}
         self.ws = Workspace(self.be)
+        self.sparse_grads: RowSparse | None = None    # set by backward()
         self.host_ws = self.ws if self.be.name == "cpu" else Workspace(get_backend("cpu"))
 
     # -- construction -------------------------------------------------------------------------
@@ -195,7 +197,10 @@ class LanguageModel:
                                              grad=train)
         nll = be.to_host(nll)
         real = nll if batch.mask is None else nll * batch.mask.reshape(n)
-        cache = (ids, steps, masks, layer_caches, out_cache) if train else None
+        cache = None
+        if train:   # the words of the batch: the embedding gradient's only non-zero rows
+            words = be.to_device(np.unique(batch.inputs).astype(np.int32))
+            cache = (ids, words, steps, masks, layer_caches, out_cache)
         return ForwardResult(float(np.dot(nll, row_w)), float(real.sum()), batch.n_tokens,
                              new_state, cache)
 
@@ -275,8 +280,11 @@ class LanguageModel:
         """Fill self.grads (each array written once) with the gradient of the forward's loss.
 
         Returns [(dh0, dc0)] per layer: the gradient reaching the initial (carried) state.
+        Afterwards `sparse_grads` says which rows of the embedding gradient can be non-zero.
         """
-        ids, steps, masks, layer_caches, out_cache = cache
+        ids, words, steps, masks, layer_caches, out_cache = cache
+        start, stop = self.grads.span("embedding.weight")
+        self.sparse_grads = RowSparse(start, stop, self.cfg.emb, words)
         c, p, g, ws, be = self.cfg, self.params, self.grads, self.ws, self.be
         # Every gradient is written once per step (overwritten), except the embedding's, which is
         # a scatter-add over the batch's words: clearing it alone saves a pass over all parameters.

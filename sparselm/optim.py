@@ -2,12 +2,15 @@
 learning-rate schedule as a pure function of (step, epoch).
 
 The whole optimiser step is two passes over the gradient buffer: one for its norm, one fused
-update that also applies the clip factor.
+update that also applies the clip factor. A block that is zero outside a few rows (the embedding's
+gradient: only the batch's words have one, a few hundred of V rows) can be described by RowSparse;
+the norm then reads only those rows, and so does plain SGD, for which a zero row changes nothing.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -43,6 +46,16 @@ def clip_scale(norm: float, clip: float) -> float:
     return clip / norm
 
 
+@dataclass(frozen=True)
+class RowSparse:
+    """flat[start:stop] of the gradient, read as (rows_total, width), is zero outside `rows`:
+    (U,) int32 distinct row numbers, on the optimiser's backend."""
+    start: int
+    stop: int
+    width: int
+    rows: object
+
+
 class Optimizer:
     """SGD or Adam on a flat (P,) buffer. State buffers are (P,) arrays on the backend (default
     the CPU), saved in checkpoints through host_state()."""
@@ -54,19 +67,24 @@ class Optimizer:
         names = {"sgd": ["momentum"] if cfg.momentum > 0 else [], "adam": ["adam_m", "adam_v"]}
         self.state = {name: self.be.zeros(size, np.dtype(dtype)) for name in names[cfg.optimizer]}
 
-    def step(self, params: np.ndarray, grads: np.ndarray, lr: float) -> tuple[float, bool]:
+    def step(self, params: np.ndarray, grads: np.ndarray, lr: float,
+             sparse: RowSparse | None = None) -> tuple[float, bool]:
         """Clip and apply one update. params, grads: (P,). Returns (gradient norm, applied).
 
+        sparse: a block of grads known to be zero outside some rows (same result, less reading).
         A non-finite norm leaves params and state untouched (applied = False): one bad batch
         must not corrupt the model; the trainer decides whether to stop or skip.
         """
         be = self.be
-        norm = math.sqrt(be.sum_squares(grads))
+        rows = None if sparse is None else self._gather_rows(grads, sparse)
+        norm = math.sqrt(self._sum_squares(grads, sparse, rows))
         if not math.isfinite(norm):
             return norm, False
         scale = clip_scale(norm, self.cfg.clip)
         self.steps += 1
-        if self.cfg.optimizer == "sgd":
+        if self.cfg.optimizer == "sgd" and self.cfg.momentum == 0 and sparse is not None:
+            self._sgd_sparse(params, grads, lr, scale, sparse, rows)
+        elif self.cfg.optimizer == "sgd":
             velocity = self.state.get("momentum", grads)
             be.sgd_update(params, grads, velocity, lr, scale, self.cfg.momentum)
         else:
@@ -74,6 +92,31 @@ class Optimizer:
             be.adam_update(params, grads, self.state["adam_m"], self.state["adam_v"], lr, scale,
                         c.beta1, c.beta2, c.eps, self.steps)
         return norm, True
+
+    def _gather_rows(self, grads, sparse: RowSparse):
+        """The block's non-zero rows: (U, width), a new array on the backend."""
+        block = grads[sparse.start:sparse.stop].reshape(-1, sparse.width)
+        rows = self.be.empty((sparse.rows.shape[0], sparse.width), grads.dtype)
+        self.be.gather(block, sparse.rows, rows)
+        return rows
+
+    def _sum_squares(self, grads, sparse: RowSparse | None, rows) -> float:
+        if sparse is None:
+            return self.be.sum_squares(grads)
+        parts = (grads[:sparse.start], grads[sparse.stop:], rows.reshape(-1))
+        return sum(self.be.sum_squares(part) for part in parts)
+
+    def _sgd_sparse(self, params, grads, lr, scale, sparse: RowSparse, rows) -> None:
+        """Plain SGD outside the block, and on the block's non-zero rows only: their update
+        -lr * scale * g is built in a small buffer and added to the parameter rows."""
+        be = self.be
+        for lo, hi in ((0, sparse.start), (sparse.stop, params.shape[0])):
+            be.sgd_update(params[lo:hi], grads[lo:hi], grads[lo:hi], lr, scale, 0.0)
+        delta = be.zeros(rows.shape, rows.dtype)
+        flat_rows = rows.reshape(-1)
+        be.sgd_update(delta.reshape(-1), flat_rows, flat_rows, lr, scale, 0.0)
+        block = params[sparse.start:sparse.stop].reshape(-1, sparse.width)
+        be.embedding_backward(sparse.rows, delta, block)        # block[rows[u]] += delta[u]
 
     def host_state(self) -> dict[str, np.ndarray]:
         """name -> (P,) NumPy array (copies when the state lives on a device)."""

@@ -44,6 +44,15 @@ class ParamSet:
     def __getitem__(self, name: str):
         return self.arrays[name]
 
+    def span(self, name: str) -> tuple[int, int]:
+        """(start, stop): where array `name` lies in ``flat``."""
+        start = 0
+        for other, shape in self.shapes.items():
+            if other == name:
+                return start, start + math.prod(shape)
+            start += math.prod(shape)
+        raise KeyError(name)
+
     def __iter__(self):
         return iter(self.arrays)
 

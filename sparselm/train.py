@@ -378,7 +378,8 @@ class Trainer:
             self._nonfinite(res.loss, math.nan)
             return res, math.nan, False
         self.model.backward(res.cache)
-        norm, applied = self.optimizer.step(self.model.params.flat, self.model.grads.flat, lr)
+        norm, applied = self.optimizer.step(self.model.params.flat, self.model.grads.flat, lr,
+                                            self.model.sparse_grads)
         if not applied:
             self._nonfinite(res.loss, norm)
             return res, norm, False

@@ -70,7 +70,7 @@ def three_steps(cfg, backend, masked: bool):
     for _ in range(3):
         res = model.forward(random_batch(data, masked), state, drop, train=True)
         model.backward(res.cache)
-        norm, applied = opt.step(model.params.flat, model.grads.flat, lr=0.5)
+        norm, applied = opt.step(model.params.flat, model.grads.flat, 0.5, model.sparse_grads)
         assert applied
         losses.append(res.loss)
         norms.append(norm)
