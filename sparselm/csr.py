@@ -200,6 +200,11 @@ class CSRMatrix:
             return custom(self)
         return self.indices, self.indptr, self.t_indices, self.t_indptr, self.t_perm
 
+    def kernel_arrays(self, like):
+        """(data, indices, indptr, t_indices, t_indptr, t_perm) as the kernels of the device
+        that holds array `like` take them (for kernels beyond the three products)."""
+        return (self.data, *self._pattern(_kernels_for(like)))
+
     def _check_operand(self, name, a, cols):
         if not hasattr(a, "shape") or len(a.shape) != 2:
             raise ValueError(f"{name} must be a 2-D array, got {getattr(a, 'shape', type(a))}")

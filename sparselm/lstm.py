@@ -36,6 +36,7 @@ NumPy arrays with the CPU kernels and on device arrays with the CUDA kernels.
 
 from __future__ import annotations
 
+from .csr import CSRMatrix
 from .workspace import Workspace
 
 
@@ -56,12 +57,17 @@ def lstm_layer_forward(x, h0, c0, w_x, w_h, bias, ws: Workspace, tag: str):
     cs = ws.get(tag + "cs", (steps + 1, nb, nh), dtype)
     gates = ws.get(tag + "gates", (steps, nb, ng), dtype)
     tanh_c = ws.get(tag + "tanh_c", (steps, nb, nh), dtype)
-    rec = ws.get(tag + "rec", (nb, ng), dtype)
     be.copy(hs[0], h0)
     be.copy(cs[0], c0)
-    for t in range(steps):
-        w_h.matmul(hs[t], out=rec)
-        be.lstm_cell_forward(gx[t], rec, bias, cs[t], gates[t], cs[t + 1], tanh_c[t], hs[t + 1])
+    if isinstance(w_h, CSRMatrix):      # the whole recurrence in one call (kernels.cpu_lstm)
+        data, indices, indptr = w_h.kernel_arrays(gx)[:3]
+        be.csr_lstm_forward(gx, bias, data, indices, indptr, hs, cs, gates, tanh_c)
+    else:
+        rec = ws.get(tag + "rec", (nb, ng), dtype)
+        for t in range(steps):
+            w_h.matmul(hs[t], out=rec)
+            be.lstm_cell_forward(gx[t], rec, bias, cs[t], gates[t], cs[t + 1], tanh_c[t],
+                                 hs[t + 1])
     cache = (x, hs, cs, gates, tanh_c)
     return hs[1:], (hs[steps], cs[steps]), cache
 
@@ -86,10 +92,17 @@ def lstm_layer_backward(dout, dh_last, dc_last, cache, w_x, w_h, dw_x, dw_h, dbi
     dc = ws.get(tag + "dc", (2, nb, nh), dtype)   # ping-pong: dc_t in, dc_{t-1} out
     _copy_or_zero(be, dh_rec, dh_last)
     _copy_or_zero(be, dc[steps % 2], dc_last)
-    for t in range(steps - 1, -1, -1):
-        be.lstm_cell_backward(dout[t], dh_rec, dc[(t + 1) % 2], gates[t], cs[t], tanh_c[t],
-                           dgates[t], dc[t % 2])
-        w_h.matmul_t(dgates[t], out=dh_rec)
+    if isinstance(w_h, CSRMatrix):      # the whole recurrence in one call (kernels.cpu_lstm)
+        data, _, _, t_indices, t_indptr, t_perm = w_h.kernel_arrays(dout)
+        dh0, dc0 = ws.get(tag + "dh0", (nb, nh), dtype), ws.get(tag + "dc0", (nb, nh), dtype)
+        be.csr_lstm_backward(dout, dh_rec, dc[steps % 2], gates, cs, tanh_c, data, t_perm,
+                             t_indices, t_indptr, dgates, dh0, dc0)
+    else:
+        for t in range(steps - 1, -1, -1):
+            be.lstm_cell_backward(dout[t], dh_rec, dc[(t + 1) % 2], gates[t], cs[t], tanh_c[t],
+                                  dgates[t], dc[t % 2])
+            w_h.matmul_t(dgates[t], out=dh_rec)
+        dh0, dc0 = dh_rec, dc[0]
     da = dgates.reshape(steps * nb, ng)
     w_h.sddmm(da, hs[:-1].reshape(steps * nb, nh), out=dw_h, col_sums=dbias)
     w_x.sddmm(da, x.reshape(steps * nb, ni), out=dw_x)
@@ -97,7 +110,7 @@ def lstm_layer_backward(dout, dh_last, dc_last, cache, w_x, w_h, dw_x, dw_h, dbi
     if need_dx:
         dx = ws.get(tag + "dx", (steps, nb, ni), dtype)
         w_x.matmul_t(da, out=dx.reshape(steps * nb, ni))
-    return dx, dh_rec, dc[0]
+    return dx, dh0, dc0
 
 
 def _copy_or_zero(be, dst, src) -> None:

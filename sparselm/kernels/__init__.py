@@ -23,6 +23,7 @@ DEVICES = ("auto", "cpu", "cuda")
 # What every backend provides: the kernels (same names, arguments and meaning on both) and the
 # array operations a step needs around them.
 _NUMBA_KERNELS = ("csr_matmul", "csr_matmul_t", "csr_sddmm",                  # kernels.cpu_csr
+                  "csr_lstm_forward", "csr_lstm_backward",                    # kernels.cpu_lstm
                   "lstm_cell_forward", "lstm_cell_backward", "softmax_xent",  # kernels.cpu
                   "embedding_backward", "sum_squares", "sgd_update", "adam_update")
 _ARRAY_OPS = ("gemm", "col_sum", "fill", "copy", "mul", "gather", "grid_sums",
@@ -89,9 +90,13 @@ def _cuda_backend(detail: str) -> Backend:
 
 
 def _cpu_backend(fallback: str | None = None) -> Backend:
-    from . import cpu, cpu_arrays, cpu_csr
+    from . import cpu, cpu_arrays, cpu_csr, cpu_lstm
 
-    functions = {key: getattr(cpu_csr if key.startswith("csr_") else cpu, key)
-                 for key in _NUMBA_KERNELS}
+    def module(key):
+        if key.startswith("csr_lstm"):
+            return cpu_lstm
+        return cpu_csr if key.startswith("csr_") else cpu
+
+    functions = {key: getattr(module(key), key) for key in _NUMBA_KERNELS}
     functions.update({key: getattr(cpu_arrays, key) for key in _ARRAY_OPS + ARRAYS})
     return Backend("cpu", functions, "NumPy + Numba", fallback)

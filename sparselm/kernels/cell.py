@@ -13,6 +13,18 @@ def cell_state(i, f, g, c_prev):
     return f * c_prev + i * g
 
 
+def cell_write_unit(gates, c, tanh_c, h, b, j, nh, i, f, g, o, c_t, tc):
+    """Store unit (b, j) of one forward step: its activated gates i, f, g, o in gates[b, j + k H],
+    c_t, tc = tanh(c_t) and h_t = o * tc."""
+    gates[b, j] = i
+    gates[b, nh + j] = f
+    gates[b, 2 * nh + j] = g
+    gates[b, 3 * nh + j] = o
+    c[b, j] = c_t
+    tanh_c[b, j] = tc
+    h[b, j] = o * tc
+
+
 def cell_backward_unit(dh_out, dh_rec, dc, gates, c_prev, tanh_c, dgates, dc_prev, b, j, nh, one):
     """Backward of unit (b, j) of one step, on the arrays of lstm_cell_backward: writes the
     gradients of its four pre-activations, dgates[b, j + k H] (k = i, f, g, o), and dc_prev[b, j].

@@ -62,6 +62,7 @@ def _act_tanh_typed(x):
 
 
 cell_state = njit(inline="always", fastmath=FAST)(cell.cell_state)
+cell_write_unit = njit(inline="always", fastmath=FAST)(cell.cell_write_unit)
 cell_backward_unit = njit(inline="always", fastmath=FAST)(cell.cell_backward_unit)
 
 
@@ -69,6 +70,28 @@ cell_backward_unit = njit(inline="always", fastmath=FAST)(cell.cell_backward_uni
 def act_sigmoid(x):
     # sigma(x) = (1 + tanh(x/2)) / 2 exactly; the approximation inherits tanh's bound / 2.
     return HALF + HALF * act_tanh(HALF * x)
+
+
+@njit(inline="always", fastmath=FAST)
+def cell_forward_row(gx, r, bias, c_prev, gates, c, tanh_c, h, b, rb):
+    """Batch row b of lstm_cell_forward, reading its recurrent pre-activations from r[rb]."""
+    nh = c.shape[1]
+    for j in range(nh):
+        i = act_sigmoid(gx[b, j] + r[rb, j] + bias[j])
+        f = act_sigmoid(gx[b, nh + j] + r[rb, nh + j] + bias[nh + j])
+        g = act_tanh(gx[b, 2 * nh + j] + r[rb, 2 * nh + j] + bias[2 * nh + j])
+        o = act_sigmoid(gx[b, 3 * nh + j] + r[rb, 3 * nh + j] + bias[3 * nh + j])
+        cc = cell_state(i, f, g, c_prev[b, j])
+        cell_write_unit(gates, c, tanh_c, h, b, j, nh, i, f, g, o, cc, act_tanh(cc))
+
+
+@njit(inline="always", fastmath=FAST)
+def cell_backward_row(dh_out, dh_rec, dc, gates, c_prev, tanh_c, dgates, dc_prev, b):
+    """Batch row b of lstm_cell_backward."""
+    nh = dc.shape[1]
+    for j in range(nh):
+        cell_backward_unit(dh_out, dh_rec, dc, gates, c_prev, tanh_c, dgates, dc_prev, b, j, nh,
+                           ONE)
 
 
 @njit(parallel=True, cache=True, fastmath=FAST)
@@ -81,23 +104,8 @@ def lstm_cell_forward(gx, r, bias, c_prev, gates, c, tanh_c, h):
         i = sigmoid(a_i), f = sigmoid(a_f), g = tanh(a_g), o = sigmoid(a_o)
         c = f * c_prev + i * g,  h = o * tanh(c)
     """
-    nb, ng = gx.shape
-    nh = ng // 4
-    for b in prange(nb):
-        for j in range(nh):
-            i = act_sigmoid(gx[b, j] + r[b, j] + bias[j])
-            f = act_sigmoid(gx[b, nh + j] + r[b, nh + j] + bias[nh + j])
-            g = act_tanh(gx[b, 2 * nh + j] + r[b, 2 * nh + j] + bias[2 * nh + j])
-            o = act_sigmoid(gx[b, 3 * nh + j] + r[b, 3 * nh + j] + bias[3 * nh + j])
-            cc = cell_state(i, f, g, c_prev[b, j])
-            tc = act_tanh(cc)
-            gates[b, j] = i
-            gates[b, nh + j] = f
-            gates[b, 2 * nh + j] = g
-            gates[b, 3 * nh + j] = o
-            c[b, j] = cc
-            tanh_c[b, j] = tc
-            h[b, j] = o * tc
+    for b in prange(gx.shape[0]):
+        cell_forward_row(gx, r, bias, c_prev, gates, c, tanh_c, h, b, b)
 
 
 @njit(parallel=True, cache=True, fastmath=FAST)
@@ -108,12 +116,8 @@ def lstm_cell_backward(dh_out, dh_rec, dc, gates, c_prev, tanh_c, dgates, dc_pre
     dc: (B, H) gradient reaching c_t from step t+1; gates (B, G), c_prev, tanh_c (B, H) from the
     forward. Writes dgates: (B, G) gradient of the pre-activations, dc_prev: (B, H).
     """
-    nb, ng = gates.shape
-    nh = ng // 4
-    for b in prange(nb):
-        for j in range(nh):
-            cell_backward_unit(dh_out, dh_rec, dc, gates, c_prev, tanh_c, dgates, dc_prev, b, j,
-                               nh, ONE)
+    for b in prange(gates.shape[0]):
+        cell_backward_row(dh_out, dh_rec, dc, gates, c_prev, tanh_c, dgates, dc_prev, b)
 
 
 # exp(x) for x <= 0: x = n ln2 + r with |r| <= ln2/2, exp(r) by its degree-6 Taylor polynomial

@@ -326,6 +326,7 @@ def _block_max(buf, val):
 # -- LSTM cell ------------------------------------------------------------------------------------
 # The cell's algebra is shared with the CPU backend (kernels/cell.py); only the loop differs.
 _cell_state = cuda.jit(device=True)(cell.cell_state)
+_cell_write_unit = cuda.jit(device=True)(cell.cell_write_unit)
 _cell_backward_unit = cuda.jit(device=True)(cell.cell_backward_unit)
 
 @functools.lru_cache(maxsize=None)
@@ -350,14 +351,7 @@ def _lstm_forward_kernel(dtype: np.dtype):
             g = math.tanh(gx[b, 2 * nh + j] + r[b, 2 * nh + j] + bias[2 * nh + j])
             o = sigmoid(gx[b, 3 * nh + j] + r[b, 3 * nh + j] + bias[3 * nh + j])
             cc = _cell_state(i, f, g, c_prev[b, j])
-            tc = math.tanh(cc)
-            gates[b, j] = i
-            gates[b, nh + j] = f
-            gates[b, 2 * nh + j] = g
-            gates[b, 3 * nh + j] = o
-            c[b, j] = cc
-            tanh_c[b, j] = tc
-            h[b, j] = o * tc
+            _cell_write_unit(gates, c, tanh_c, h, b, j, nh, i, f, g, o, cc, math.tanh(cc))
 
     return lstm_forward
 
@@ -670,6 +664,30 @@ def csr_sddmm(indices, indptr, dy, x, out, accumulate, col_sums=None) -> None:
     ins = [to_device(a) for a in (indices, indptr, dy, x)]
     kern = _kernel(_CSR_SDDMM, dy.dtype)
     kern[_grid(out.shape[0])](*ins, _out(out, "out"), bool(accumulate))
+
+
+def csr_lstm_forward(gx, bias, data, indices, indptr, hs, cs, gates, tanh_c) -> None:
+    """The forward recurrence of one layer with CSR W_h (as kernels.cpu_lstm.csr_lstm_forward):
+    per step one product and one cell kernel (the GPU runs each on the whole batch)."""
+    steps, nb, ng = gx.shape
+    rec = empty((nb, ng), gx.dtype)
+    for t in range(steps):
+        csr_matmul(data, indices, indptr, hs[t], rec, False)
+        lstm_cell_forward(gx[t], rec, bias, cs[t], gates[t], cs[t + 1], tanh_c[t], hs[t + 1])
+
+
+def csr_lstm_backward(dout, dh_last, dc_last, gates, cs, tanh_c, data, t_perm, t_indices,
+                      t_indptr, dgates, dh0, dc0) -> None:
+    """The backward recurrence (as kernels.cpu_lstm.csr_lstm_backward), a step at a time."""
+    steps, nb, nh = dout.shape
+    dc = empty((2, nb, nh), dout.dtype)     # ping-pong: dc_t in, dc_{t-1} out
+    copy(dh0, dh_last)                      # dh0 carries dh^rec from step to step
+    copy(dc[steps % 2], dc_last)
+    for t in range(steps - 1, -1, -1):
+        lstm_cell_backward(dout[t], dh0, dc[(t + 1) % 2], gates[t], cs[t], tanh_c[t], dgates[t],
+                           dc[t % 2])
+        csr_matmul_t(data, t_perm, t_indices, t_indptr, dgates[t], dh0, False)
+    copy(dc0, dc[0])
 
 
 # Device copies of CSR patterns, keyed by the host `indices` array they were made from (shared

@@ -1,0 +1,102 @@
+"""The recurrence of one LSTM layer with CSR W_h, the whole window in one CPU kernel call.
+
+The per-step alternative, one recurrent product and one cell kernel per time step (what lstm.py
+does for dense gates and on the GPU), costs two wake-ups of the thread pool per step and a
+barrier after each kernel, for a few tens of microseconds of work at the study's densities.
+Here the batch is split into chunks of at most L rows (L SIMD lanes) instead. Rows of the batch
+never interact, so each thread runs its chunk through all T steps alone: one parallel region
+per layer and direction, no barrier in between.
+
+Each chunk keeps a private window of L rows (its m <= L rows, zeros after them): the CSR
+building blocks of kernels.cpu_csr then work on whole SIMD registers and whole L x L
+transposes, and no thread reads rows another thread writes. The math is that of lstm.py and
+kernels.cpu (the cell rows are the same inline functions as lstm_cell_forward/backward).
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from .cpu import FAST, cell_backward_row, cell_forward_row
+from .cpu_csr import _spmm_rows, _transpose_cols
+from .simd import lanes
+
+
+@njit(cache=True, inline="always")
+def _chunk(nb, chunk, n_chunks):
+    """Rows [b0, b1) of batch chunk `chunk` of n_chunks (near-equal sizes)."""
+    return chunk * nb // n_chunks, (chunk + 1) * nb // n_chunks
+
+
+@njit(cache=True, inline="always")
+def _n_chunks(nb, lane_count):
+    """Chunks of at most one SIMD register of rows each."""
+    return max(1, (nb + lane_count - 1) // lane_count)
+
+
+@njit(parallel=True, cache=True, fastmath=FAST)
+def csr_lstm_forward(gx, bias, data, indices, indptr, hs, cs, gates, tanh_c):
+    """For t = 0 .. T-1: a_t = gx[t] + hs[t] W_h^T + bias; the cell (kernels.cpu) writes
+    gates[t], cs[t+1], tanh_c[t], hs[t+1].
+
+    gx: (T, B, G) the input projection (without bias); bias: (G,); W_h (G, H) in CSR: data (N,),
+    indices (N,) int32, indptr (G+1,) int32; hs, cs: (T+1, B, H) with hs[0], cs[0] the initial
+    state; gates: (T, B, G), tanh_c: (T, B, H). One float dtype, C-contiguous.
+    """
+    steps, nb, ng = gx.shape
+    nh = ng // 4
+    width = lanes(gx)
+    n_chunks = _n_chunks(nb, width)
+    for chunk in prange(n_chunks):
+        b0, b1 = _chunk(nb, chunk, n_chunks)
+        h_win = np.zeros((width, nh), gx.dtype)      # h_{t-1} of the chunk, zero-padded
+        h_t = np.empty((nh, width), gx.dtype)        # ... transposed: batch in SIMD lanes
+        rec = np.empty((width, ng), gx.dtype)        # h_{t-1} W_h^T of the window
+        for t in range(steps):
+            for i in range(b1 - b0):
+                h_win[i] = hs[t, b0 + i]
+            _transpose_cols(h_win, h_t, 0, nh, 0, False)
+            _spmm_rows(data, None, indices, indptr, h_t, 0, ng, rec, False)
+            for i in range(b1 - b0):
+                cell_forward_row(gx[t], rec, bias, cs[t], gates[t], cs[t + 1], tanh_c[t],
+                                 hs[t + 1], b0 + i, i)
+
+
+@njit(parallel=True, cache=True, fastmath=FAST)
+def csr_lstm_backward(dout, dh_last, dc_last, gates, cs, tanh_c, data, t_perm, t_indices,
+                      t_indptr, dgates, dh0, dc0):
+    """Backward through the window (equations in lstm.py), for t = T-1 .. 0: the cell backward
+    (kernels.cpu) writes dgates[t], then dh^rec_{t-1} = dgates[t] W_h through W's transpose
+    pattern (see kernels.cpu_csr.csr_matmul_t).
+
+    dout: (T, B, H) gradient reaching each h_t from above; dh_last, dc_last: (B, H) reaching
+    h_T, c_T from beyond the window; gates: (T, B, G); cs: (T+1, B, H); tanh_c: (T, B, H);
+    W_h's transpose pattern: data (N,), t_perm, t_indices (N,) int32, t_indptr (H+1,) int32.
+    Writes dgates: (T, B, G) and dh0, dc0: (B, H), the gradients reaching h_0 and c_0.
+    """
+    steps, nb, nh = dout.shape
+    ng = 4 * nh
+    width = lanes(dout)
+    n_chunks = _n_chunks(nb, width)
+    for chunk in prange(n_chunks):
+        b0, b1 = _chunk(nb, chunk, n_chunks)
+        m = b1 - b0
+        dh_rec = np.empty((nb, nh), dout.dtype)      # rows b0:b1 used (batch row numbers)
+        dc = np.empty((2, nb, nh), dout.dtype)       # ping-pong: dc_t in, dc_{t-1} out
+        dg_win = np.zeros((width, ng), dout.dtype)   # dgates[t] of the chunk, zero-padded
+        dg_t = np.empty((ng, width), dout.dtype)     # ... transposed
+        dh_win = np.empty((width, nh), dout.dtype)   # dgates[t] W_h of the window
+        for i in range(m):
+            dh_rec[b0 + i] = dh_last[b0 + i]
+            dc[steps % 2, b0 + i] = dc_last[b0 + i]
+        for t in range(steps - 1, -1, -1):
+            for i in range(m):
+                cell_backward_row(dout[t], dh_rec, dc[(t + 1) % 2], gates[t], cs[t], tanh_c[t],
+                                  dgates[t], dc[t % 2], b0 + i)
+                dg_win[i] = dgates[t, b0 + i]
+            _transpose_cols(dg_win, dg_t, 0, ng, 0, False)
+            _spmm_rows(data, t_perm, t_indices, t_indptr, dg_t, 0, nh, dh_win, False)
+            for i in range(m):
+                dh_rec[b0 + i] = dh_win[i]
+        for i in range(m):
+            dh0[b0 + i] = dh_rec[b0 + i]
+            dc0[b0 + i] = dc[0, b0 + i]
