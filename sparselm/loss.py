@@ -33,7 +33,9 @@ def softmax_backward(cache, weight, dweight, dbias, ws: Workspace):
     """Write dweight: (V, H) and dbias: (V,); return dh: (N, H) = dlogits @ W_o."""
     h, dlogits, dbias_rows = cache
     be = ws.be
+    # d(hidden) first: it reads W_o, which the forward's logits product left partly in cache;
+    # the weight gradient writes V*H values, which would evict it.
+    dh = be.gemm(dlogits, weight, ws.get("dh_out", h.shape, h.dtype))
     be.gemm(dlogits, h, dweight, trans_a=True)
     be.copy(dbias, dbias_rows)
-    dh = ws.get("dh_out", h.shape, h.dtype)
-    return be.gemm(dlogits, weight, dh)
+    return dh
