@@ -6,7 +6,8 @@ threads: our step (forward, BPTT, clip, SGD) and PyTorch's (nn.Embedding + nn.LS
 cross-entropy + clip_grad_norm_ + SGD). They alternate, `--reps` times `--steps` steps each, and
 the medians are compared, so machine noise hits both alike. The "softmax bound" is the speed the
 step would have if everything but the output layer were free: the three output GEMMs (logits,
-d(hidden), d(weight)) timed here. Ends with one JSON line per configuration.
+d(hidden), d(weight)) timed here, once before each repetition and once after the last, so that it
+sees the same machine as the steps. Ends with one JSON line per configuration.
 
     python scripts/bench_train.py --configs small,medium --threads 2
     python scripts/bench_train.py --device cuda --configs small,large,h1500-d0.0005   # on a GPU
@@ -157,25 +158,39 @@ class Torch:
             return float(self._loss(batch))
 
 
-def softmax_bound(cfg, vocab_size, backend, reps=5) -> float:
-    """tokens/s if only the output layer's three GEMMs cost anything (on the backend)."""
-    import numpy as np
-    n = cfg.bptt * cfg.batch_size
-    rng = np.random.default_rng(0)
-    h = backend.to_device(rng.standard_normal((n, cfg.hidden), dtype=np.float32))
-    w = backend.to_device(rng.standard_normal((vocab_size, cfg.hidden), dtype=np.float32))
-    logits = backend.empty((n, vocab_size), np.float32)
-    dh = backend.empty((n, cfg.hidden), np.float32)
-    dw = backend.zeros((vocab_size, cfg.hidden), np.float32)
-    times = []
-    for _ in range(reps + 1):
+class SoftmaxBound:
+    """tokens/s if only the output layer's three GEMMs cost anything (on the backend).
+
+    Each call of `sample` times the three once (logits, d(hidden), d(weight)); the benchmark
+    samples between its repetitions of our steps, so that the bound and our speed see the same
+    machine (these shared machines drift by a few percent within a minute).
+    """
+
+    def __init__(self, cfg, vocab_size, backend):
+        import numpy as np
+        self.n, self.backend = cfg.bptt * cfg.batch_size, backend
+        rng = np.random.default_rng(0)
+        self.h = backend.to_device(rng.standard_normal((self.n, cfg.hidden), dtype=np.float32))
+        self.w = backend.to_device(rng.standard_normal((vocab_size, cfg.hidden),
+                                                       dtype=np.float32))
+        self.logits = backend.empty((self.n, vocab_size), np.float32)
+        self.dh = backend.empty((self.n, cfg.hidden), np.float32)
+        self.dw = backend.zeros((vocab_size, cfg.hidden), np.float32)
+        self.samples = []
+        self.sample(keep=False)                     # warm-up
+
+    def sample(self, keep=True) -> None:
+        be = self.backend
         start = time.perf_counter()
-        backend.gemm(h, w, logits, trans_b=True)
-        backend.gemm(logits, w, dh)
-        backend.gemm(logits, h, dw, accumulate=True, trans_a=True)
-        backend.to_host(dh[:1])                     # waits for a GPU to finish
-        times.append(time.perf_counter() - start)
-    return n / statistics.median(times[1:])
+        be.gemm(self.h, self.w, self.logits, trans_b=True)
+        be.gemm(self.logits, self.w, self.dh)
+        be.gemm(self.logits, self.h, self.dw, accumulate=True, trans_a=True)
+        be.to_host(self.dh[:1])                     # waits for a GPU to finish
+        if keep:
+            self.samples.append(self.n / (time.perf_counter() - start))
+
+    def tokens_per_s(self) -> float:
+        return statistics.median(self.samples)
 
 
 def time_steps(fn, batches) -> float:
@@ -204,11 +219,14 @@ def bench_config(name, args, torch_ok):
         peer.train_step(batches[0])
     rss_start = rss_mb()
     rows = {"ours": [], "torch": []}
+    bound = SoftmaxBound(cfg, vocab, backend)
     for rep in range(args.reps):
+        bound.sample()
         chunk = batches[1 + rep * args.steps: 1 + (rep + 1) * args.steps]
         rows["ours"].append(time_steps(ours.train_step, chunk))
         if peer:
             rows["torch"].append(time_steps(peer.train_step, chunk))
+    bound.sample()
     result = {"config": name, "hidden": cfg.hidden, "emb": cfg.emb, "sparsity": cfg.sparsity,
               "T": cfg.bptt, "B": cfg.batch_size, "threads": args.threads, "data": source,
               "device": backend.detail, "torch_device": peer.device if peer else None,
@@ -216,7 +234,8 @@ def bench_config(name, args, torch_ok):
               "ours_runs": [round(x) for x in rows["ours"]],
               "first_step_s": round(first_step, 3),
               "rss_mb": round(rss_mb()), "rss_growth_mb": round(rss_mb() - rss_start, 1),
-              "softmax_bound_tokens_per_s": softmax_bound(cfg, vocab, backend)}
+              "softmax_bound_tokens_per_s": bound.tokens_per_s(),
+              "softmax_bound_runs": [round(x) for x in bound.samples]}
     result["share_of_softmax_bound"] = result["ours_tokens_per_s"] / result[
         "softmax_bound_tokens_per_s"]
     if peer:
