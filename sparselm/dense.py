@@ -89,11 +89,15 @@ class DenseMatrix:
         out = self._empty((dy.shape[0], self.shape[1])) if out is None else out
         return self.backend.gemm(dy, self.data, out, accumulate)
 
-    def sddmm(self, dy, x, out=None, accumulate=False, col_sums=None):
+    def sddmm(self, dy, x, out=None, accumulate=False, col_sums=None, pair=None):
         """The weight gradient dy^T x; col_sums: None or (R,), overwritten with dy's column
-        sums (the bias gradient), as CSRMatrix.sddmm."""
+        sums (the bias gradient); pair: None or (other, x2, out2), other's gradient too; as
+        CSRMatrix.sddmm."""
         out = self._empty(self.shape) if out is None else out
         if col_sums is not None:
             self.backend.col_sum(dy, col_sums)
+        if pair is not None:
+            other, x2, out2 = pair
+            other.sddmm(dy, x2, out=out2, accumulate=accumulate)
         return self.backend.gemm(dy, x, out, accumulate, trans_a=True)
 

@@ -24,7 +24,7 @@ dc_t (from step t+1), for t = T-1 .. 0:
 and once after the loop, over all T*B rows at once (one GEMM dense, one SDDMM sparse):
 
     dW_x += da^T x,   dW_h += da^T h_{<T},   db += sum_t,b da,   dx = da W_x
-    (db comes out of the dW_h product, which reads every column of da anyway).
+    (one pass over da gives dW_h, dW_x and db: sparse gates read its columns once).
 
 The input projection x W_x^T is likewise one product over all T*B rows before the loop, so the
 per-step work is only the recurrent product and the fused cell kernel, which also adds the bias
@@ -104,8 +104,8 @@ def lstm_layer_backward(dout, dh_last, dc_last, cache, w_x, w_h, dw_x, dw_h, dbi
             w_h.matmul_t(dgates[t], out=dh_rec)
         dh0, dc0 = dh_rec, dc[0]
     da = dgates.reshape(steps * nb, ng)
-    w_h.sddmm(da, hs[:-1].reshape(steps * nb, nh), out=dw_h, col_sums=dbias)
-    w_x.sddmm(da, x.reshape(steps * nb, ni), out=dw_x)
+    w_h.sddmm(da, hs[:-1].reshape(steps * nb, nh), out=dw_h, col_sums=dbias,
+              pair=(w_x, x.reshape(steps * nb, ni), dw_x))
     dx = None
     if need_dx:
         dx = ws.get(tag + "dx", (steps, nb, ni), dtype)

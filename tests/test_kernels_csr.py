@@ -217,7 +217,8 @@ def test_raw_kernels(kernel_backend, dtype, accumulate):
 @pytest.mark.parametrize("m", [0, 1, 21, 40])
 def test_sddmm_column_sums(kernel_backend, dtype, m):
     """sddmm(..., col_sums=) also writes dy's column sums (the bias gradient), empty rows of W
-    included, without changing the product; the dense matrix honours the same argument."""
+    included, and pair= a second matrix's gradient from the same dy, without changing the
+    product; the dense matrix honours the same arguments."""
     from sparselm.dense import DenseMatrix
     from sparselm.kernels import get_backend
 
@@ -230,13 +231,23 @@ def test_sddmm_column_sums(kernel_backend, dtype, m):
     x = rng.standard_normal((m, cols)).astype(dtype)
     dy = rng.standard_normal((m, rows)).astype(dtype)
     sums = be.dev(np.full(rows, np.nan, dtype))
-    grad = w.sddmm(be.dev(dy), be.dev(x), col_sums=sums)
+    w2 = csr_random(rows, cols + 3, 0.1, rng, mask="fanin", dtype=dtype, scale=1.0)
+    x2 = rng.standard_normal((m, cols + 3)).astype(dtype)
+    start2 = rng.standard_normal(w2.nnz).astype(dtype)
+    out2 = be.dev(start2)
+    grad = w.sddmm(be.dev(dy), be.dev(x), col_sums=sums, pair=(w2, be.dev(x2), out2))
     assert_close(be.host(sums), dy.astype(np.float64).sum(axis=0), dtype)
     assert_close(be.host(grad), references(w, x, dy)["sddmm"][1], dtype)
+    assert_close(be.host(out2), references(w2, x2, dy)["sddmm"][1], dtype)  # overwritten
+    w.sddmm(be.dev(dy), be.dev(x), out=grad, accumulate=True, pair=(w2, be.dev(x2), out2))
+    assert_close(be.host(out2), 2 * references(w2, x2, dy)["sddmm"][1], dtype)
     dense_sums = be.dev(np.full(rows, np.nan, dtype))
-    DenseMatrix(be.dev(w.to_dense()), get_backend(be.name)).sddmm(be.dev(dy), be.dev(x),
-                                                       col_sums=dense_sums)
+    dense2 = be.dev(np.zeros((rows, cols + 3), dtype))
+    dense_of = lambda a: DenseMatrix(be.dev(a.to_dense()), get_backend(be.name))  # noqa: E731
+    dense_of(w).sddmm(be.dev(dy), be.dev(x), col_sums=dense_sums,
+                      pair=(dense_of(w2), be.dev(x2), dense2))
     assert_close(be.host(dense_sums), dy.astype(np.float64).sum(axis=0), dtype)
+    assert_close(be.host(dense2), dy.astype(np.float64).T @ x2, dtype)
     with pytest.raises(ValueError, match="col_sums"):
         w.sddmm(be.dev(dy), be.dev(x), col_sums=be.dev(np.zeros(rows + 1, dtype)))
 

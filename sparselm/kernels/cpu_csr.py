@@ -329,41 +329,52 @@ def _spmm_rows(vals, perm, cols, ptr, xt, row_lo, row_hi, out, accumulate):
         _store_tile(tile, n_rows, out, r0, accumulate)
 
 
+@njit(cache=True, inline="always")
+def _row_grads(blk, a_off, xt, cols, seg, accumulate):
+    """seg[k] (+)= blk.flat[a_off:a_off+Mp] . xt[cols[k]] for one row of W (see _sddmm_rows)."""
+    mp = xt.shape[1]
+    n_vecs = mp // _lanes(xt)
+    k = 0
+    while k + 4 <= cols.size:
+        sums = _dot4(blk, a_off, xt, cols[k] * mp, cols[k + 1] * mp, cols[k + 2] * mp,
+                     cols[k + 3] * mp, n_vecs)
+        for e in range(4):
+            seg[k + e] = seg[k + e] + sums[e] if accumulate else sums[e]
+        k += 4
+    while k < cols.size:
+        (s,) = _dot1(blk, a_off, xt, cols[k] * mp, n_vecs)
+        seg[k] = seg[k] + s if accumulate else s
+        k += 1
+
+
 @njit(cache=True)
-def _sddmm_rows(indices, indptr, dy, xt, row_lo, row_hi, out, accumulate, col_sums):
+def _sddmm_rows(indices, indptr, dy, xt, row_lo, row_hi, out, accumulate, col_sums, pair):
     """out[k] (+)= sum_m dy[m, row_k] * xt[indices[k], m] for the entries of rows row_lo:row_hi.
 
     indices: (N,) int32; indptr: (R+1,) int32; dy: (M, R) float, C-contiguous; xt: (C, Mp)
     x transposed and zero padded; out: (N,) float; col_sums: None or (R,) float, then also
-    col_sums[r] = sum_m dy[m, r] for those rows. Columns of dy are transposed L at a time into
-    a small block that stays in L1, instead of a full transposed copy of dy.
+    col_sums[r] = sum_m dy[m, r] for those rows; pair: None or (indices2, indptr2, xt2, out2),
+    a second matrix with the same rows and dy, done likewise from the same blocks. Columns of
+    dy are transposed L at a time into a small block that stays in L1, instead of a full
+    transposed copy of dy.
     """
     lanes = _lanes(xt)
     mp = xt.shape[1]
-    n_vecs = mp // lanes
     blk = np.empty((lanes, mp), dtype=xt.dtype)
     ones = np.ones(mp, dtype=xt.dtype)
     for r0 in range(row_lo, row_hi, lanes):
         r1 = min(r0 + lanes, row_hi)
         _transpose_cols(dy, blk, r0, r1, r0, True)
-        if col_sums is not None:        # the block is in L1: the bias gradient for free
-            for r in range(r0, r1):
-                (col_sums[r],) = _dot1(blk, (r - r0) * mp, ones, 0, n_vecs)
         for r in range(r0, r1):
-            cols = indices[indptr[r]:indptr[r + 1]]
-            seg = out[indptr[r]:indptr[r + 1]]
             a_off = (r - r0) * mp
-            k = 0
-            while k + 4 <= cols.size:
-                sums = _dot4(blk, a_off, xt, cols[k] * mp, cols[k + 1] * mp, cols[k + 2] * mp,
-                             cols[k + 3] * mp, n_vecs)
-                for e in range(4):
-                    seg[k + e] = seg[k + e] + sums[e] if accumulate else sums[e]
-                k += 4
-            while k < cols.size:
-                (s,) = _dot1(blk, a_off, xt, cols[k] * mp, n_vecs)
-                seg[k] = seg[k] + s if accumulate else s
-                k += 1
+            if col_sums is not None:    # the block is in L1: the bias gradient for free
+                (col_sums[r],) = _dot1(blk, a_off, ones, 0, mp // lanes)
+            lo, hi = indptr[r], indptr[r + 1]
+            _row_grads(blk, a_off, xt, indices[lo:hi], out[lo:hi], accumulate)
+            if pair is not None:
+                indices2, indptr2, xt2, out2 = pair
+                lo, hi = indptr2[r], indptr2[r + 1]
+                _row_grads(blk, a_off, xt2, indices2[lo:hi], out2[lo:hi], accumulate)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -421,7 +432,34 @@ def csr_matmul_t(data, t_perm, t_indices, t_indptr, dy, out, accumulate):
 
 
 @njit(parallel=True, cache=True)
-def csr_sddmm(indices, indptr, dy, x, out, accumulate, col_sums=None):
+def _transposed_padded(x):
+    """x (M, C) transposed to (C, Mp), zero padded (see _transpose_cols)."""
+    xt = _alloc_transposed(x)
+    cols = x.shape[1]
+    if x.size < _SMALL_WORK:
+        _transpose_cols(x, xt, 0, cols, 0, True)
+        return xt
+    for t in prange(_n_col_tasks(cols)):
+        _transpose_cols(x, xt, t * _TR_COLS, min(cols, (t + 1) * _TR_COLS), 0, True)
+    return xt
+
+
+@njit(parallel=True, cache=True)
+def _sddmm_tasks(indices, indptr, dy, xt, out, accumulate, col_sums, pair, cost, nnz):
+    """_sddmm_rows over all rows, in row ranges of near-equal cost (cost: an indptr-like (R+1,)
+    of the entries to compute, pair included)."""
+    rows = dy.shape[1]
+    if _small(nnz, dy.shape[0], rows, 0):
+        _sddmm_rows(indices, indptr, dy, xt, 0, rows, out, accumulate, col_sums, pair)
+        return
+    bounds = _task_bounds(cost, _lanes(xt))
+    for t in prange(bounds.size - 1):
+        _sddmm_rows(indices, indptr, dy, xt, bounds[t], bounds[t + 1], out, accumulate,
+                    col_sums, pair)
+
+
+@njit(cache=True)
+def csr_sddmm(indices, indptr, dy, x, out, accumulate, col_sums=None, pair=None):
     """out[k] = sum_m dy[m, row_k] * x[m, col_k] for every stored entry k (or += when accumulate).
 
     The gradient of a loss through y = x @ W^T with respect to W's stored values.
@@ -429,17 +467,14 @@ def csr_sddmm(indices, indptr, dy, x, out, accumulate, col_sums=None):
     x: (M, C) same dtype, C-contiguous; out: (N,) same dtype. col_sums: None, or (R,) same
     dtype to receive dy's column sums (the bias gradient of y = x W^T + b), computed from the
     transposed blocks of dy the product reads anyway instead of another pass over dy.
+    pair: None, or (indices2, indptr2, x2, out2) of a second matrix W2 (R, C2) of the same rows
+    and the same dy (W_x next to W_h of one gate layer): out2 likewise, from the same blocks.
     """
-    m, rows = dy.shape
-    cols = x.shape[1]
-    xt = _alloc_transposed(x)
-    if _small(out.size, m, rows, cols):
-        _transpose_cols(x, xt, 0, cols, 0, True)
-        _sddmm_rows(indices, indptr, dy, xt, 0, rows, out, accumulate, col_sums)
-        return
-    for t in prange(_n_col_tasks(cols)):
-        _transpose_cols(x, xt, t * _TR_COLS, min(cols, (t + 1) * _TR_COLS), 0, True)
-    bounds = _task_bounds(indptr, _lanes(x))
-    for t in prange(bounds.size - 1):
-        _sddmm_rows(indices, indptr, dy, xt, bounds[t], bounds[t + 1], out, accumulate,
-                    col_sums)
+    xt = _transposed_padded(x)
+    if pair is None:
+        _sddmm_tasks(indices, indptr, dy, xt, out, accumulate, col_sums, None, indptr, out.size)
+    else:
+        indices2, indptr2, x2, out2 = pair
+        _sddmm_tasks(indices, indptr, dy, xt, out, accumulate, col_sums,
+                     (indices2, indptr2, _transposed_padded(x2), out2), indptr + indptr2,
+                     out.size + out2.size)

@@ -647,15 +647,19 @@ def csr_matmul_t(data, t_perm, t_indices, t_indptr, dy, out, accumulate) -> None
     _kernel(_CSR_MATMUL_T, dy.dtype)[_grid(n)](*ins, _out(out, "out"), bool(accumulate))
 
 
-def csr_sddmm(indices, indptr, dy, x, out, accumulate, col_sums=None) -> None:
+def csr_sddmm(indices, indptr, dy, x, out, accumulate, col_sums=None, pair=None) -> None:
     """out[k] = sum_m dy[m, row_k] * x[m, col_k] (or +=): the gradient of W's values.
 
     indices: (N,), indptr: (R+1,) int32; dy: (M, R), x: (M, C), out: (N,) device, one dtype.
     One thread per stored entry; its row is found by binary search in indptr. col_sums: None,
-    or (R,) device, overwritten with dy's column sums (as kernels.cpu_csr.csr_sddmm).
+    or (R,) device, overwritten with dy's column sums; pair: None or (indices2, indptr2, x2,
+    out2), a second matrix's gradient from the same dy (as kernels.cpu_csr.csr_sddmm).
     """
     if col_sums is not None:
         col_sum(dy, col_sums)
+    if pair is not None:
+        indices2, indptr2, x2, out2 = pair
+        csr_sddmm(indices2, indptr2, dy, x2, out2, accumulate)
     if out.shape[0] == 0:
         return
     if dy.shape[0] == 0:
