@@ -200,10 +200,16 @@ class CSRMatrix:
             return custom(self)
         return self.indices, self.indptr, self.t_indices, self.t_indptr, self.t_perm
 
-    def kernel_arrays(self, like):
-        """(data, indices, indptr, t_indices, t_indptr, t_perm) as the kernels of the device
-        that holds array `like` take them (for kernels beyond the three products)."""
-        return (self.data, *self._pattern(_kernels_for(like)))
+    def product_arrays(self, like):
+        """(data, indices, indptr) of W as the kernels of the device holding array `like` take
+        them (kernels beyond the three products: kernels.cpu_lstm)."""
+        indices, indptr, _, _, _ = self._pattern(_kernels_for(like))
+        return self.data, indices, indptr
+
+    def transpose_arrays(self, like):
+        """(data, t_perm, t_indices, t_indptr): W^T's pattern reading W's values, likewise."""
+        _, _, t_indices, t_indptr, t_perm = self._pattern(_kernels_for(like))
+        return self.data, t_perm, t_indices, t_indptr
 
     def _check_operand(self, name, a, cols):
         if not hasattr(a, "shape") or len(a.shape) != 2:

@@ -26,9 +26,11 @@ and once after the loop, over all T*B rows at once (one GEMM dense, one SDDMM sp
     dW_x += da^T x,   dW_h += da^T h_{<T},   db += sum_t,b da,   dx = da W_x
     (one pass over da gives dW_h, dW_x and db: sparse gates read its columns once).
 
-The input projection x W_x^T is likewise one product over all T*B rows before the loop, so the
-per-step work is only the recurrent product and the fused cell kernel, which also adds the bias
-(no pass over the (T, B, G) projection of its own).
+With dense gates the input projection x W_x^T is likewise one product over all T*B rows before
+the loop, so the per-step work is only the recurrent product and the fused cell kernel, which
+also adds the bias (no pass over the (T, B, G) projection of its own). CSR layers run the whole
+recurrence in one backend call (kernels.cpu_lstm), whose product of each gate row goes through
+the row's W_x and W_h entries at once.
 
 Every array operation goes through the workspace's backend (`ws.be`), so the same code runs on
 NumPy arrays with the CPU kernels and on device arrays with the CUDA kernels.
@@ -51,8 +53,6 @@ def lstm_layer_forward(x, h0, c0, w_x, w_h, bias, ws: Workspace, tag: str):
     ng = bias.shape[0]
     nh = ng // 4
     dtype, be = x.dtype, ws.be
-    gx = ws.get(tag + "gx", (steps, nb, ng), dtype)
-    w_x.matmul(x.reshape(steps * nb, ni), out=gx.reshape(steps * nb, ng))
     hs = ws.get(tag + "hs", (steps + 1, nb, nh), dtype)
     cs = ws.get(tag + "cs", (steps + 1, nb, nh), dtype)
     gates = ws.get(tag + "gates", (steps, nb, ng), dtype)
@@ -60,9 +60,11 @@ def lstm_layer_forward(x, h0, c0, w_x, w_h, bias, ws: Workspace, tag: str):
     be.copy(hs[0], h0)
     be.copy(cs[0], c0)
     if isinstance(w_h, CSRMatrix):      # the whole recurrence in one call (kernels.cpu_lstm)
-        data, indices, indptr = w_h.kernel_arrays(gx)[:3]
-        be.csr_lstm_forward(gx, bias, data, indices, indptr, hs, cs, gates, tanh_c)
+        be.csr_lstm_forward(x, w_x.product_arrays(x), w_h.product_arrays(x), bias, hs, cs, gates,
+                            tanh_c)
     else:
+        gx = ws.get(tag + "gx", (steps, nb, ng), dtype)
+        w_x.matmul(x.reshape(steps * nb, ni), out=gx.reshape(steps * nb, ng))
         rec = ws.get(tag + "rec", (nb, ng), dtype)
         for t in range(steps):
             w_h.matmul(hs[t], out=rec)
@@ -73,43 +75,40 @@ def lstm_layer_forward(x, h0, c0, w_x, w_h, bias, ws: Workspace, tag: str):
 
 
 def lstm_layer_backward(dout, dh_last, dc_last, cache, w_x, w_h, dw_x, dw_h, dbias,
-                        ws: Workspace, tag: str, need_dx: bool = True):
+                        ws: Workspace, tag: str):
     """Backward through the window (equations in the module docstring).
 
     dout: (T, B, H) gradient reaching each h_t from above; dh_last, dc_last: (B, H) gradient
     reaching (h_T, c_T) from beyond the window, or None for zero (truncated BPTT).
     Writes dw_x ((G, I) dense, or (N,) CSR values), dw_h, dbias: (G,) (each gradient is
     computed once per step, so it overwrites: no zeroing pass over the parameters is needed).
-    Returns dx: (T, B, I) (None unless need_dx), dh0, dc0: (B, H).
+    Returns dx: (T, B, I), dh0, dc0: (B, H).
     """
     x, hs, cs, gates, tanh_c = cache
     steps, nb, ni = x.shape
     nh = hs.shape[2]
-    ng = 4 * nh
     dtype, be = x.dtype, ws.be
-    dgates = ws.get(tag + "dgates", (steps, nb, ng), dtype)
+    dgates = ws.get(tag + "dgates", (steps, nb, 4 * nh), dtype)
+    dx = ws.get(tag + "dx", (steps, nb, ni), dtype)
     dh_rec = ws.get(tag + "dh_rec", (nb, nh), dtype)
     dc = ws.get(tag + "dc", (2, nb, nh), dtype)   # ping-pong: dc_t in, dc_{t-1} out
     _copy_or_zero(be, dh_rec, dh_last)
     _copy_or_zero(be, dc[steps % 2], dc_last)
-    if isinstance(w_h, CSRMatrix):      # the whole recurrence in one call (kernels.cpu_lstm)
-        data, _, _, t_indices, t_indptr, t_perm = w_h.kernel_arrays(dout)
+    da = dgates.reshape(steps * nb, 4 * nh)
+    if isinstance(w_h, CSRMatrix):      # the recurrence and dx in one call (kernels.cpu_lstm)
         dh0, dc0 = ws.get(tag + "dh0", (nb, nh), dtype), ws.get(tag + "dc0", (nb, nh), dtype)
-        be.csr_lstm_backward(dout, dh_rec, dc[steps % 2], gates, cs, tanh_c, data, t_perm,
-                             t_indices, t_indptr, dgates, dh0, dc0)
+        be.csr_lstm_backward(dout, dh_rec, dc[steps % 2], gates, cs, tanh_c,
+                             w_x.transpose_arrays(dout), w_h.transpose_arrays(dout), dgates, dx,
+                             dh0, dc0)
     else:
         for t in range(steps - 1, -1, -1):
             be.lstm_cell_backward(dout[t], dh_rec, dc[(t + 1) % 2], gates[t], cs[t], tanh_c[t],
                                   dgates[t], dc[t % 2])
             w_h.matmul_t(dgates[t], out=dh_rec)
         dh0, dc0 = dh_rec, dc[0]
-    da = dgates.reshape(steps * nb, ng)
+        w_x.matmul_t(da, out=dx.reshape(steps * nb, ni))
     w_h.sddmm(da, hs[:-1].reshape(steps * nb, nh), out=dw_h, col_sums=dbias,
               pair=(w_x, x.reshape(steps * nb, ni), dw_x))
-    dx = None
-    if need_dx:
-        dx = ws.get(tag + "dx", (steps, nb, ni), dtype)
-        w_x.matmul_t(da, out=dx.reshape(steps * nb, ni))
     return dx, dh0, dc0
 
 

@@ -17,10 +17,13 @@ DTYPES = [np.float32, np.float64]
 TOL = {np.float32: dict(rtol=2e-4, atol=2e-5), np.float64: dict(rtol=1e-10, atol=1e-12)}
 
 
-def reference(gx, bias, w, h0, c0, dout, dh_last, dc_last):
+def reference(x, w_x, bias, w, h0, c0, dout, dh_last, dc_last):
     """Forward (hs, cs, gates, tanh_c) and backward (dgates, dh0, dc0) in float64, step by step."""
-    steps, nb, ng = gx.shape
+    steps, nb, _ = x.shape
+    ng = bias.shape[0]
     nh = ng // 4
+    gx = naive.csr_matmul_ref(w_x.data, w_x.indices, w_x.indptr, w_x.shape,
+                              x.reshape(steps * nb, -1)).reshape(steps, nb, ng)
     hs, cs = np.zeros((steps + 1, nb, nh)), np.zeros((steps + 1, nb, nh))
     gates, tanh_c = np.zeros((steps, nb, ng)), np.zeros((steps, nb, nh))
     hs[0], cs[0] = h0, c0
@@ -47,26 +50,31 @@ def test_fused_recurrence_matches_step_loop(kernel_backend, dtype, nb):
     rng = np.random.default_rng(nb)
     steps, nh = (3, 5) if be.simulated else (6, 37)
     w = csr_random(4 * nh, nh, 0.2, rng, mask="fanin", dtype=dtype, scale=0.5)
-    gx = rng.normal(0, 1, (steps, nb, 4 * nh)).astype(dtype)
+    w_x = csr_random(4 * nh, nh + 3, 0.2, rng, mask="uniform", dtype=dtype, scale=0.5)
+    x = rng.normal(0, 1, (steps, nb, nh + 3)).astype(dtype)
     bias = rng.normal(0, 0.5, 4 * nh).astype(dtype)
     h0, c0, dh_last, dc_last = (rng.normal(0, 0.5, (nb, nh)).astype(dtype) for _ in range(4))
     dout = rng.normal(0, 1, (steps, nb, nh)).astype(dtype)
-    (want_fwd, (want_dg, want_dh, want_dc)) = reference(gx, bias, w, h0, c0, dout, dh_last,
+    (want_fwd, (want_dg, want_dh, want_dc)) = reference(x, w_x, bias, w, h0, c0, dout, dh_last,
                                                         dc_last)
 
     hs, cs = be.empty((steps + 1, nb, nh), dtype), be.empty((steps + 1, nb, nh), dtype)
     gates, tanh_c = be.empty((steps, nb, 4 * nh), dtype), be.empty((steps, nb, nh), dtype)
     be.arrays.copy(hs[0], be.dev(h0))
     be.arrays.copy(cs[0], be.dev(c0))
-    data, indices, indptr, t_indices, t_indptr, t_perm = (
-        be.dev(a) for a in (w.data, w.indices, w.indptr, w.t_indices, w.t_indptr, w.t_perm))
-    kern.csr_lstm_forward(be.dev(gx), be.dev(bias), data, indices, indptr, hs, cs, gates,
+    on_device = lambda *arrays: tuple(be.dev(a) for a in arrays)  # noqa: E731
+    kern.csr_lstm_forward(be.dev(x), on_device(w_x.data, w_x.indices, w_x.indptr),
+                          on_device(w.data, w.indices, w.indptr), be.dev(bias), hs, cs, gates,
                           tanh_c)
     for got, want in zip((hs, cs, gates, tanh_c), want_fwd):
         np.testing.assert_allclose(be.host(got), want, **TOL[dtype])
 
-    dgates, dh0, dc0 = (be.empty(s, dtype) for s in [(steps, nb, 4 * nh), (nb, nh), (nb, nh)])
+    shapes = [(steps, nb, 4 * nh), (steps, nb, nh + 3), (nb, nh), (nb, nh)]
+    dgates, dx, dh0, dc0 = (be.empty(s, dtype) for s in shapes)
+    transposed = lambda m: on_device(m.data, m.t_perm, m.t_indices, m.t_indptr)  # noqa: E731
     kern.csr_lstm_backward(be.dev(dout), be.dev(dh_last), be.dev(dc_last), gates, cs, tanh_c,
-                           data, t_perm, t_indices, t_indptr, dgates, dh0, dc0)
-    for got, want in zip((dgates, dh0, dc0), (want_dg, want_dh, want_dc)):
+                           transposed(w_x), transposed(w), dgates, dx, dh0, dc0)
+    want_dx = naive.csr_matmul_t_ref(w_x.data, w_x.indices, w_x.indptr, w_x.shape,
+                                     want_dg.reshape(steps * nb, -1)).reshape(dx.shape)
+    for got, want in zip((dgates, dx, dh0, dc0), (want_dg, want_dx, want_dh, want_dc)):
         np.testing.assert_allclose(be.host(got), want, **TOL[dtype])

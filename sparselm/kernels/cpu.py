@@ -72,15 +72,29 @@ def act_sigmoid(x):
     return HALF + HALF * act_tanh(HALF * x)
 
 
+def _pre_activation(gx, r, bias, b, rb, col):
+    """gx[b, col] + r[rb, col] + bias[col]; gx None: r holds the input part too."""
+    return gx[b, col] + r[rb, col] + bias[col]
+
+
+@overload(_pre_activation, inline="always", fastmath=FAST)
+def _pre_activation_typed(gx, r, bias, b, rb, col):
+    # chosen while typing (a run-time `is None` test in the loop blocks vectorisation)
+    if isinstance(gx, types.NoneType):
+        return lambda gx, r, bias, b, rb, col: r[rb, col] + bias[col]
+    return lambda gx, r, bias, b, rb, col: gx[b, col] + r[rb, col] + bias[col]
+
+
 @njit(inline="always", fastmath=FAST)
 def cell_forward_row(gx, r, bias, c_prev, gates, c, tanh_c, h, b, rb):
-    """Batch row b of lstm_cell_forward, reading its recurrent pre-activations from r[rb]."""
+    """Batch row b of lstm_cell_forward, reading its recurrent pre-activations from r[rb]
+    (gx None: r[rb] is the whole x W_x^T + h W_h^T)."""
     nh = c.shape[1]
     for j in range(nh):
-        i = act_sigmoid(gx[b, j] + r[rb, j] + bias[j])
-        f = act_sigmoid(gx[b, nh + j] + r[rb, nh + j] + bias[nh + j])
-        g = act_tanh(gx[b, 2 * nh + j] + r[rb, 2 * nh + j] + bias[2 * nh + j])
-        o = act_sigmoid(gx[b, 3 * nh + j] + r[rb, 3 * nh + j] + bias[3 * nh + j])
+        i = act_sigmoid(_pre_activation(gx, r, bias, b, rb, j))
+        f = act_sigmoid(_pre_activation(gx, r, bias, b, rb, nh + j))
+        g = act_tanh(_pre_activation(gx, r, bias, b, rb, 2 * nh + j))
+        o = act_sigmoid(_pre_activation(gx, r, bias, b, rb, 3 * nh + j))
         cc = cell_state(i, f, g, c_prev[b, j])
         cell_write_unit(gates, c, tanh_c, h, b, j, nh, i, f, g, o, cc, act_tanh(cc))
 

@@ -57,20 +57,33 @@ def _load_index(builder, base, k):
     return builder.sext(builder.load(builder.gep(base, [k])), ir.IntType(64))
 
 
+def _member_arrays(context, builder, tuple_type, value):
+    """(data pointer, elements between rows) of each array in a tuple argument."""
+    out = []
+    for idx, ty in enumerate(tuple_type.types):
+        arr = context.make_array(ty)(context, builder, value=builder.extract_value(value, idx))
+        shape = cgutils.unpack_tuple(builder, arr.shape, ty.ndim)
+        out.append((arr.data, shape[1] if ty.ndim == 2 else None))
+    return out
+
+
 def _make_rows_kernel(n_regs):
-    """Intrinsic rows(dst, d_off, vals, perm, cols, ptr, r0, n_rows, src, s_off).
+    """Intrinsic rows(dst, d_off, vals, perm, cols, ptr, r0, n_rows, src, s_off, second).
 
     For each row r = r0 + i of a CSR matrix (vals, cols, ptr), i < n_rows, and l < n_regs * L:
     dst[i, d_off + l] = sum_{k=ptr[r]}^{ptr[r+1]-1} v_k * src[cols[k], s_off + l], with
     v_k = vals[k], or vals[perm[k]] when perm is an array (W^T's values read in place from
     W's, no permuted copy). dst (n_rows or more, Mp) and src (S, Mp) are C-contiguous. The
-    n_regs accumulators stay in registers across all entries of a row.
+    n_regs accumulators stay in registers across all entries of a row. second: None, or
+    (vals2, cols2, ptr2, src2), a second CSR matrix of the same rows whose row r adds
+    sum_k vals2[k] * src2[cols2[k], s_off + l] to the same accumulators (src2 (S2, Mp)).
     """
 
     @intrinsic
-    def rows(typingctx, dst, d_off, vals, perm, cols, ptr, r0, n_rows, src, s_off):
+    def rows(typingctx, dst, d_off, vals, perm, cols, ptr, r0, n_rows, src, s_off, second):
         i = types.intp
         direct = isinstance(perm, types.NoneType)
+        paired = not isinstance(second, types.NoneType)
 
         def codegen(context, builder, sig, args):
             vty = vec_type(context, sig.args[0].dtype)
@@ -78,28 +91,35 @@ def _make_rows_kernel(n_regs):
             pp = None if direct else data_ptr(context, builder, sig, args, 3)
             d_off, r0, n_rows, s_off = (args[j] for j in (1, 6, 7, 9))
             d_stride = _stride0(context, builder, sig, args, 0)
-            s_stride = _stride0(context, builder, sig, args, 8)
+            sets = [(pv, pp, pc, pr, ps, _stride0(context, builder, sig, args, 8))]
+            if paired:
+                (pv2, _), (pc2, _), (pr2, _), (ps2, s2_stride) = _member_arrays(
+                    context, builder, sig.args[10], args[10])
+                sets.append((pv2, None, pc2, pr2, ps2, s2_stride))
             zero = ir.Constant(vty, None)
             accs = [cgutils.alloca_once_value(builder, zero) for _ in range(n_regs)]
             with cgutils.for_range(builder, n_rows) as row:
                 r = builder.add(r0, row.index)
-                lo, hi = _load_index(builder, pr, r), _load_index(builder, pr, plus(builder, r, 1))
                 for acc in accs:
                     builder.store(zero, acc)
-                with cgutils.for_range(builder, builder.sub(hi, lo)) as loop:
-                    k = builder.add(lo, loop.index)
-                    kv = k if direct else _load_index(builder, pp, k)
-                    v = splat(builder, builder.load(builder.gep(pv, [kv])), vty)
-                    base = builder.add(builder.mul(_load_index(builder, pc, k), s_stride), s_off)
-                    for g, acc in enumerate(accs):
-                        x = load(builder, ps, plus(builder, base, g * vty.count), vty)
-                        builder.store(fma(builder, v, x, builder.load(acc)), acc)
+                for qv, qp, qc, qr, qs, q_stride in sets:
+                    lo = _load_index(builder, qr, r)
+                    hi = _load_index(builder, qr, plus(builder, r, 1))
+                    with cgutils.for_range(builder, builder.sub(hi, lo)) as loop:
+                        k = builder.add(lo, loop.index)
+                        kv = k if qp is None else _load_index(builder, qp, k)
+                        v = splat(builder, builder.load(builder.gep(qv, [kv])), vty)
+                        base = builder.add(builder.mul(_load_index(builder, qc, k), q_stride),
+                                           s_off)
+                        for g, acc in enumerate(accs):
+                            x = load(builder, qs, plus(builder, base, g * vty.count), vty)
+                            builder.store(fma(builder, v, x, builder.load(acc)), acc)
                 out = builder.add(builder.mul(row.index, d_stride), d_off)
                 for g, acc in enumerate(accs):
                     store(builder, builder.load(acc), pd, plus(builder, out, g * vty.count), vty)
             return context.get_dummy_value()
 
-        return types.void(dst, i, vals, perm, cols, ptr, i, i, src, i), codegen
+        return types.void(dst, i, vals, perm, cols, ptr, i, i, src, i, second), codegen
 
     return rows
 
@@ -255,36 +275,40 @@ def _task_bounds(indptr, step):
 
 
 @njit(cache=True, inline="always")
-def _row_passes(tile, d_off, vals, perm, cols, ptr, r0, n_rows, src):
+def _row_passes(tile, d_off, vals, perm, cols, ptr, r0, n_rows, src, second):
     """tile.flat[i*Mp + d_off + l] for i < n_rows, l < Mp - d_off: see _tile_product."""
     lanes = _lanes(src)
     n_regs = src.shape[1] // lanes
     g = 0
     while g + 4 <= n_regs:
-        _rows4(tile, d_off + g * lanes, vals, perm, cols, ptr, r0, n_rows, src, g * lanes)
+        _rows4(tile, d_off + g * lanes, vals, perm, cols, ptr, r0, n_rows, src, g * lanes,
+                second)
         g += 4
     if g + 2 <= n_regs:
-        _rows2(tile, d_off + g * lanes, vals, perm, cols, ptr, r0, n_rows, src, g * lanes)
+        _rows2(tile, d_off + g * lanes, vals, perm, cols, ptr, r0, n_rows, src, g * lanes,
+                second)
         g += 2
     if g < n_regs:
-        _rows1(tile, d_off + g * lanes, vals, perm, cols, ptr, r0, n_rows, src, g * lanes)
+        _rows1(tile, d_off + g * lanes, vals, perm, cols, ptr, r0, n_rows, src, g * lanes,
+                second)
 
 
 @njit(cache=True, inline="always")
-def _tile_product(tile, vals, perm, cols, ptr, r0, n_rows, src):
+def _tile_product(tile, vals, perm, cols, ptr, r0, n_rows, src, second):
     """tile[i, :] = sum_k v_k * src[cols[k], :] over the entries k of row r0 + i, i < n_rows.
 
     v_k = vals[k], or vals[perm[k]] when perm is not None. tile: (L, Mp) float; vals: (N,)
-    float; perm: None or (N,) int32; cols: (N,) int32; ptr: (R+1,) int32; src: (S, Mp) float.
+    float; perm: None or (N,) int32; cols: (N,) int32; ptr: (R+1,) int32; src: (S, Mp) float;
+    second: None or a second matrix and source (vals2, cols2, ptr2, src2) adding to each row.
     A batch of up to 4 registers takes one pass over the tile's rows. A wider one needs
     several passes (4 registers each), made row by row so that the rows of src a row reads
     are still in L1 for its next pass.
     """
     if src.shape[1] <= 4 * _lanes(src):
-        _row_passes(tile, 0, vals, perm, cols, ptr, r0, n_rows, src)
+        _row_passes(tile, 0, vals, perm, cols, ptr, r0, n_rows, src, second)
     else:
         for i in range(n_rows):
-            _row_passes(tile, i * src.shape[1], vals, perm, cols, ptr, r0 + i, 1, src)
+            _row_passes(tile, i * src.shape[1], vals, perm, cols, ptr, r0 + i, 1, src, second)
 
 
 @njit(cache=True, inline="always")
@@ -315,17 +339,18 @@ def _store_tile(tile, n_rows, out, r0, accumulate):
 
 
 @njit(cache=True)
-def _spmm_rows(vals, perm, cols, ptr, xt, row_lo, row_hi, out, accumulate):
+def _spmm_rows(vals, perm, cols, ptr, xt, row_lo, row_hi, out, accumulate, second=None):
     """out[:, row_lo:row_hi] (+)= x @ A[row_lo:row_hi]^T for CSR A = (vals[perm], cols, ptr).
 
     vals: (N,) float; perm: None (identity) or (N,) int32; cols: (N,) int32; ptr: (R+1,)
-    int32; xt: (S, Mp) x transposed, padded; out: (M, R) float, C-contiguous.
+    int32; xt: (S, Mp) x transposed, padded; out: (M, R) float, C-contiguous. second: None,
+    or (vals2, cols2, ptr2, x2t) adding x2 @ A2[row_lo:row_hi]^T (A2 of the same rows).
     """
     lanes = _lanes(xt)
     tile = np.empty((lanes, xt.shape[1]), dtype=xt.dtype)
     for r0 in range(row_lo, row_hi, lanes):
         n_rows = min(lanes, row_hi - r0)
-        _tile_product(tile, vals, perm, cols, ptr, r0, n_rows, xt)
+        _tile_product(tile, vals, perm, cols, ptr, r0, n_rows, xt, second)
         _store_tile(tile, n_rows, out, r0, accumulate)
 
 

@@ -42,47 +42,61 @@ def _n_chunks(nb, lane_count):
 
 
 @njit(parallel=True, cache=True, fastmath=FAST)
-def csr_lstm_forward(gx, bias, data, indices, indptr, hs, cs, gates, tanh_c):
-    """For t = 0 .. T-1: a_t = gx[t] + hs[t] W_h^T + bias; the cell (kernels.cpu) writes
+def csr_lstm_forward(x, w_x, w_h, bias, hs, cs, gates, tanh_c):
+    """For t = 0 .. T-1: a_t = x[t] W_x^T + hs[t] W_h^T + bias; the cell (kernels.cpu) writes
     gates[t], cs[t+1], tanh_c[t], hs[t+1].
 
-    gx: (T, B, G) the input projection (without bias); bias: (G,); W_h (G, H) in CSR: data (N,),
-    indices (N,) int32, indptr (G+1,) int32; hs, cs: (T+1, B, H) with hs[0], cs[0] the initial
-    state; gates: (T, B, G), tanh_c: (T, B, H). One float dtype, C-contiguous.
+    x: (T, B, I) the layer's input; w_x, w_h: (data (N,), indices (N,) int32, indptr (G+1,)
+    int32) of W_x (G, I) and W_h (G, H) in CSR; bias: (G,); hs, cs: (T+1, B, H) with hs[0],
+    cs[0] the initial state; gates: (T, B, G), tanh_c: (T, B, H). One float dtype,
+    C-contiguous. Both products of a gate row run in one pass over its entries (the input
+    projection never exists as a (T, B, G) array).
     """
-    steps, nb, ng = gx.shape
+    data, indices, indptr = w_h
+    steps, nb, ni = x.shape
+    ng = bias.shape[0]
     nh = ng // 4
-    width = lanes(gx)
+    width = lanes(x)
     n_chunks = _n_chunks(nb, width)
     for chunk in prange(n_chunks):
         b0, b1 = _chunk(nb, chunk, n_chunks)
-        h_win = np.zeros((width, nh), gx.dtype)      # h_{t-1} of the chunk, zero-padded
-        h_t = np.empty((nh, width), gx.dtype)        # ... transposed: batch in SIMD lanes
-        rec = np.empty((width, ng), gx.dtype)        # h_{t-1} W_h^T of the window
+        x_win = np.zeros((width, ni), x.dtype)       # x_t of the chunk, zero-padded
+        h_win = np.zeros((width, nh), x.dtype)       # h_{t-1} likewise
+        x_t = np.empty((ni, width), x.dtype)         # ... transposed: batch in SIMD lanes
+        h_t = np.empty((nh, width), x.dtype)
+        rec = np.empty((width, ng), x.dtype)         # x_t W_x^T + h_{t-1} W_h^T of the window
         for t in range(steps):
             for i in range(b1 - b0):
+                _copy_row(x_win[i], x[t, b0 + i])
                 _copy_row(h_win[i], hs[t, b0 + i])
+            _transpose_cols(x_win, x_t, 0, ni, 0, False)
             _transpose_cols(h_win, h_t, 0, nh, 0, False)
-            _spmm_rows(data, None, indices, indptr, h_t, 0, ng, rec, False)
+            _spmm_rows(data, None, indices, indptr, h_t, 0, ng, rec, False,
+                       (w_x[0], w_x[1], w_x[2], x_t))
             for i in range(b1 - b0):
-                cell_forward_row(gx[t], rec, bias, cs[t], gates[t], cs[t + 1], tanh_c[t],
+                cell_forward_row(None, rec, bias, cs[t], gates[t], cs[t + 1], tanh_c[t],
                                  hs[t + 1], b0 + i, i)
 
 
 @njit(parallel=True, cache=True, fastmath=FAST)
-def csr_lstm_backward(dout, dh_last, dc_last, gates, cs, tanh_c, data, t_perm, t_indices,
-                      t_indptr, dgates, dh0, dc0):
+def csr_lstm_backward(dout, dh_last, dc_last, gates, cs, tanh_c, w_x_t, w_h_t, dgates, dx, dh0,
+                      dc0):
     """Backward through the window (equations in lstm.py), for t = T-1 .. 0: the cell backward
-    (kernels.cpu) writes dgates[t], then dh^rec_{t-1} = dgates[t] W_h through W's transpose
-    pattern (see kernels.cpu_csr.csr_matmul_t).
+    (kernels.cpu) writes dgates[t], then dh^rec_{t-1} = dgates[t] W_h and dx[t] = dgates[t] W_x
+    through the matrices' transpose patterns (see kernels.cpu_csr.csr_matmul_t), from one
+    transposed copy of dgates[t].
 
     dout: (T, B, H) gradient reaching each h_t from above; dh_last, dc_last: (B, H) reaching
     h_T, c_T from beyond the window; gates: (T, B, G); cs: (T+1, B, H); tanh_c: (T, B, H);
-    W_h's transpose pattern: data (N,), t_perm, t_indices (N,) int32, t_indptr (H+1,) int32.
-    Writes dgates: (T, B, G) and dh0, dc0: (B, H), the gradients reaching h_0 and c_0.
+    w_x_t, w_h_t: (data (N,), t_perm, t_indices (N,) int32, t_indptr (C+1,) int32) of W_x
+    (G, I) and W_h (G, H). Writes dgates: (T, B, G), dx: (T, B, I) and dh0, dc0: (B, H), the
+    gradients reaching h_0 and c_0.
     """
     steps, nb, nh = dout.shape
     ng = 4 * nh
+    ni = dx.shape[2]
+    data, t_perm, t_indices, t_indptr = w_h_t
+    x_data, x_perm, x_indices, x_indptr = w_x_t
     width = lanes(dout)
     n_chunks = _n_chunks(nb, width)
     for chunk in prange(n_chunks):
@@ -93,6 +107,7 @@ def csr_lstm_backward(dout, dh_last, dc_last, gates, cs, tanh_c, data, t_perm, t
         dg_win = np.zeros((width, ng), dout.dtype)   # dgates[t] of the chunk, zero-padded
         dg_t = np.empty((ng, width), dout.dtype)     # ... transposed
         dh_win = np.empty((width, nh), dout.dtype)   # dgates[t] W_h of the window
+        dx_win = np.empty((width, ni), dout.dtype)   # dgates[t] W_x of the window
         for i in range(m):
             _copy_row(dh_rec[b0 + i], dh_last[b0 + i])
             _copy_row(dc[steps % 2, b0 + i], dc_last[b0 + i])
@@ -103,8 +118,10 @@ def csr_lstm_backward(dout, dh_last, dc_last, gates, cs, tanh_c, data, t_perm, t
                 _copy_row(dg_win[i], dgates[t, b0 + i])
             _transpose_cols(dg_win, dg_t, 0, ng, 0, False)
             _spmm_rows(data, t_perm, t_indices, t_indptr, dg_t, 0, nh, dh_win, False)
+            _spmm_rows(x_data, x_perm, x_indices, x_indptr, dg_t, 0, ni, dx_win, False)
             for i in range(m):
                 _copy_row(dh_rec[b0 + i], dh_win[i])
+                _copy_row(dx[t, b0 + i], dx_win[i])
         for i in range(m):
             _copy_row(dh0[b0 + i], dh_rec[b0 + i])
             _copy_row(dc0[b0 + i], dc[0, b0 + i])

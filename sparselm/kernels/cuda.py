@@ -670,19 +670,24 @@ def csr_sddmm(indices, indptr, dy, x, out, accumulate, col_sums=None, pair=None)
     kern[_grid(out.shape[0])](*ins, _out(out, "out"), bool(accumulate))
 
 
-def csr_lstm_forward(gx, bias, data, indices, indptr, hs, cs, gates, tanh_c) -> None:
-    """The forward recurrence of one layer with CSR W_h (as kernels.cpu_lstm.csr_lstm_forward):
-    per step one product and one cell kernel (the GPU runs each on the whole batch)."""
-    steps, nb, ng = gx.shape
-    rec = empty((nb, ng), gx.dtype)
+def csr_lstm_forward(x, w_x, w_h, bias, hs, cs, gates, tanh_c) -> None:
+    """The forward recurrence of one CSR layer (as kernels.cpu_lstm.csr_lstm_forward): the
+    input projection over all steps at once, then per step one product and one cell kernel
+    (the GPU runs each on the whole batch)."""
+    steps, nb, ni = x.shape
+    ng = bias.shape[0]
+    gx = empty((steps, nb, ng), x.dtype)
+    csr_matmul(*w_x, x.reshape(steps * nb, ni), gx.reshape(steps * nb, ng), False)
+    rec = empty((nb, ng), x.dtype)
     for t in range(steps):
-        csr_matmul(data, indices, indptr, hs[t], rec, False)
+        csr_matmul(*w_h, hs[t], rec, False)
         lstm_cell_forward(gx[t], rec, bias, cs[t], gates[t], cs[t + 1], tanh_c[t], hs[t + 1])
 
 
-def csr_lstm_backward(dout, dh_last, dc_last, gates, cs, tanh_c, data, t_perm, t_indices,
-                      t_indptr, dgates, dh0, dc0) -> None:
-    """The backward recurrence (as kernels.cpu_lstm.csr_lstm_backward), a step at a time."""
+def csr_lstm_backward(dout, dh_last, dc_last, gates, cs, tanh_c, w_x_t, w_h_t, dgates, dx, dh0,
+                      dc0) -> None:
+    """The backward recurrence (as kernels.cpu_lstm.csr_lstm_backward): a step at a time, then
+    dx for all steps at once."""
     steps, nb, nh = dout.shape
     dc = empty((2, nb, nh), dout.dtype)     # ping-pong: dc_t in, dc_{t-1} out
     copy(dh0, dh_last)                      # dh0 carries dh^rec from step to step
@@ -690,8 +695,10 @@ def csr_lstm_backward(dout, dh_last, dc_last, gates, cs, tanh_c, data, t_perm, t
     for t in range(steps - 1, -1, -1):
         lstm_cell_backward(dout[t], dh0, dc[(t + 1) % 2], gates[t], cs[t], tanh_c[t], dgates[t],
                            dc[t % 2])
-        csr_matmul_t(data, t_perm, t_indices, t_indptr, dgates[t], dh0, False)
+        csr_matmul_t(*w_h_t, dgates[t], dh0, False)
     copy(dc0, dc[0])
+    ni = dx.shape[2]
+    csr_matmul_t(*w_x_t, dgates.reshape(steps * nb, 4 * nh), dx.reshape(steps * nb, ni), False)
 
 
 # Device copies of CSR patterns, keyed by the host `indices` array they were made from (shared
