@@ -6,8 +6,8 @@ threads: our step (forward, BPTT, clip, SGD) and PyTorch's (nn.Embedding + nn.LS
 cross-entropy + clip_grad_norm_ + SGD). They alternate, `--reps` times `--steps` steps each, and
 the medians are compared, so machine noise hits both alike. The "softmax bound" is the speed the
 step would have if everything but the output layer were free: the three output GEMMs (logits,
-d(hidden), d(weight)) timed here, once before each repetition and once after the last, so that it
-sees the same machine as the steps. Ends with one JSON line per configuration.
+d(hidden), d(weight)) timed here, once after each repetition of our steps, so that it sees the same
+machine as they do. Ends with one JSON line per configuration.
 
     python scripts/bench_train.py --configs small,medium --threads 2
     python scripts/bench_train.py --device cuda --configs small,large,h1500-d0.0005   # on a GPU
@@ -162,7 +162,7 @@ class SoftmaxBound:
     """tokens/s if only the output layer's three GEMMs cost anything (on the backend).
 
     Each call of `sample` times the three once (logits, d(hidden), d(weight)); the benchmark
-    samples between its repetitions of our steps, so that the bound and our speed see the same
+    samples after each repetition of our steps, so that the bound and our speed see the same
     machine (these shared machines drift by a few percent within a minute).
     """
 
@@ -193,7 +193,13 @@ class SoftmaxBound:
         return statistics.median(self.samples)
 
 
+# Before each timed block: lets the other library's idle threads stop spinning (PyTorch's OpenMP
+# threads spin for 200 ms after its work by default, and would hold the cores of ours).
+SETTLE_S = 0.3
+
+
 def time_steps(fn, batches) -> float:
+    time.sleep(SETTLE_S)
     start = time.perf_counter()
     for b in batches:
         fn(b)
@@ -221,12 +227,11 @@ def bench_config(name, args, torch_ok):
     rows = {"ours": [], "torch": []}
     bound = SoftmaxBound(cfg, vocab, backend)
     for rep in range(args.reps):
-        bound.sample()
         chunk = batches[1 + rep * args.steps: 1 + (rep + 1) * args.steps]
         rows["ours"].append(time_steps(ours.train_step, chunk))
+        bound.sample()      # before PyTorch, whose OpenMP threads spin on after its steps
         if peer:
             rows["torch"].append(time_steps(peer.train_step, chunk))
-    bound.sample()
     result = {"config": name, "hidden": cfg.hidden, "emb": cfg.emb, "sparsity": cfg.sparsity,
               "T": cfg.bptt, "B": cfg.batch_size, "threads": args.threads, "data": source,
               "device": backend.detail, "torch_device": peer.device if peer else None,
