@@ -223,9 +223,9 @@ def bench_config(name, args, torch_ok):
     first_step = time.perf_counter() - t0
     if peer:
         peer.train_step(batches[0])
+    bound = SoftmaxBound(cfg, vocab, backend)     # its buffers are not the step's memory
     rss_start = rss_mb()
     rows = {"ours": [], "torch": []}
-    bound = SoftmaxBound(cfg, vocab, backend)
     for rep in range(args.reps):
         chunk = batches[1 + rep * args.steps: 1 + (rep + 1) * args.steps]
         rows["ours"].append(time_steps(ours.train_step, chunk))
