@@ -46,7 +46,8 @@ def lstm_layer_forward(x, h0, c0, w_x, w_h, bias, ws: Workspace, tag: str):
     """Run one layer over the window.
 
     x: (T, B, I) C-contiguous; h0, c0: (B, H); w_x: (G, I), w_h: (G, H) DenseMatrix or CSRMatrix;
-    bias: (G,); all on ws's backend, one float dtype. Returns out: (T, B, H) (the h_t, a view of the cache), (h_T, c_T) views, cache.
+    bias: (G,); all on ws's backend, one float dtype. Returns out: (T, B, H) (the h_t, a view of
+    the cache), (h_T, c_T) views, cache.
     Buffers come from ws under names prefixed by tag, so two layers never share one.
     """
     steps, nb, ni = x.shape

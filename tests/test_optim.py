@@ -74,7 +74,6 @@ def test_adam_two_steps():
 def test_row_sparse_step_equals_dense_step(kind, clip):
     """Telling the optimiser which rows of a block can be non-zero changes nothing but speed:
     two steps give the same norms and parameters as without (the block sits mid-buffer here)."""
-    rng = np.random.default_rng(3)
     cfg = make_config("small", clip=clip, **kind)
     n_rows, width, start = 50, 4, 7
     stop = start + n_rows * width

@@ -176,7 +176,8 @@ def _make_transpose_kernel(add):
         def codegen(context, builder, sig, args):
             vty = vec_type(context, sig.args[0].dtype)
             n = vty.count
-            ps, pd = data_ptr(context, builder, sig, args, 0), data_ptr(context, builder, sig, args, 3)
+            ps = data_ptr(context, builder, sig, args, 0)
+            pd = data_ptr(context, builder, sig, args, 3)
             s_off, s_stride, d_off, d_stride = args[1], args[2], args[4], args[5]
             rows = [load(builder, ps, builder.add(s_off, times(builder, s_stride, r)), vty)
                     for r in range(n)]

@@ -1,4 +1,5 @@
-"""The recurrence of one LSTM layer with CSR W_h, the whole window in one CPU kernel call.
+"""The recurrence of one LSTM layer with CSR gates (W_x and W_h), the whole window in one CPU
+kernel call, forward and backward.
 
 The per-step alternative, one recurrent product and one cell kernel per time step (what lstm.py
 does for dense gates and on the GPU), costs two wake-ups of the thread pool per step and a
