@@ -16,6 +16,7 @@ import numpy as np
 
 from .config import TrainConfig
 from .kernels import get_backend
+from .workspace import Workspace
 
 
 def learning_rate(cfg: TrainConfig, step: int, epoch: int) -> float:
@@ -66,6 +67,7 @@ class Optimizer:
         self.steps = 0
         names = {"sgd": ["momentum"] if cfg.momentum > 0 else [], "adam": ["adam_m", "adam_v"]}
         self.state = {name: self.be.zeros(size, np.dtype(dtype)) for name in names[cfg.optimizer]}
+        self.ws = Workspace(self.be)        # the row-sparse path's small buffers
 
     def step(self, params: np.ndarray, grads: np.ndarray, lr: float,
              sparse: RowSparse | None = None) -> tuple[float, bool]:
@@ -94,9 +96,9 @@ class Optimizer:
         return norm, True
 
     def _gather_rows(self, grads, sparse: RowSparse):
-        """The block's non-zero rows: (U, width), a new array on the backend."""
+        """The block's non-zero rows: (U, width) on the backend (a reused buffer)."""
         block = grads[sparse.start:sparse.stop].reshape(-1, sparse.width)
-        rows = self.be.empty((sparse.rows.shape[0], sparse.width), grads.dtype)
+        rows = self.ws.rows("grad_rows", sparse.rows.shape[0], sparse.width, grads.dtype)
         self.be.gather(block, sparse.rows, rows)
         return rows
 
@@ -112,7 +114,8 @@ class Optimizer:
         be = self.be
         for lo, hi in ((0, sparse.start), (sparse.stop, params.shape[0])):
             be.sgd_update(params[lo:hi], grads[lo:hi], grads[lo:hi], lr, scale, 0.0)
-        delta = be.zeros(rows.shape, rows.dtype)
+        delta = self.ws.rows("delta_rows", rows.shape[0], rows.shape[1], rows.dtype)
+        be.fill(delta, 0)
         flat_rows = rows.reshape(-1)
         be.sgd_update(delta.reshape(-1), flat_rows, flat_rows, lr, scale, 0.0)
         block = params[sparse.start:sparse.stop].reshape(-1, sparse.width)

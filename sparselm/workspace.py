@@ -30,6 +30,15 @@ class Workspace:
             self._buffers[name] = buf
         return buf
 
+    def rows(self, name: str, n: int, width: int, dtype):
+        """(n, width) C-contiguous: the first n rows of a buffer that only ever grows, for a row
+        count that changes from step to step (the batch's distinct words)."""
+        buf = self._buffers.get(name)
+        if buf is None or buf.shape[0] < n or buf.shape[1] != width or buf.dtype != np.dtype(dtype):
+            buf = self.be.empty((max(n, 1), int(width)), np.dtype(dtype))
+            self._buffers[name] = buf
+        return buf[:n]
+
     def zeros(self, name: str, shape: tuple, dtype):
         buf = self.get(name, shape, dtype)
         self.be.fill(buf, 0)

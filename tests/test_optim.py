@@ -94,6 +94,20 @@ def test_row_sparse_step_equals_dense_step(kind, clip):
     assert clip == 0.0 or results[0][0][0] > clip              # the clip did act
 
 
+def test_workspace_rows_grow_and_are_reused():
+    """The optimiser's row buffers: a view of the first n rows, reallocated only to grow."""
+    from sparselm.workspace import Workspace
+
+    ws = Workspace()
+    a = ws.rows("r", 5, 3, np.float32)
+    b = ws.rows("r", 2, 3, np.float32)
+    assert a.shape == (5, 3) and b.shape == (2, 3) and np.shares_memory(a, b)
+    assert b.flags["C_CONTIGUOUS"]
+    c = ws.rows("r", 9, 3, np.float32)
+    assert c.shape == (9, 3) and not np.shares_memory(a, c)
+    assert ws.rows("r", 0, 3, np.float32).shape == (0, 3)
+
+
 def test_nonfinite_gradient_is_not_applied():
     opt = Optimizer(make_config("small", momentum=0.5), 2, np.float32)
     p = np.array([1.0, 2.0], np.float32)
