@@ -180,12 +180,16 @@ class SignalGuard:
     """Turns SIGINT/SIGTERM into a flag checked between steps, so a step is never half-applied.
 
     A second signal raises KeyboardInterrupt at once (a save in progress is abandoned by
-    checkpoint.py, which leaves the previous file in place).
+    checkpoint.py, which leaves the previous file in place). When that lands inside a finaliser
+    or weakref callback, Python cannot raise it and would print it with a traceback ("Exception
+    ignored in ..."); the guard silences that report, and the run stops at the next step
+    boundary on the first signal's flag instead.
     """
 
     def __init__(self):
         self.signum = 0
         self._old = {}
+        self._old_hook = None
 
     def __enter__(self):
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -193,7 +197,14 @@ class SignalGuard:
                 self._old[sig] = signal.signal(sig, self._handle)
             except ValueError:        # not the main thread: leave the signals alone
                 pass
+        if self._old:
+            self._old_hook, sys.unraisablehook = sys.unraisablehook, self._unraisable
         return self
+
+    def _unraisable(self, info):
+        if self.signum and issubclass(info.exc_type, KeyboardInterrupt):
+            return                    # our second-signal interrupt, swallowed by a finaliser
+        self._old_hook(info)
 
     def _handle(self, signum, frame):
         if self.signum:               # second Ctrl-C: stop right away
@@ -206,6 +217,8 @@ class SignalGuard:
     def __exit__(self, *exc):
         for sig, old in self._old.items():
             signal.signal(sig, old)
+        if self._old_hook is not None:
+            sys.unraisablehook = self._old_hook
 
 
 # -- the loop ------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from sparselm.config import make_config
 from sparselm.errors import DataError
 from sparselm.metrics import MetricsLog
 from sparselm.model import LanguageModel
-from sparselm.train import RUN_FILES, train
+from sparselm.train import RUN_FILES, SignalGuard, train
 
 REPO = Path(__file__).resolve().parent.parent
 # A tiny model that saves after every step: most of its time is spent saving, so random kills
@@ -144,6 +144,29 @@ def test_signals_and_kills_then_resume_equal_uninterrupted(tiny_corpus, tmp_path
     a, b = load_checkpoint(ref / "last.h5").params, load_checkpoint(run / "last.h5").params
     assert all(np.array_equal(a[name], b[name]) for name in a)
     assert temporaries(run) == []
+
+
+def test_second_signal_inside_a_finaliser_is_not_reported(monkeypatch):
+    """A second Ctrl-C raises KeyboardInterrupt wherever Python is; inside a finaliser Python
+    cannot raise it and reports it with a traceback. The guard drops exactly that report (the
+    run then stops at the next step boundary); other unraisable errors are still reported."""
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda info: seen.append(info.exc_type))
+
+    class Finalised:
+        def __init__(self, error):
+            self.error = error
+
+        def __del__(self):
+            raise self.error
+
+    with SignalGuard() as guard:
+        Finalised(KeyboardInterrupt())          # before any signal: still reported
+        guard.signum = signal.SIGINT            # a first signal arrived
+        Finalised(KeyboardInterrupt())          # the second one, inside a finaliser: dropped
+        Finalised(ValueError("boom"))           # anything else: reported
+    assert seen == [KeyboardInterrupt, ValueError]
+    assert sys.unraisablehook != guard._unraisable          # restored on exit
 
 
 def _interrupt(command, run: Path, signals, code: int) -> list[str]:
