@@ -217,7 +217,7 @@ def _alloc_transposed(a):
 
 
 @njit(cache=True)
-def _transpose_cols(a, at, s0, s1, row0, pad):
+def transpose_cols(a, at, s0, s1, row0, pad):
     """at[s - row0, j] = a[j, s] for s0 <= s < s1; when pad, at[s - row0, j] = 0 for M <= j < Mp.
 
     a: (M, S) float, C-contiguous; at: (>= s1 - row0, Mp) same dtype, C-contiguous. Whole
@@ -340,7 +340,7 @@ def _store_tile(tile, n_rows, out, r0, accumulate):
 
 
 @njit(cache=True)
-def _spmm_rows(vals, perm, cols, ptr, xt, row_lo, row_hi, out, accumulate, second=None):
+def spmm_rows(vals, perm, cols, ptr, xt, row_lo, row_hi, out, accumulate, second=None):
     """out[:, row_lo:row_hi] (+)= x @ A[row_lo:row_hi]^T for CSR A = (vals[perm], cols, ptr).
 
     vals: (N,) float; perm: None (identity) or (N,) int32; cols: (N,) int32; ptr: (R+1,)
@@ -390,7 +390,7 @@ def _sddmm_rows(indices, indptr, dy, xt, row_lo, row_hi, out, accumulate, col_su
     ones = np.ones(mp, dtype=xt.dtype)
     for r0 in range(row_lo, row_hi, lanes):
         r1 = min(r0 + lanes, row_hi)
-        _transpose_cols(dy, blk, r0, r1, r0, True)
+        transpose_cols(dy, blk, r0, r1, r0, True)
         for r in range(r0, r1):
             a_off = (r - r0) * mp
             if col_sums is not None:    # the block is in L1: the bias gradient for free
@@ -424,14 +424,14 @@ def csr_matmul(data, indices, indptr, x, out, accumulate):
     rows = out.shape[1]
     xt = _alloc_transposed(x)
     if _small(data.size, m, rows, cols):
-        _transpose_cols(x, xt, 0, cols, 0, False)
-        _spmm_rows(data, None, indices, indptr, xt, 0, rows, out, accumulate)
+        transpose_cols(x, xt, 0, cols, 0, False)
+        spmm_rows(data, None, indices, indptr, xt, 0, rows, out, accumulate)
         return
     for t in prange(_n_col_tasks(cols)):
-        _transpose_cols(x, xt, t * _TR_COLS, min(cols, (t + 1) * _TR_COLS), 0, False)
+        transpose_cols(x, xt, t * _TR_COLS, min(cols, (t + 1) * _TR_COLS), 0, False)
     bounds = _task_bounds(indptr, _lanes(x))
     for t in prange(bounds.size - 1):
-        _spmm_rows(data, None, indices, indptr, xt, bounds[t], bounds[t + 1], out, accumulate)
+        spmm_rows(data, None, indices, indptr, xt, bounds[t], bounds[t + 1], out, accumulate)
 
 
 @njit(parallel=True, cache=True)
@@ -446,27 +446,27 @@ def csr_matmul_t(data, t_perm, t_indices, t_indptr, dy, out, accumulate):
     cols = out.shape[1]
     dyt = _alloc_transposed(dy)
     if _small(data.size, m, rows, cols):
-        _transpose_cols(dy, dyt, 0, rows, 0, False)
-        _spmm_rows(data, t_perm, t_indices, t_indptr, dyt, 0, cols, out, accumulate)
+        transpose_cols(dy, dyt, 0, rows, 0, False)
+        spmm_rows(data, t_perm, t_indices, t_indptr, dyt, 0, cols, out, accumulate)
         return
     for t in prange(_n_col_tasks(rows)):
-        _transpose_cols(dy, dyt, t * _TR_COLS, min(rows, (t + 1) * _TR_COLS), 0, False)
+        transpose_cols(dy, dyt, t * _TR_COLS, min(rows, (t + 1) * _TR_COLS), 0, False)
     bounds = _task_bounds(t_indptr, _lanes(dy))
     for t in prange(bounds.size - 1):
-        _spmm_rows(data, t_perm, t_indices, t_indptr, dyt, bounds[t], bounds[t + 1], out,
-                   accumulate)
+        spmm_rows(data, t_perm, t_indices, t_indptr, dyt, bounds[t], bounds[t + 1], out,
+                  accumulate)
 
 
 @njit(parallel=True, cache=True)
 def _transposed_padded(x):
-    """x (M, C) transposed to (C, Mp), zero padded (see _transpose_cols)."""
+    """x (M, C) transposed to (C, Mp), zero padded (see transpose_cols)."""
     xt = _alloc_transposed(x)
     cols = x.shape[1]
     if x.size < _SMALL_WORK:
-        _transpose_cols(x, xt, 0, cols, 0, True)
+        transpose_cols(x, xt, 0, cols, 0, True)
         return xt
     for t in prange(_n_col_tasks(cols)):
-        _transpose_cols(x, xt, t * _TR_COLS, min(cols, (t + 1) * _TR_COLS), 0, True)
+        transpose_cols(x, xt, t * _TR_COLS, min(cols, (t + 1) * _TR_COLS), 0, True)
     return xt
 
 
