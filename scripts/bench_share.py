@@ -74,7 +74,8 @@ def main():
         ours.append(n * len(chunk) / (time.perf_counter() - start))
         bound.sample()
     mine, limit = statistics.median(ours), bound.tokens_per_s()
-    print(f"{root}: ours {mine:,.0f} tokens/s, softmax bound {limit:,.0f}, share {mine / limit:.3f}")
+    print(f"{root}: ours {mine:,.0f} tokens/s, softmax bound {limit:,.0f}, "
+          f"share {mine / limit:.3f}")
 
 
 if __name__ == "__main__":

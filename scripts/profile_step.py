@@ -6,9 +6,9 @@
 Builds our model for a bench_train configuration (small, medium, large, h1500, h1500-d0.0005
 or H:D), runs a few warm-up steps on random tokens, then --reps repetitions of --steps steps
 with each function of the CPU backend (kernels/__init__.py: KERNELS) and the CSR products that
-CSRMatrix calls wrapped by a timer; GEMMs are reported per shape. Prints the median step time, then the median per-step time of each
-operation, largest first, and what the wrappers did not see (Python between the calls). The
-wrappers add about a microsecond per call.
+CSRMatrix calls wrapped by a timer; GEMMs are reported per shape. Prints the median step time,
+then the median per-step time of each operation, largest first, and what the wrappers did not
+see (Python between the calls). The wrappers add about a microsecond per call.
 """
 
 import argparse
