@@ -268,20 +268,21 @@ class CSRMatrix:
         rows multiplying x2 into the same y (W_x beside W_h): out2 (other.nnz,) gets its
         gradient from the same pass over dy (same accumulate; out2 must be given).
         """
-        kern, args = _kernels_for(dy), self._sddmm_args(dy, x, out, accumulate)
+        kern, args = self._sddmm_args(dy, x, out, accumulate)
         if col_sums is not None:
             self._check_col_sums(col_sums, self.shape[0])
         if pair is not None:
             other, x2, out2 = pair
             if other.shape[0] != self.shape[0] or other.dtype != self.dtype or out2 is None:
                 raise ValueError(f"pair: {other} with an out2 array must match {self}")
-            indices2, indptr2, _, x2, out2, _ = other._sddmm_args(dy, x2, out2, accumulate)
+            _, (indices2, indptr2, _, x2, out2, _) = other._sddmm_args(dy, x2, out2, accumulate)
             pair = (indices2, indptr2, x2, out2)
         kern.csr_sddmm(*args, col_sums, pair)
         return args[4]
 
     def _sddmm_args(self, dy, x, out, accumulate):
-        """(indices, indptr, dy, x, out, accumulate) for csr_sddmm, checked."""
+        """The kernel module and (indices, indptr, dy, x, out, accumulate) for its csr_sddmm,
+        checked."""
         rows, cols = self.shape
         self._check_operand("dy", dy, rows)
         self._check_operand("x", x, cols)
@@ -290,7 +291,7 @@ class CSRMatrix:
         kern = _kernels_for(dy)
         out, acc = self._prepare_out(kern, out, (self.nnz,), accumulate)
         indices, indptr, _, _, _ = self._pattern(kern)
-        return indices, indptr, dy, x, out, acc
+        return kern, (indices, indptr, dy, x, out, acc)
 
     def _check_col_sums(self, col_sums, rows):
         if tuple(col_sums.shape) != (rows,) or np.dtype(col_sums.dtype) != self.dtype:

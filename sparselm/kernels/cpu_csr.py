@@ -248,9 +248,12 @@ def transpose_cols(a, at, s0, s1, row0, pad):
                 tail[j] = 0
 
 
-@njit(cache=True)
-def _n_col_tasks(n_cols):
-    return (n_cols + _TR_COLS - 1) // _TR_COLS
+@njit(parallel=True, cache=True)
+def _transpose_all(a, at, pad):
+    """transpose_cols over all of a's columns, in parallel ranges of _TR_COLS columns."""
+    n_cols = a.shape[1]
+    for t in prange((n_cols + _TR_COLS - 1) // _TR_COLS):
+        transpose_cols(a, at, t * _TR_COLS, min(n_cols, (t + 1) * _TR_COLS), 0, pad)
 
 
 @njit(cache=True)
@@ -427,8 +430,7 @@ def csr_matmul(data, indices, indptr, x, out, accumulate):
         transpose_cols(x, xt, 0, cols, 0, False)
         spmm_rows(data, None, indices, indptr, xt, 0, rows, out, accumulate)
         return
-    for t in prange(_n_col_tasks(cols)):
-        transpose_cols(x, xt, t * _TR_COLS, min(cols, (t + 1) * _TR_COLS), 0, False)
+    _transpose_all(x, xt, False)
     bounds = _task_bounds(indptr, _lanes(x))
     for t in prange(bounds.size - 1):
         spmm_rows(data, None, indices, indptr, xt, bounds[t], bounds[t + 1], out, accumulate)
@@ -449,24 +451,21 @@ def csr_matmul_t(data, t_perm, t_indices, t_indptr, dy, out, accumulate):
         transpose_cols(dy, dyt, 0, rows, 0, False)
         spmm_rows(data, t_perm, t_indices, t_indptr, dyt, 0, cols, out, accumulate)
         return
-    for t in prange(_n_col_tasks(rows)):
-        transpose_cols(dy, dyt, t * _TR_COLS, min(rows, (t + 1) * _TR_COLS), 0, False)
+    _transpose_all(dy, dyt, False)
     bounds = _task_bounds(t_indptr, _lanes(dy))
     for t in prange(bounds.size - 1):
         spmm_rows(data, t_perm, t_indices, t_indptr, dyt, bounds[t], bounds[t + 1], out,
                   accumulate)
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True)
 def _transposed_padded(x):
     """x (M, C) transposed to (C, Mp), zero padded (see transpose_cols)."""
     xt = _alloc_transposed(x)
-    cols = x.shape[1]
     if x.size < _SMALL_WORK:
-        transpose_cols(x, xt, 0, cols, 0, True)
-        return xt
-    for t in prange(_n_col_tasks(cols)):
-        transpose_cols(x, xt, t * _TR_COLS, min(cols, (t + 1) * _TR_COLS), 0, True)
+        transpose_cols(x, xt, 0, x.shape[1], 0, True)
+    else:
+        _transpose_all(x, xt, True)
     return xt
 
 
