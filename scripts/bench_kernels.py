@@ -13,7 +13,8 @@ precomputed transpose where it helps, and are timed the same way. scipy.sparse i
 and has no SDDMM; torch.sparse uses MKL on its own threads (sampled_addmm for the SDDMM); dense is
 NumPy's BLAS (the full dy^T x for the gradient). Time per call is the median of --reps
 repetitions, each looping the call for about --target-ms; repetitions of ours and the peers
-are interleaved, each after a short sleep (see `compare`). GFLOP/s = 2 * nnz * M / time.
+are interleaved, each after a short sleep, and x_peer is the median of the ratios within each
+round of repetitions (see `compare`). GFLOP/s = 2 * nnz * M / time.
 Ends with one JSON line summarising the run.
 """
 
@@ -78,22 +79,42 @@ def _calibrate(fn, target_s):
         n *= 4
 
 
-def compare(fns, reps, target_s):
-    """{name: median seconds per call} for {name: [formulations]}, the fastest formulation kept.
+# After its work torch's OpenMP threads spin for up to ~200 ms, holding both cores: the next
+# repetition (ours, first in each round) waits this long after a library with its own threads.
+_SPIN_S = 0.25
 
-    Repetitions are interleaved across all formulations, so a burst of load from elsewhere hits
-    every library alike instead of one of them; each starts after a short sleep that lets the
-    previous library's spinning threads go to sleep.
+
+def compare(fns, reps, target_s):
+    """{name: median seconds per call}, plus "x_peer": the median over rounds of (best peer's
+    time / ours) within the round; for {name: [formulations]}, each name's fastest kept.
+
+    A round times every formulation once, back to back, ours first; rounds repeat `reps`
+    times. The host's speed drifts by up to 2x over seconds (other guests), and a ratio of
+    two times taken milliseconds apart cancels most of that, where a ratio of medians taken
+    at different moments does not. Each timing starts after a short sleep that lets the
+    previous library's threads go idle.
     """
     flat = [(name, f) for name, fs in fns.items() for f in fs]
     loops = [_calibrate(f, target_s) for _, f in flat]
     samples = [[] for _ in flat]
+    threaded = "torch" in fns
     for _ in range(reps):
         for (_, f), n, got in zip(flat, loops, samples):
             time.sleep(min(0.03, target_s * 5))
             got.append(_loop(f, n) / n)
+        if threaded:
+            time.sleep(_SPIN_S)
     medians = [statistics.median(got) for got in samples]
-    return {name: min(m for (n, _), m in zip(flat, medians) if n == name) for name in fns}
+    best = {}                                   # name -> samples of its fastest formulation
+    for (name, _), med, got in zip(flat, medians, samples):
+        if name not in best or med < statistics.median(best[name]):
+            best[name] = got
+    out = {name: statistics.median(got) for name, got in best.items()}
+    peers = [got for name, got in best.items() if name in ("scipy", "torch")]
+    if "ours" in best and peers:
+        out["x_peer"] = statistics.median(min(p[i] for p in peers) / best["ours"][i]
+                                          for i in range(reps))
+    return out
 
 
 def peers(np, sp, torch, w, x, dy):
@@ -165,9 +186,9 @@ def measure(args, np, sp, torch, csr_random):
 
 
 def derived(row):
+    """(GFLOP/s, x best peer (paired, see compare), x dense) of one result row."""
     flops = 2.0 * row["nnz"] * row["M"]
-    peer = min(t for t in (row["scipy"], row["torch"]) if t is not None)
-    return flops / row["ours"] / 1e9, peer / row["ours"], row["dense"] / row["ours"]
+    return flops / row["ours"] / 1e9, row["x_peer"], row["dense"] / row["ours"]
 
 
 def fmt_us(t):

@@ -221,43 +221,53 @@ class CSRMatrix:
         if a.shape[1] != cols:
             raise ValueError(f"{name} has shape {tuple(a.shape)}, expected (M, {cols})")
 
-    def _prepare_out(self, kern, out, shape, accumulate):
+    def _prepare_out(self, kern, out, shape, accumulate, feature_major=False):
+        """(out, accumulate, out_rows) for the kernel: out_rows False, or with feature_major an
+        F-contiguous out (M, X) is also accepted and passed as its (X, M) C-contiguous view."""
         if out is None:
             empty = getattr(kern, "empty", np.empty)
-            return empty(shape, dtype=self.dtype), False
+            out, accumulate = empty(shape, dtype=self.dtype), False
         if tuple(out.shape) != tuple(shape):
             raise ValueError(f"out has shape {tuple(out.shape)}, expected {tuple(shape)}")
         if np.dtype(out.dtype) != self.dtype:
             raise ValueError(f"out has dtype {out.dtype}, the matrix has {self.dtype}")
-        if not out.flags["C_CONTIGUOUS"]:
-            raise ValueError("out must be C-contiguous")
-        return out, bool(accumulate)
+        if out.flags["C_CONTIGUOUS"]:
+            return out, bool(accumulate), False
+        if feature_major and out.flags["F_CONTIGUOUS"]:
+            view = getattr(kern, "transposed_view", lambda a: a.T)
+            return view(out), bool(accumulate), True
+        raise ValueError("out must be C-contiguous" + (" or F-contiguous" if feature_major else ""))
 
     def matmul(self, x, out=None, accumulate=False):
         """out (M, R) = x @ W^T (or += when accumulate).
 
-        x: (M, C) the matrix's float dtype, C-contiguous; out: None or (M, R) likewise.
+        x: (M, C) the matrix's float dtype, C-contiguous; out: None or (M, R) likewise, or
+        F-contiguous (the transpose of a C-contiguous (R, M): feature-major activations),
+        which the CPU kernel writes straight from its registers, with no transposes.
         """
         rows, cols = self.shape
         self._check_operand("x", x, cols)
         kern = _kernels_for(x)
-        out, acc = self._prepare_out(kern, out, (x.shape[0], rows), accumulate)
+        target, acc, out_rows = self._prepare_out(kern, out, (x.shape[0], rows), accumulate,
+                                                  feature_major=True)
         indices, indptr, _, _, _ = self._pattern(kern)
-        kern.csr_matmul(self.data, indices, indptr, x, out, acc)
-        return out
+        kern.csr_matmul(self.data, indices, indptr, x, target, acc, out_rows)
+        return target if out is None else out
 
     def matmul_t(self, dy, out=None, accumulate=False):
         """out (M, C) = dy @ W (or += when accumulate), through the transpose pattern.
 
-        dy: (M, R) the matrix's float dtype, C-contiguous; out: None or (M, C) likewise.
+        dy: (M, R) the matrix's float dtype, C-contiguous; out: None or (M, C) likewise, or
+        F-contiguous (see matmul).
         """
         rows, cols = self.shape
         self._check_operand("dy", dy, rows)
         kern = _kernels_for(dy)
-        out, acc = self._prepare_out(kern, out, (dy.shape[0], cols), accumulate)
+        target, acc, out_rows = self._prepare_out(kern, out, (dy.shape[0], cols), accumulate,
+                                                  feature_major=True)
         _, _, t_indices, t_indptr, t_perm = self._pattern(kern)
-        kern.csr_matmul_t(self.data, t_perm, t_indices, t_indptr, dy, out, acc)
-        return out
+        kern.csr_matmul_t(self.data, t_perm, t_indices, t_indptr, dy, target, acc, out_rows)
+        return target if out is None else out
 
     def sddmm(self, dy, x, out=None, accumulate=False, col_sums=None, pair=None):
         """out (N,)[k] = sum_m dy[m, row_k] * x[m, col_k] (or += when accumulate): dL/d data.
@@ -289,7 +299,7 @@ class CSRMatrix:
         if dy.shape[0] != x.shape[0]:
             raise ValueError(f"dy has {dy.shape[0]} rows but x has {x.shape[0]}")
         kern = _kernels_for(dy)
-        out, acc = self._prepare_out(kern, out, (self.nnz,), accumulate)
+        out, acc, _ = self._prepare_out(kern, out, (self.nnz,), accumulate)
         indices, indptr, _, _, _ = self._pattern(kern)
         return kern, (indices, indptr, dy, x, out, acc)
 

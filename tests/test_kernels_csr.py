@@ -46,11 +46,22 @@ def references(w, x, dy):
             "sddmm": ((dy, x), naive.csr_sddmm_ref(w.indices, w.indptr, w.shape, dy, x))}
 
 
-def check_products(be, w, m, rng, accumulate=None, values_on_backend=False):
+def fortran(be, a):
+    """a as an F-contiguous array on the backend (the backend's `dev` makes C-contiguous ones)."""
+    if be.name == "cpu":
+        return np.array(a, order="F")          # a copy, even when a is F-contiguous already
+    from numba import cuda
+
+    return cuda.to_device(np.array(a, order="F"))
+
+
+def check_products(be, w, m, rng, accumulate=None, values_on_backend=False, feature_major=False):
     """w's three CSRMatrix products with M = m random rows on the backend, against the references.
 
     accumulate None: no `out` given; False / True: a random `out` is given and must be
-    overwritten / added to. values_on_backend: w's values are moved to the backend first.
+    overwritten / added to; feature_major: that `out` is F-contiguous for the two products
+    (matmul, matmul_t) that take one. values_on_backend: w's values are moved to the backend
+    first.
     """
     rows, cols = w.shape
     x = rng.standard_normal((m, cols)).astype(w.dtype)
@@ -62,7 +73,7 @@ def check_products(be, w, m, rng, accumulate=None, values_on_backend=False):
             res = getattr(matrix, name)(*args)
         else:
             start = rng.standard_normal(ref.shape).astype(w.dtype)
-            out = be.dev(start)
+            out = fortran(be, start) if feature_major and name != "sddmm" else be.dev(start)
             res = getattr(matrix, name)(*args, out=out, accumulate=accumulate)
             assert res is out, name
             ref = ref + start if accumulate else ref
@@ -118,6 +129,19 @@ def test_products_into_given_out(kernel_backend, dtype, accumulate):
     w = csr_random(rows, cols, 0.2, rng, mask="uniform", dtype=dtype)
     for m in batches:
         check_products(kernel_backend, w, m, rng, accumulate=accumulate)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("accumulate", [False, True], ids=["overwrite", "accumulate"])
+def test_products_into_feature_major_out(kernel_backend, dtype, accumulate):
+    """An F-contiguous out (the transpose of an (R, M) array) is written in place, on both sides
+    of the SIMD width and past several row blocks; a 1-row batch is both C- and F-contiguous."""
+    rng = np.random.default_rng(8)
+    rows, cols, batches = pick(kernel_backend, (150, 40, (1, 15, 16, 20, 70, 300)), (9, 6, (1, 7)))
+    for mask, density in (("uniform", 0.2), ("fanin", 0.01)):
+        w = csr_random(rows, cols, density, rng, mask=mask, dtype=dtype)
+        for m in batches:
+            check_products(kernel_backend, w, m, rng, accumulate=accumulate, feature_major=True)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

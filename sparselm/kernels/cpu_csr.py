@@ -33,13 +33,15 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .simd import data_ptr, fma, hsum, load, plus, shuffle, splat, store, times, vec_type
+from .simd import aligned_empty, data_ptr, fma, hsum, lane_mask, load, masked_load, masked_store
+from .simd import plus, shuffle, splat, store, times, vec_type
 from .simd import lanes as _lanes
 
 # Row ranges per call: several per thread so work-stealing absorbs uneven rows and noisy cores.
 # A constant, because numba.get_num_threads() inside a kernel defeats the on-disk cache.
 _MAX_TASKS = 32
-_SMALL_WORK = 1 << 16  # below this many multiply-adds and moves a call runs on one thread
+_SMALL_WORK = 1 << 18  # below this many multiply-adds and moves a call runs on one thread
+_SERIAL_TRANSPOSE = 1 << 16  # operands of fewer elements are transposed on one thread
 
 # ---------------------------------------------------------------------------------------------
 # explicit SIMD (kernels/simd.py): intrinsics on flat element offsets into C-contiguous arrays.
@@ -68,22 +70,28 @@ def _member_arrays(context, builder, tuple_type, value):
 
 
 def _make_rows_kernel(n_regs):
-    """Intrinsic rows(dst, d_off, vals, perm, cols, ptr, r0, n_rows, src, s_off, second).
+    """Intrinsic rows(dst, d_off, vals, perm, cols, ptr, r0, n_rows, src, s_off, second, n_valid,
+    accumulate).
 
     For each row r = r0 + i of a CSR matrix (vals, cols, ptr), i < n_rows, and l < n_regs * L:
-    dst[i, d_off + l] = sum_{k=ptr[r]}^{ptr[r+1]-1} v_k * src[cols[k], s_off + l], with
-    v_k = vals[k], or vals[perm[k]] when perm is an array (W^T's values read in place from
-    W's, no permuted copy). dst (n_rows or more, Mp) and src (S, Mp) are C-contiguous. The
-    n_regs accumulators stay in registers across all entries of a row. second: None, or
+    dst.flat[d_off + i * D + l] = sum_{k=ptr[r]}^{ptr[r+1]-1} v_k * src[cols[k], s_off + l],
+    with v_k = vals[k], or vals[perm[k]] when perm is an array (W^T's values read in place from
+    W's, no permuted copy); dst (.., D) and src (S, Mp) are C-contiguous. The n_regs
+    accumulators stay in registers across all entries of a row. second: None, or
     (vals2, cols2, ptr2, src2), a second CSR matrix of the same rows whose row r adds
     sum_k vals2[k] * src2[cols2[k], s_off + l] to the same accumulators (src2 (S2, Mp)).
+    n_valid, accumulate: None (whole registers are stored: dst is a padded tile), or an
+    integer and a bool: only lanes with s_off + l < n_valid are written (masked stores, so
+    dst may be an unpadded output), added to what they hold when accumulate.
     """
 
     @intrinsic
-    def rows(typingctx, dst, d_off, vals, perm, cols, ptr, r0, n_rows, src, s_off, second):
+    def rows(typingctx, dst, d_off, vals, perm, cols, ptr, r0, n_rows, src, s_off, second,
+             n_valid, accumulate):
         i = types.intp
         direct = isinstance(perm, types.NoneType)
         paired = not isinstance(second, types.NoneType)
+        masked = not isinstance(n_valid, types.NoneType)
 
         def codegen(context, builder, sig, args):
             vty = vec_type(context, sig.args[0].dtype)
@@ -96,6 +104,11 @@ def _make_rows_kernel(n_regs):
                 (pv2, _), (pc2, _), (pr2, _), (ps2, s2_stride) = _member_arrays(
                     context, builder, sig.args[10], args[10])
                 sets.append((pv2, None, pc2, pr2, ps2, s2_stride))
+            if masked:
+                n_valid = context.cast(builder, args[11], sig.args[11], i)
+                left = builder.sub(n_valid, s_off)           # valid lanes from s_off on
+                masks = [lane_mask(builder, plus(builder, left, -g * vty.count), vty)
+                         for g in range(n_regs)]
             zero = ir.Constant(vty, None)
             accs = [cgutils.alloca_once_value(builder, zero) for _ in range(n_regs)]
             with cgutils.for_range(builder, n_rows) as row:
@@ -116,10 +129,18 @@ def _make_rows_kernel(n_regs):
                             builder.store(fma(builder, v, x, builder.load(acc)), acc)
                 out = builder.add(builder.mul(row.index, d_stride), d_off)
                 for g, acc in enumerate(accs):
-                    store(builder, builder.load(acc), pd, plus(builder, out, g * vty.count), vty)
+                    at = plus(builder, out, g * vty.count)
+                    if not masked:
+                        store(builder, builder.load(acc), pd, at, vty)
+                        continue
+                    with builder.if_then(args[12]):
+                        old = masked_load(builder, pd, at, vty, masks[g])
+                        builder.store(builder.fadd(builder.load(acc), old), acc)
+                    masked_store(builder, builder.load(acc), pd, at, vty, masks[g])
             return context.get_dummy_value()
 
-        return types.void(dst, i, vals, perm, cols, ptr, i, i, src, i, second), codegen
+        return (types.void(dst, i, vals, perm, cols, ptr, i, i, src, i, second, n_valid,
+                           accumulate), codegen)
 
     return rows
 
@@ -211,9 +232,9 @@ _TR_COLS = 64  # columns per transpose task (a multiple of L for both dtypes)
 
 @njit(cache=True)
 def _alloc_transposed(a):
-    """Uninitialised (S, Mp) for a (M, S): Mp = M rounded up to a multiple of L."""
+    """Uninitialised (S, Mp), 64-byte aligned, for a (M, S): Mp = M rounded up to whole L."""
     lanes = _lanes(a)
-    return np.empty((a.shape[1], (a.shape[0] + lanes - 1) // lanes * lanes), dtype=a.dtype)
+    return aligned_empty(a.shape[1], (a.shape[0] + lanes - 1) // lanes * lanes, a)
 
 
 @njit(cache=True)
@@ -279,40 +300,46 @@ def _task_bounds(indptr, step):
 
 
 @njit(cache=True, inline="always")
-def _row_passes(tile, d_off, vals, perm, cols, ptr, r0, n_rows, src, second):
-    """tile.flat[i*Mp + d_off + l] for i < n_rows, l < Mp - d_off: see _tile_product."""
+def _row_passes(dst, d_off, vals, perm, cols, ptr, r0, n_rows, src, second, n_valid,
+                accumulate):
+    """dst.flat[d_off + i*D + l] for i < n_rows, l < Mp: see _tile_product."""
     lanes = _lanes(src)
     n_regs = src.shape[1] // lanes
     g = 0
     while g + 4 <= n_regs:
-        _rows4(tile, d_off + g * lanes, vals, perm, cols, ptr, r0, n_rows, src, g * lanes,
-                second)
+        _rows4(dst, d_off + g * lanes, vals, perm, cols, ptr, r0, n_rows, src, g * lanes,
+               second, n_valid, accumulate)
         g += 4
     if g + 2 <= n_regs:
-        _rows2(tile, d_off + g * lanes, vals, perm, cols, ptr, r0, n_rows, src, g * lanes,
-                second)
+        _rows2(dst, d_off + g * lanes, vals, perm, cols, ptr, r0, n_rows, src, g * lanes,
+               second, n_valid, accumulate)
         g += 2
     if g < n_regs:
-        _rows1(tile, d_off + g * lanes, vals, perm, cols, ptr, r0, n_rows, src, g * lanes,
-                second)
+        _rows1(dst, d_off + g * lanes, vals, perm, cols, ptr, r0, n_rows, src, g * lanes,
+               second, n_valid, accumulate)
 
 
 @njit(cache=True, inline="always")
-def _tile_product(tile, vals, perm, cols, ptr, r0, n_rows, src, second):
-    """tile[i, :] = sum_k v_k * src[cols[k], :] over the entries k of row r0 + i, i < n_rows.
+def _tile_product(dst, d_off, vals, perm, cols, ptr, r0, n_rows, src, second, n_valid,
+                  accumulate):
+    """dst.flat[d_off + i*D : ... + Mp] = sum_k v_k * src[cols[k], :] over the entries k of row
+    r0 + i, i < n_rows (D: dst's row length).
 
-    v_k = vals[k], or vals[perm[k]] when perm is not None. tile: (L, Mp) float; vals: (N,)
-    float; perm: None or (N,) int32; cols: (N,) int32; ptr: (R+1,) int32; src: (S, Mp) float;
-    second: None or a second matrix and source (vals2, cols2, ptr2, src2) adding to each row.
-    A batch of up to 4 registers takes one pass over the tile's rows. A wider one needs
-    several passes (4 registers each), made row by row so that the rows of src a row reads
-    are still in L1 for its next pass.
+    v_k = vals[k], or vals[perm[k]] when perm is not None. vals: (N,) float; perm: None or
+    (N,) int32; cols: (N,) int32; ptr: (R+1,) int32; src: (S, Mp) float; second: None or a
+    second matrix and source (vals2, cols2, ptr2, src2) adding to each row. dst: a tile
+    (L, Mp) with n_valid, accumulate None; or the output's rows, (.., D), with n_valid = D
+    lanes written per row (masked), added to when accumulate. A batch of up to 4 registers
+    takes one pass over the rows. A wider one needs several passes (4 registers each), made
+    row by row so that the rows of src a row reads are still in L1 for its next pass.
     """
     if src.shape[1] <= 4 * _lanes(src):
-        _row_passes(tile, 0, vals, perm, cols, ptr, r0, n_rows, src, second)
+        _row_passes(dst, d_off, vals, perm, cols, ptr, r0, n_rows, src, second, n_valid,
+                    accumulate)
     else:
         for i in range(n_rows):
-            _row_passes(tile, i * src.shape[1], vals, perm, cols, ptr, r0 + i, 1, src, second)
+            _row_passes(dst, d_off + i * dst.shape[1], vals, perm, cols, ptr, r0 + i, 1, src,
+                        second, n_valid, accumulate)
 
 
 @njit(cache=True, inline="always")
@@ -351,11 +378,25 @@ def spmm_rows(vals, perm, cols, ptr, xt, row_lo, row_hi, out, accumulate, second
     or (vals2, cols2, ptr2, x2t) adding x2 @ A2[row_lo:row_hi]^T (A2 of the same rows).
     """
     lanes = _lanes(xt)
-    tile = np.empty((lanes, xt.shape[1]), dtype=xt.dtype)
+    tile = aligned_empty(lanes, xt.shape[1], xt)
     for r0 in range(row_lo, row_hi, lanes):
         n_rows = min(lanes, row_hi - r0)
-        _tile_product(tile, vals, perm, cols, ptr, r0, n_rows, xt, second)
+        _tile_product(tile, 0, vals, perm, cols, ptr, r0, n_rows, xt, second, None, None)
         _store_tile(tile, n_rows, out, r0, accumulate)
+
+
+@njit(cache=True)
+def spmm_rows_out(vals, perm, cols, ptr, xt, row_lo, row_hi, out_rows, accumulate):
+    """out_rows[row_lo:row_hi] (+)= (x @ A[row_lo:row_hi]^T)^T: spmm_rows with the result in
+    feature-major layout, written straight from the registers (no transposes).
+
+    out_rows: (R, M) float, C-contiguous; the other arguments as for spmm_rows.
+    """
+    m = out_rows.shape[1]
+    lanes = _lanes(xt)
+    for r0 in range(row_lo, row_hi, lanes):
+        _tile_product(out_rows, r0 * m, vals, perm, cols, ptr, r0, min(lanes, row_hi - r0), xt,
+                      None, m, accumulate)
 
 
 @njit(cache=True, inline="always")
@@ -389,7 +430,7 @@ def _sddmm_rows(indices, indptr, dy, xt, row_lo, row_hi, out, accumulate, col_su
     """
     lanes = _lanes(xt)
     mp = xt.shape[1]
-    blk = np.empty((lanes, mp), dtype=xt.dtype)
+    blk = aligned_empty(lanes, mp, xt)
     ones = np.ones(mp, dtype=xt.dtype)
     for r0 in range(row_lo, row_hi, lanes):
         r1 = min(r0 + lanes, row_hi)
@@ -416,57 +457,65 @@ def _small(nnz, m, rows, cols):
     return nnz * m + m * (rows + cols) < _SMALL_WORK
 
 
+@njit(cache=True, inline="always")
+def _rows_into(vals, perm, cols, ptr, at, lo, hi, out, accumulate, out_rows):
+    if out_rows:
+        spmm_rows_out(vals, perm, cols, ptr, at, lo, hi, out, accumulate)
+    else:
+        spmm_rows(vals, perm, cols, ptr, at, lo, hi, out, accumulate)
+
+
 @njit(parallel=True, cache=True)
-def csr_matmul(data, indices, indptr, x, out, accumulate):
+def _spmm(vals, perm, cols, ptr, a, out, accumulate, out_rows):
+    """out (+)= a @ A^T for A (R', S) = (vals[perm], cols, ptr) in CSR, a: (M, S); out: (M, R'),
+    or (R', M) holding the result transposed when out_rows. Threads own ranges of A's rows."""
+    m, width = a.shape
+    n_rows = ptr.size - 1
+    at = _transposed(a, False)
+    if _small(vals.size, m, n_rows, width):
+        _rows_into(vals, perm, cols, ptr, at, 0, n_rows, out, accumulate, out_rows)
+        return
+    bounds = _task_bounds(ptr, _lanes(a))
+    for t in prange(bounds.size - 1):
+        _rows_into(vals, perm, cols, ptr, at, bounds[t], bounds[t + 1], out, accumulate,
+                   out_rows)
+
+
+@njit(cache=True)
+def csr_matmul(data, indices, indptr, x, out, accumulate, out_rows=False):
     """out (M, R) = x @ W^T, or out += x @ W^T when accumulate.
 
     W (R, C) in CSR: data (N,) float32|float64, indices (N,) int32, indptr (R+1,) int32.
-    x: (M, C) same dtype, C-contiguous; out: (M, R) same dtype, C-contiguous.
+    x: (M, C) same dtype, C-contiguous; out: (M, R) same dtype, C-contiguous, or when
+    out_rows (R, M) C-contiguous receiving the result transposed (feature-major), which is
+    written straight from registers.
     """
-    m, cols = x.shape
-    rows = out.shape[1]
-    xt = _alloc_transposed(x)
-    if _small(data.size, m, rows, cols):
-        transpose_cols(x, xt, 0, cols, 0, False)
-        spmm_rows(data, None, indices, indptr, xt, 0, rows, out, accumulate)
-        return
-    _transpose_all(x, xt, False)
-    bounds = _task_bounds(indptr, _lanes(x))
-    for t in prange(bounds.size - 1):
-        spmm_rows(data, None, indices, indptr, xt, bounds[t], bounds[t + 1], out, accumulate)
+    _spmm(data, None, indices, indptr, x, out, accumulate, out_rows)
 
 
-@njit(parallel=True, cache=True)
-def csr_matmul_t(data, t_perm, t_indices, t_indptr, dy, out, accumulate):
+@njit(cache=True)
+def csr_matmul_t(data, t_perm, t_indices, t_indptr, dy, out, accumulate, out_rows=False):
     """out (M, C) = dy @ W, or out += dy @ W when accumulate, without atomics.
 
     Row c of W^T holds entries k in t_indptr[c]:t_indptr[c+1] with row index t_indices[k] of W
     and value data[t_perm[k]]. data: (N,) float32|float64; t_perm, t_indices: (N,) int32;
-    t_indptr: (C+1,) int32; dy: (M, R) same dtype, C-contiguous; out: (M, C) likewise.
+    t_indptr: (C+1,) int32; dy: (M, R) same dtype, C-contiguous; out: (M, C) likewise, or
+    when out_rows (C, M) receiving the result transposed.
     """
-    m, rows = dy.shape
-    cols = out.shape[1]
-    dyt = _alloc_transposed(dy)
-    if _small(data.size, m, rows, cols):
-        transpose_cols(dy, dyt, 0, rows, 0, False)
-        spmm_rows(data, t_perm, t_indices, t_indptr, dyt, 0, cols, out, accumulate)
-        return
-    _transpose_all(dy, dyt, False)
-    bounds = _task_bounds(t_indptr, _lanes(dy))
-    for t in prange(bounds.size - 1):
-        spmm_rows(data, t_perm, t_indices, t_indptr, dyt, bounds[t], bounds[t + 1], out,
-                  accumulate)
+    _spmm(data, t_perm, t_indices, t_indptr, dy, out, accumulate, out_rows)
 
 
 @njit(cache=True)
-def _transposed_padded(x):
-    """x (M, C) transposed to (C, Mp), zero padded (see transpose_cols)."""
-    xt = _alloc_transposed(x)
-    if x.size < _SMALL_WORK:
-        transpose_cols(x, xt, 0, x.shape[1], 0, True)
+def _transposed(a, pad):
+    """a (M, S) transposed to (S, Mp) (see transpose_cols), zero padded when pad. A small
+    operand is transposed on the calling thread: a parallel region costs more than the copy
+    (2-20 us to wake the pool, depending on the host's load)."""
+    at = _alloc_transposed(a)
+    if a.size < _SERIAL_TRANSPOSE:
+        transpose_cols(a, at, 0, a.shape[1], 0, pad)
     else:
-        _transpose_all(x, xt, True)
-    return xt
+        _transpose_all(a, at, pad)
+    return at
 
 
 @njit(parallel=True, cache=True)
@@ -495,11 +544,11 @@ def csr_sddmm(indices, indptr, dy, x, out, accumulate, col_sums=None, pair=None)
     pair: None, or (indices2, indptr2, x2, out2) of a second matrix W2 (R, C2) of the same rows
     and the same dy (W_x next to W_h of one gate layer): out2 likewise, from the same blocks.
     """
-    xt = _transposed_padded(x)
+    xt = _transposed(x, True)
     if pair is None:
         _sddmm_tasks(indices, indptr, dy, xt, out, accumulate, col_sums, None, indptr, out.size)
     else:
         indices2, indptr2, x2, out2 = pair
         _sddmm_tasks(indices, indptr, dy, xt, out, accumulate, col_sums,
-                     (indices2, indptr2, _transposed_padded(x2), out2), indptr + indptr2,
+                     (indices2, indptr2, _transposed(x2, True), out2), indptr + indptr2,
                      out.size + out2.size)

@@ -19,7 +19,7 @@ from numba import njit, prange
 
 from .cpu import FAST, cell_backward_row, cell_forward_row
 from .cpu_csr import spmm_rows, transpose_cols
-from .simd import lanes
+from .simd import aligned_empty, lanes
 
 
 @njit(cache=True, inline="always")
@@ -63,9 +63,9 @@ def csr_lstm_forward(x, w_x, w_h, bias, hs, cs, gates, tanh_c):
         b0, b1 = _chunk(nb, chunk, n_chunks)
         x_win = np.zeros((width, ni), x.dtype)       # x_t of the chunk, zero-padded
         h_win = np.zeros((width, nh), x.dtype)       # h_{t-1} likewise
-        x_t = np.empty((ni, width), x.dtype)         # ... transposed: batch in SIMD lanes
-        h_t = np.empty((nh, width), x.dtype)
-        rec = np.empty((width, ng), x.dtype)         # x_t W_x^T + h_{t-1} W_h^T of the window
+        x_t = aligned_empty(ni, width, x)           # ... transposed: batch in SIMD lanes
+        h_t = aligned_empty(nh, width, x)
+        rec = aligned_empty(width, ng, x)           # x_t W_x^T + h_{t-1} W_h^T of the window
         for t in range(steps):
             for i in range(b1 - b0):
                 _copy_row(x_win[i], x[t, b0 + i])
@@ -106,9 +106,9 @@ def csr_lstm_backward(dout, dh_last, dc_last, gates, cs, tanh_c, w_x_t, w_h_t, d
         dh_rec = np.empty((nb, nh), dout.dtype)      # rows b0:b1 used (batch row numbers)
         dc = np.empty((2, nb, nh), dout.dtype)       # ping-pong: dc_t in, dc_{t-1} out
         dg_win = np.zeros((width, ng), dout.dtype)   # dgates[t] of the chunk, zero-padded
-        dg_t = np.empty((ng, width), dout.dtype)     # ... transposed
-        dh_win = np.empty((width, nh), dout.dtype)   # dgates[t] W_h of the window
-        dx_win = np.empty((width, ni), dout.dtype)   # dgates[t] W_x of the window
+        dg_t = aligned_empty(ng, width, dout)       # ... transposed
+        dh_win = aligned_empty(width, nh, dout)     # dgates[t] W_h of the window
+        dx_win = aligned_empty(width, ni, dout)     # dgates[t] W_x of the window
         for i in range(m):
             _copy_row(dh_rec[b0 + i], dh_last[b0 + i])
             _copy_row(dc[steps % 2, b0 + i], dc_last[b0 + i])

@@ -566,26 +566,45 @@ def adam_update(p, g, m, v, lr, scale, beta1, beta2, eps, step) -> None:
 
 
 # -- CSR products ---------------------------------------------------------------------------------
-def _csr_matmul_py(data, indices, indptr, x, out, accumulate):
-    m_rows, n_out = out.shape
+def _out_index(idx, m_rows, n_out, out_rows):
+    """(m, j) of flat output index idx: adjacent threads take adjacent entries of out's rows, so
+    stores coalesce in both layouts (out (M, n_out), or (n_out, M) when out_rows)."""
+    if out_rows:
+        j = idx // m_rows
+        return idx - j * m_rows, j
+    m = idx // n_out
+    return m, idx - m * n_out
+
+
+_out_index_dev = cuda.jit(device=True)(_out_index)
+
+
+def _csr_matmul_py(data, indices, indptr, x, out, accumulate, out_rows):
+    m_rows = x.shape[0]
+    n_out = indptr.shape[0] - 1
     for idx in range(cuda.grid(1), m_rows * n_out, cuda.gridsize(1)):
-        m = idx // n_out                 # adjacent threads: adjacent r, coalesced stores
-        r = idx - m * n_out
+        m, r = _out_index_dev(idx, m_rows, n_out, out_rows)
         acc = ZERO
         for k in range(indptr[r], indptr[r + 1]):
             acc += data[k] * x[m, indices[k]]
-        out[m, r] = out[m, r] + acc if accumulate else acc
+        if out_rows:
+            out[r, m] = out[r, m] + acc if accumulate else acc
+        else:
+            out[m, r] = out[m, r] + acc if accumulate else acc
 
 
-def _csr_matmul_t_py(data, t_perm, t_indices, t_indptr, dy, out, accumulate):
-    m_rows, n_out = out.shape
+def _csr_matmul_t_py(data, t_perm, t_indices, t_indptr, dy, out, accumulate, out_rows):
+    m_rows = dy.shape[0]
+    n_out = t_indptr.shape[0] - 1
     for idx in range(cuda.grid(1), m_rows * n_out, cuda.gridsize(1)):
-        m = idx // n_out
-        c = idx - m * n_out
+        m, c = _out_index_dev(idx, m_rows, n_out, out_rows)
         acc = ZERO
         for k in range(t_indptr[c], t_indptr[c + 1]):   # row c of W^T: no atomics needed
             acc += data[t_perm[k]] * dy[m, t_indices[k]]
-        out[m, c] = out[m, c] + acc if accumulate else acc
+        if out_rows:
+            out[c, m] = out[c, m] + acc if accumulate else acc
+        else:
+            out[m, c] = out[m, c] + acc if accumulate else acc
 
 
 @cuda.jit(device=True)
@@ -624,27 +643,45 @@ def _zero_unless(out, accumulate) -> None:
         fill(out, 0.0)
 
 
-def csr_matmul(data, indices, indptr, x, out, accumulate) -> None:
+def csr_matmul(data, indices, indptr, x, out, accumulate, out_rows=False) -> None:
     """out (M, R) = x @ W^T (or +=). W (R, C) CSR: data (N,) float, indices (N,), indptr (R+1,)
-    int32; x: (M, C), out: (M, R) device arrays of data's dtype. One thread per output entry."""
+    int32; x: (M, C), out: (M, R), or (R, M) holding the result transposed when out_rows;
+    device arrays of data's dtype. One thread per output entry."""
     n = out.shape[0] * out.shape[1]
     if n == 0 or x.shape[0] == 0:
         _zero_unless(out, accumulate)
         return
     ins = [to_device(a) for a in (data, indices, indptr, x)]
-    _kernel(_CSR_MATMUL, x.dtype)[_grid(n)](*ins, _out(out, "out"), bool(accumulate))
+    _kernel(_CSR_MATMUL, x.dtype)[_grid(n)](*ins, _out(out, "out"), bool(accumulate),
+                                            bool(out_rows))
 
 
-def csr_matmul_t(data, t_perm, t_indices, t_indptr, dy, out, accumulate) -> None:
+def csr_matmul_t(data, t_perm, t_indices, t_indptr, dy, out, accumulate, out_rows=False) -> None:
     """out (M, C) = dy @ W (or +=) through W^T's pattern: row c of W^T holds entries
     t_indptr[c]:t_indptr[c+1] with row index t_indices[k] of W and value data[t_perm[k]].
-    data: (N,) float; t_perm, t_indices: (N,), t_indptr: (C+1,) int32; dy (M, R), out (M, C)."""
+    data: (N,) float; t_perm, t_indices: (N,), t_indptr: (C+1,) int32; dy (M, R), out (M, C),
+    or (C, M) holding the result transposed when out_rows."""
     n = out.shape[0] * out.shape[1]
     if n == 0 or dy.shape[0] == 0:
         _zero_unless(out, accumulate)
         return
     ins = [to_device(a) for a in (data, t_perm, t_indices, t_indptr, dy)]
-    _kernel(_CSR_MATMUL_T, dy.dtype)[_grid(n)](*ins, _out(out, "out"), bool(accumulate))
+    _kernel(_CSR_MATMUL_T, dy.dtype)[_grid(n)](*ins, _out(out, "out"), bool(accumulate),
+                                               bool(out_rows))
+
+
+def transposed_view(a):
+    """The (R, M) C-contiguous view of an F-contiguous (M, R) device array, for out_rows (the
+    hook CSRMatrix looks for). CuPy's and the simulator's .T are views; a Numba device array's
+    .T is a copy, so its memory is described anew."""
+    gpu_data = getattr(a, "gpu_data", None)
+    if gpu_data is None:
+        return a.T
+    from numba.cuda.cudadrv.devicearray import DeviceNDArray
+
+    m, r = a.shape
+    item = np.dtype(a.dtype).itemsize
+    return DeviceNDArray((r, m), (item * m, item), a.dtype, stream=a.stream, gpu_data=gpu_data)
 
 
 def csr_sddmm(indices, indptr, dy, x, out, accumulate, col_sums=None, pair=None) -> None:
@@ -875,8 +912,8 @@ def _signatures(dtype, nt) -> dict:
         "sum_squares": (_sum_squares_kernel(256).py_func, (v, nt.float64[::1]), False),
         "sgd_update": (_sgd_py, (v, v, v, f, f, f, b), fast),
         "adam_update": (_adam_py, (v, v, v, v) + (f,) * 5, fast),
-        "csr_matmul": (_csr_matmul_py, (v, i32, i32, mat, mat, b), fast),
-        "csr_matmul_t": (_csr_matmul_t_py, (v, i32, i32, i32, mat, mat, b), fast),
+        "csr_matmul": (_csr_matmul_py, (v, i32, i32, mat, mat, b, b), fast),
+        "csr_matmul_t": (_csr_matmul_t_py, (v, i32, i32, i32, mat, mat, b, b), fast),
         "csr_sddmm": (_csr_sddmm_py, (i32, i32, mat, mat, v, b), fast),
         "gemm": (_gemm_kernel(dtype, 16).py_func, (mat, mat, mat, b, b, b), fast),
         "gemm[strided]": (_gemm_kernel(dtype, 16).py_func,
