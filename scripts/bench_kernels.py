@@ -8,7 +8,9 @@ For each gate matrix W_h (4H, H) with a fan-in mask of density d, float32, and M
   matmul    out (M, 4H) = x (M, H) @ W^T        ours: CSRMatrix.matmul
   matmul_t  out (M, H)  = dy (M, 4H) @ W         ours: CSRMatrix.matmul_t
   sddmm     dW on the pattern of W (N values)    ours: CSRMatrix.sddmm
-Peers get their best public formulation (several are tried, the fastest kept), their own
+Ours and the peers get their best public formulation (several are tried, the fastest kept;
+the `out` column says whether ours wrote the batch-major (C) or feature-major (F) layout,
+scipy's `W @ x.T` returns the latter), the peers their own
 precomputed transpose where it helps, and are timed the same way. scipy.sparse is single-threaded
 and has no SDDMM; torch.sparse uses MKL on its own threads (sampled_addmm for the SDDMM); dense is
 NumPy's BLAS (the full dy^T x for the gradient). Time per call is the median of --reps
@@ -85,8 +87,9 @@ _SPIN_S = 0.25
 
 
 def compare(fns, reps, target_s):
-    """{name: median seconds per call}, plus "x_peer": the median over rounds of (best peer's
-    time / ours) within the round; for {name: [formulations]}, each name's fastest kept.
+    """Times of {name: [formulations]}: {name: median seconds per call of its fastest
+    formulation}, "pick": {name: index of that formulation}, and "x_peer": the median over
+    rounds of (best peer's time / ours) within the round.
 
     A round times every formulation once, back to back, ours first; rounds repeat `reps`
     times. The host's speed drifts by up to 2x over seconds (other guests), and a ratio of
@@ -94,26 +97,26 @@ def compare(fns, reps, target_s):
     at different moments does not. Each timing starts after a short sleep that lets the
     previous library's threads go idle.
     """
-    flat = [(name, f) for name, fs in fns.items() for f in fs]
-    loops = [_calibrate(f, target_s) for _, f in flat]
+    flat = [(name, j, f) for name, fs in fns.items() for j, f in enumerate(fs)]
+    loops = [_calibrate(f, target_s) for _, _, f in flat]
     samples = [[] for _ in flat]
-    threaded = "torch" in fns
     for _ in range(reps):
-        for (_, f), n, got in zip(flat, loops, samples):
+        for (_, _, f), n, got in zip(flat, loops, samples):
             time.sleep(min(0.03, target_s * 5))
             got.append(_loop(f, n) / n)
-        if threaded:
+        if "torch" in fns:
             time.sleep(_SPIN_S)
-    medians = [statistics.median(got) for got in samples]
-    best = {}                                   # name -> samples of its fastest formulation
-    for (name, _), med, got in zip(flat, medians, samples):
-        if name not in best or med < statistics.median(best[name]):
-            best[name] = got
-    out = {name: statistics.median(got) for name, got in best.items()}
-    peers = [got for name, got in best.items() if name in ("scipy", "torch")]
+    best = {}                                   # name -> (median, index, samples)
+    for (name, j, _), got in zip(flat, samples):
+        med = statistics.median(got)
+        if name not in best or med < best[name][0]:
+            best[name] = (med, j, got)
+    out = {name: med for name, (med, _, _) in best.items()}
+    out["pick"] = {name: j for name, (_, j, _) in best.items()}
+    peers = [got for name, (_, _, got) in best.items() if name in ("scipy", "torch")]
     if "ours" in best and peers:
-        out["x_peer"] = statistics.median(min(p[i] for p in peers) / best["ours"][i]
-                                          for i in range(reps))
+        ours = best["ours"][2]
+        out["x_peer"] = statistics.median(min(p[i] for p in peers) / ours[i] for i in range(reps))
     return out
 
 
@@ -142,12 +145,16 @@ def peers(np, sp, torch, w, x, dy):
 
 
 def ours(np, w, x, dy):
-    """{op: callable} through the public CSRMatrix methods, outputs preallocated."""
-    out = np.empty((x.shape[0], w.shape[0]), w.dtype)
-    out_t = np.empty_like(x)
+    """{op: [callables]} through the public CSRMatrix methods, outputs preallocated. The
+    products take their output batch-major (C-contiguous (M, X)) or feature-major (F-contiguous,
+    the transpose of an (X, M) array), as the peers' formulations return either."""
+    m, (rows, cols) = x.shape[0], w.shape
+    out, out_f = np.empty((m, rows), w.dtype), np.empty((rows, m), w.dtype).T
+    out_t, out_t_f = np.empty_like(x), np.empty((cols, m), w.dtype).T
     grad = np.empty(w.nnz, w.dtype)
-    return {"matmul": lambda: w.matmul(x, out=out), "matmul_t": lambda: w.matmul_t(dy, out=out_t),
-            "sddmm": lambda: w.sddmm(dy, x, out=grad)}
+    return {"matmul": [lambda: w.matmul(x, out=out), lambda: w.matmul(x, out=out_f)],
+            "matmul_t": [lambda: w.matmul_t(dy, out=out_t), lambda: w.matmul_t(dy, out=out_t_f)],
+            "sddmm": [lambda: w.sddmm(dy, x, out=grad)]}
 
 
 def measure(args, np, sp, torch, csr_random):
@@ -168,7 +175,7 @@ def measure(args, np, sp, torch, csr_random):
                 w = csr_random(4 * h, h, d, rng, mask="fanin", dtype=np.float32, scale=0.1)
                 mine, theirs = ours(np, w, x, dy), peers(np, sp, torch, w, x, dy)
                 for op in OPS:
-                    fns = {"ours": [mine[op]]}
+                    fns = {"ours": mine[op]}
                     fns.update((p, theirs[op][p]) for p in ("scipy", "torch") if p in theirs[op])
                     row = {"H": h, "d": d, "M": m, "nnz": w.nnz, "op": op, "scipy": None,
                            "torch": None, **compare(fns, args.reps, target)}
@@ -196,15 +203,16 @@ def fmt_us(t):
 
 
 def print_header():
-    print(f"{'H':>5} {'d':>7} {'M':>4} {'nnz':>8} {'op':>9} {'ours_us':>10} {'GF/s':>6} "
+    print(f"{'H':>5} {'d':>7} {'M':>4} {'nnz':>8} {'op':>9} {'out':>3} {'ours_us':>10} {'GF/s':>6} "
           f"{'scipy_us':>10} {'torch_us':>10} {'dense_us':>10} {'x_peer':>7} {'x_dense':>8}",
           flush=True)
 
 
 def print_row(row):
     gflops, x_peer, x_dense = derived(row)
+    layout = "CF"[row["pick"]["ours"]] if row["op"] != "sddmm" else "-"
     print(f"{row['H']:5d} {row['d']:7.4f} {row['M']:4d} {row['nnz']:8d} {row['op']:>9} "
-          f"{fmt_us(row['ours'])} {gflops:6.1f} {fmt_us(row['scipy'])} {fmt_us(row['torch'])} "
+          f"{layout:>3} {fmt_us(row['ours'])} {gflops:6.1f} {fmt_us(row['scipy'])} {fmt_us(row['torch'])} "
           f"{fmt_us(row['dense'])} {x_peer:7.2f} {x_dense:8.2f}", flush=True)
 
 

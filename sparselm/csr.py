@@ -265,8 +265,9 @@ class CSRMatrix:
         kern = _kernels_for(dy)
         target, acc, out_rows = self._prepare_out(kern, out, (dy.shape[0], cols), accumulate,
                                                   feature_major=True)
-        _, _, t_indices, t_indptr, t_perm = self._pattern(kern)
-        kern.csr_matmul_t(self.data, t_perm, t_indices, t_indptr, dy, target, acc, out_rows)
+        indices, indptr, t_indices, t_indptr, t_perm = self._pattern(kern)
+        kern.csr_matmul_t(self.data, t_perm, t_indices, t_indptr, dy, target, acc, out_rows,
+                          (indices, indptr))
         return target if out is None else out
 
     def sddmm(self, dy, x, out=None, accumulate=False, col_sums=None, pair=None):

@@ -315,3 +315,42 @@ def test_cpu_bench_quick_smoke():
     summary = json.loads(res.stdout.strip().splitlines()[-1])
     assert summary["benchmark"] == "csr_kernels" and summary["points"] == 2
     assert set(summary["worst_point_per_op"]) == {"matmul", "matmul_t", "sddmm"}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("out_rows", [False, True], ids=["batch_major", "feature_major"])
+def test_cpu_scatter_transpose_product(dtype, out_rows):
+    """CPU only: the scatter form of dy @ W (kernels.cpu_csr._spmm_t_scatter, taken for large
+    W and small batches), on shapes that the size rule alone would never send there: empty
+    rows and columns, a row count that is not a multiple of the parts, batches below, at and
+    above one register, overwrite and accumulate."""
+    from sparselm.kernels import cpu_csr
+
+    rng = np.random.default_rng(12)
+    for rows, cols, density, m in ((70, 37, 0.2, 20), (9, 50, 0.3, 1), (130, 16, 0.5, 16),
+                                   (33, 41, 0.1, 40), (5, 3, 0.0, 3)):
+        dense = rng.standard_normal((rows, cols)).astype(dtype)
+        dense[rng.random(dense.shape) >= density] = 0
+        w = from_dense(dense)
+        dy = rng.standard_normal((m, rows)).astype(dtype)
+        ref = dy.astype(np.float64) @ dense.astype(np.float64)
+        for accumulate in (False, True):
+            start = rng.standard_normal((m, cols)).astype(dtype)
+            out = np.array(start.T) if out_rows else start.copy()
+            cpu_csr._spmm_t_scatter(w.data, w.indices, w.indptr, dy, out, accumulate, out_rows)
+            got = out.T if out_rows else out
+            assert_close(got, ref + start if accumulate else ref, dtype)
+
+
+def test_cpu_large_transpose_product_takes_the_scatter_form():
+    """CPU only: through CSRMatrix.matmul_t, a W large enough for the scatter form (N >= 2^21
+    entries, a batch of one register) gives the reference result in both output layouts."""
+    from sparselm.kernels import cpu_csr
+
+    rng = np.random.default_rng(13)
+    w = csr_random(3000, 1400, 0.5, rng, mask="fanin", dtype=np.float32, scale=1.0)
+    assert cpu_csr._scatter_pays(w.nnz, 5, w.shape[1], 16)
+    dy = rng.standard_normal((5, 3000)).astype(np.float32)
+    ref = dy.astype(np.float64) @ w.to_dense().astype(np.float64)
+    assert_close(w.matmul_t(dy), ref, np.float32)
+    assert_close(w.matmul_t(dy, out=np.empty((1400, 5), np.float32).T), ref, np.float32)

@@ -40,7 +40,7 @@ from .simd import lanes as _lanes
 # Row ranges per call: several per thread so work-stealing absorbs uneven rows and noisy cores.
 # A constant, because numba.get_num_threads() inside a kernel defeats the on-disk cache.
 _MAX_TASKS = 32
-_SMALL_WORK = 1 << 18  # below this many multiply-adds and moves a call runs on one thread
+_SMALL_WORK = 1 << 19  # below this many multiply-adds and moves a call runs on one thread
 _SERIAL_TRANSPOSE = 1 << 16  # operands of fewer elements are transposed on one thread
 
 # ---------------------------------------------------------------------------------------------
@@ -146,6 +146,51 @@ def _make_rows_kernel(n_regs):
 
 
 _rows1, _rows2, _rows4 = (_make_rows_kernel(g) for g in (1, 2, 4))
+
+
+def _make_scatter_kernel(n_regs):
+    """Intrinsic scatter(acc, vals, cols, ptr, r0, n_rows, src, off): for each row r = r0 + i
+    (i < n_rows) of a CSR matrix (vals, cols, ptr), each entry k of it and l < n_regs * L:
+    acc[cols[k], off + l] += vals[k] * src[r, off + l].
+
+    acc (C, Mp) and src (R, Mp) C-contiguous. The row's slice of src stays in registers across
+    its entries, and vals and cols are read in storage order: dy @ W from W's own rows
+    (src = dy^T), so no value is read through t_perm, a random access per entry.
+    """
+
+    @intrinsic
+    def scatter(typingctx, acc, vals, cols, ptr, r0, n_rows, src, off):
+        i = types.intp
+
+        def codegen(context, builder, sig, args):
+            vty = vec_type(context, sig.args[0].dtype)
+            pa, pv, pc, pr, ps = (data_ptr(context, builder, sig, args, j)
+                                  for j in (0, 1, 2, 3, 6))
+            r0, n_rows, off = args[4], args[5], args[7]
+            stride = _stride0(context, builder, sig, args, 6)
+            with cgutils.for_range(builder, n_rows) as row:
+                r = builder.add(r0, row.index)
+                lo = _load_index(builder, pr, r)
+                hi = _load_index(builder, pr, plus(builder, r, 1))
+                base = builder.add(builder.mul(r, stride), off)
+                xs = [load(builder, ps, plus(builder, base, g * vty.count), vty)
+                      for g in range(n_regs)]
+                with cgutils.for_range(builder, builder.sub(hi, lo)) as loop:
+                    k = builder.add(lo, loop.index)
+                    v = splat(builder, builder.load(builder.gep(pv, [k])), vty)
+                    at = builder.add(builder.mul(_load_index(builder, pc, k), stride), off)
+                    for g, x in enumerate(xs):
+                        at_g = plus(builder, at, g * vty.count)
+                        store(builder, fma(builder, v, x, load(builder, pa, at_g, vty)), pa,
+                              at_g, vty)
+            return context.get_dummy_value()
+
+        return types.void(acc, vals, cols, ptr, i, i, src, i), codegen
+
+    return scatter
+
+
+_scatter1, _scatter2, _scatter4 = (_make_scatter_kernel(g) for g in (1, 2, 4))
 
 
 def _dots_codegen(n_dots):
@@ -278,14 +323,15 @@ def _transpose_all(a, at, pad):
 
 
 @njit(cache=True)
-def _task_bounds(indptr, step):
-    """Row boundaries (n_tasks+1,) int64, multiples of step, each range ~equal rows + nnz.
+def _task_bounds(indptr, step, max_tasks=_MAX_TASKS):
+    """Row boundaries (n_tasks+1,) int64, multiples of step, each range ~equal rows + nnz;
+    n_tasks <= max_tasks.
 
     indptr: (R+1,) int32.
     """
     rows = indptr.size - 1
     n_blocks = (rows + step - 1) // step
-    n_tasks = max(1, min(n_blocks, _MAX_TASKS))
+    n_tasks = max(1, min(n_blocks, max_tasks))
     bounds = np.empty(n_tasks + 1, dtype=np.int64)
     total = rows + indptr[rows]
     b = 0
@@ -388,15 +434,16 @@ def spmm_rows(vals, perm, cols, ptr, xt, row_lo, row_hi, out, accumulate, second
 @njit(cache=True)
 def spmm_rows_out(vals, perm, cols, ptr, xt, row_lo, row_hi, out_rows, accumulate):
     """out_rows[row_lo:row_hi] (+)= (x @ A[row_lo:row_hi]^T)^T: spmm_rows with the result in
-    feature-major layout, written straight from the registers (no transposes).
+    feature-major layout, written straight from the registers (no tile, no transposes).
 
-    out_rows: (R, M) float, C-contiguous; the other arguments as for spmm_rows.
+    out_rows: (R, M) float, C-contiguous; the other arguments as for spmm_rows. A batch wider
+    than 4 registers is done 4 registers at a time over all the rows (not row by row as in the
+    tile): one such slice of xt, (S, 4L), stays in L2 for all the rows, where the whole of xt
+    may not (1.1-1.4x at M = 400).
     """
     m = out_rows.shape[1]
-    lanes = _lanes(xt)
-    for r0 in range(row_lo, row_hi, lanes):
-        _tile_product(out_rows, r0 * m, vals, perm, cols, ptr, r0, min(lanes, row_hi - r0), xt,
-                      None, m, accumulate)
+    _row_passes(out_rows, row_lo * m, vals, perm, cols, ptr, row_lo, row_hi - row_lo, xt, None,
+                m, accumulate)
 
 
 @njit(cache=True, inline="always")
@@ -494,15 +541,103 @@ def csr_matmul(data, indices, indptr, x, out, accumulate, out_rows=False):
 
 
 @njit(cache=True)
-def csr_matmul_t(data, t_perm, t_indices, t_indptr, dy, out, accumulate, out_rows=False):
+def csr_matmul_t(data, t_perm, t_indices, t_indptr, dy, out, accumulate, out_rows=False,
+                 pattern=None):
     """out (M, C) = dy @ W, or out += dy @ W when accumulate, without atomics.
 
     Row c of W^T holds entries k in t_indptr[c]:t_indptr[c+1] with row index t_indices[k] of W
     and value data[t_perm[k]]. data: (N,) float32|float64; t_perm, t_indices: (N,) int32;
     t_indptr: (C+1,) int32; dy: (M, R) same dtype, C-contiguous; out: (M, C) likewise, or
-    when out_rows (C, M) receiving the result transposed.
+    when out_rows (C, M) receiving the result transposed. pattern: None or (indices, indptr)
+    of W itself; with it a large W and a batch of at most 4 registers take the scatter
+    product (_spmm_t_scatter), which reads the values in storage order.
     """
-    _spmm(data, t_perm, t_indices, t_indptr, dy, out, accumulate, out_rows)
+    if pattern is not None and _scatter_pays(data.size, dy.shape[0], t_indptr.size - 1,
+                                             _lanes(dy)):
+        _spmm_t_scatter(data, pattern[0], pattern[1], dy, out, accumulate, out_rows)
+    else:
+        _spmm(data, t_perm, t_indices, t_indptr, dy, out, accumulate, out_rows)
+
+
+# The scatter product: private accumulators, summed at the end (no atomics, no write races).
+_SCATTER_PARTS = 4          # row ranges of W, each with its own (C, Mp) accumulator
+# Below this many entries the gather through t_perm is as fast (measured equal at N = 0.9M,
+# M = 20); at N = 2.5M its random reads of W's values (a cache line per entry) make it 1.65x
+# slower than the scatter, whose stores then cost less.
+_SCATTER_MIN_NNZ = 1 << 21
+_SCATTER_MAX_ACC = 1 << 17  # elements of one accumulator (C * Mp): it should stay in L2
+
+
+@njit(cache=True, inline="always")
+def _scatter_pays(nnz, m, cols, lanes):
+    mp = (m + lanes - 1) // lanes * lanes
+    return nnz >= _SCATTER_MIN_NNZ and mp <= 4 * lanes and cols * mp <= _SCATTER_MAX_ACC
+
+
+@njit(cache=True)
+def _scatter_range(data, indices, indptr, dyt, lo, hi, acc):
+    """acc (C', Mp) = sum over rows r in lo:hi of W (R, C) and their entries (c, v) of
+    v * dyt[r] into acc[c]: zeroed first, then 4, 2 or 1 registers of lanes at a time."""
+    flat = acc.reshape(acc.size)
+    for j in range(flat.size):
+        flat[j] = 0
+    lanes = _lanes(dyt)
+    n_regs = dyt.shape[1] // lanes
+    g = 0
+    while g + 4 <= n_regs:
+        _scatter4(acc, data, indices, indptr, lo, hi - lo, dyt, g * lanes)
+        g += 4
+    if g + 2 <= n_regs:
+        _scatter2(acc, data, indices, indptr, lo, hi - lo, dyt, g * lanes)
+        g += 2
+    if g < n_regs:
+        _scatter1(acc, data, indices, indptr, lo, hi - lo, dyt, g * lanes)
+
+
+@njit(parallel=True, cache=True)
+def _spmm_t_scatter(data, indices, indptr, dy, out, accumulate, out_rows):
+    """out (+)= dy @ W as csr_matmul_t, from W's rows (data, indices (N,), indptr (R+1,)).
+
+    Each of _SCATTER_PARTS ranges of W's rows (equal rows + nnz) scatters into its own
+    accumulator (C', Mp), C' = C rounded up to L; then blocks of L columns sum the
+    accumulators and are written out as spmm_rows writes its tiles (transposed into out
+    (M, C)), or row by row into out (C, M) when out_rows.
+    """
+    m = dy.shape[0]
+    cols = out.shape[0] if out_rows else out.shape[1]
+    lanes = _lanes(dy)
+    dyt = _transposed(dy, False)
+    mp = dyt.shape[1]
+    n_blocks = (cols + lanes - 1) // lanes
+    parts = aligned_empty(_SCATTER_PARTS * n_blocks * lanes, mp, dy)
+    acc = parts.reshape((_SCATTER_PARTS, n_blocks * lanes, mp))
+    bounds = _task_bounds(indptr, lanes, _SCATTER_PARTS)
+    for p in prange(_SCATTER_PARTS):
+        if p < bounds.size - 1:
+            _scatter_range(data, indices, indptr, dyt, bounds[p], bounds[p + 1], acc[p])
+        else:                                   # fewer ranges than parts: an empty sum
+            _scatter_range(data, indices, indptr, dyt, 0, 0, acc[p])
+    for b in prange(n_blocks):
+        c0 = b * lanes
+        n = min(lanes, cols - c0)
+        tile = acc[0, c0:c0 + lanes]
+        for p in range(1, _SCATTER_PARTS):
+            _add_rows(tile, acc[p, c0:c0 + lanes])
+        if not out_rows:
+            _store_tile(tile, n, out, c0, accumulate)
+            continue
+        for i in range(n):
+            dst, src = out[c0 + i], tile[i]
+            for j in range(m):
+                dst[j] = dst[j] + src[j] if accumulate else src[j]
+
+
+@njit(cache=True, inline="always")
+def _add_rows(a, b):
+    """a += b, both (L, Mp) C-contiguous."""
+    fa, fb = a.reshape(a.size), b.reshape(b.size)
+    for j in range(fa.size):
+        fa[j] += fb[j]
 
 
 @njit(cache=True)

@@ -656,11 +656,13 @@ def csr_matmul(data, indices, indptr, x, out, accumulate, out_rows=False) -> Non
                                             bool(out_rows))
 
 
-def csr_matmul_t(data, t_perm, t_indices, t_indptr, dy, out, accumulate, out_rows=False) -> None:
+def csr_matmul_t(data, t_perm, t_indices, t_indptr, dy, out, accumulate, out_rows=False,
+                 pattern=None) -> None:
     """out (M, C) = dy @ W (or +=) through W^T's pattern: row c of W^T holds entries
     t_indptr[c]:t_indptr[c+1] with row index t_indices[k] of W and value data[t_perm[k]].
     data: (N,) float; t_perm, t_indices: (N,), t_indptr: (C+1,) int32; dy (M, R), out (M, C),
-    or (C, M) holding the result transposed when out_rows."""
+    or (C, M) holding the result transposed when out_rows. pattern (W's own indices, indptr)
+    is not needed here: one thread per output entry reads W^T's row."""
     n = out.shape[0] * out.shape[1]
     if n == 0 or dy.shape[0] == 0:
         _zero_unless(out, accumulate)
