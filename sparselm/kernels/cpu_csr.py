@@ -27,9 +27,12 @@ far as Numba knows, so it emits Python's wrap-around test, which blocks vectoris
 loops therefore run over `range(n)` on views.
 """
 
+import warnings
+
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
+from numba.core.errors import NumbaPerformanceWarning
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -42,6 +45,15 @@ from .simd import lanes as _lanes
 _MAX_TASKS = 32
 _SMALL_WORK = 1 << 19  # below this many multiply-adds and moves a call runs on one thread
 _SERIAL_TRANSPOSE = 1 << 16  # operands of fewer elements are transposed on one thread
+
+# Nested parallel calls: every cached function that calls a parallel=True function is
+# parallel=True itself, even with no loop of its own to split. A cached serial caller of a parallel function can
+# crash when it is loaded back from Numba's on-disk cache in another process (numba issues
+# #4807, #8578; seen here once as a segfault in csr_matmul_t); a parallel caller avoids it.
+# Those callers have no loop of their own, so Numba's warning that it found nothing to split
+# is expected there (and only there: the message names this file).
+warnings.filterwarnings("ignore", message=r"(?s).*'parallel=True' was specified.*cpu_csr\.py",
+                        category=NumbaPerformanceWarning)
 
 # ---------------------------------------------------------------------------------------------
 # explicit SIMD (kernels/simd.py): intrinsics on flat element offsets into C-contiguous arrays.
@@ -528,7 +540,7 @@ def _spmm(vals, perm, cols, ptr, a, out, accumulate, out_rows):
                    out_rows)
 
 
-@njit(cache=True)
+@njit(parallel=True, cache=True)  # calls parallel kernels: see 'Nested parallel calls'
 def csr_matmul(data, indices, indptr, x, out, accumulate, out_rows=False):
     """out (M, R) = x @ W^T, or out += x @ W^T when accumulate.
 
@@ -540,7 +552,7 @@ def csr_matmul(data, indices, indptr, x, out, accumulate, out_rows=False):
     _spmm(data, None, indices, indptr, x, out, accumulate, out_rows)
 
 
-@njit(cache=True)
+@njit(parallel=True, cache=True)  # calls parallel kernels: see 'Nested parallel calls'
 def csr_matmul_t(data, t_perm, t_indices, t_indptr, dy, out, accumulate, out_rows=False,
                  pattern=None):
     """out (M, C) = dy @ W, or out += dy @ W when accumulate, without atomics.
@@ -640,7 +652,7 @@ def _add_rows(a, b):
         fa[j] += fb[j]
 
 
-@njit(cache=True)
+@njit(parallel=True, cache=True)  # calls parallel kernels: see 'Nested parallel calls'
 def _transposed(a, pad):
     """a (M, S) transposed to (S, Mp) (see transpose_cols), zero padded when pad. A small
     operand is transposed on the calling thread: a parallel region costs more than the copy
@@ -667,7 +679,7 @@ def _sddmm_tasks(indices, indptr, dy, xt, out, accumulate, col_sums, pair, cost,
                     col_sums, pair)
 
 
-@njit(cache=True)
+@njit(parallel=True, cache=True)  # calls parallel kernels: see 'Nested parallel calls'
 def csr_sddmm(indices, indptr, dy, x, out, accumulate, col_sums=None, pair=None):
     """out[k] = sum_m dy[m, row_k] * x[m, col_k] for every stored entry k (or += when accumulate).
 
