@@ -10,7 +10,8 @@ For each gate matrix W_h (4H, H) with a fan-in mask of density d, float32, and M
   sddmm     dW on the pattern of W (N values)    ours: CSRMatrix.sddmm
 Ours and the peers get their best public formulation (several are tried, the fastest kept;
 the `out` column says whether ours wrote the batch-major (C) or feature-major (F) layout,
-scipy's `W @ x.T` returns the latter), the peers their own
+scipy's `W @ x.T` returns the latter, and T when matmul_t ran on a precomputed CSR of W^T,
+see `ours`), the peers their own
 precomputed transpose where it helps, and are timed the same way. scipy.sparse is single-threaded
 and has no SDDMM; torch.sparse uses MKL on its own threads (sampled_addmm for the SDDMM); dense is
 NumPy's BLAS (the full dy^T x for the gradient). Time per call is the median of --reps
@@ -144,20 +145,27 @@ def peers(np, sp, torch, w, x, dy):
     return out
 
 
-def ours(np, w, x, dy):
+def ours(np, w, w_t, x, dy):
     """{op: [callables]} through the public CSRMatrix methods, outputs preallocated. The
     products take their output batch-major (C-contiguous (M, X)) or feature-major (F-contiguous,
-    the transpose of an (X, M) array), as the peers' formulations return either."""
+    the transpose of an (X, M) array), as the peers' formulations return either. matmul_t also
+    runs as w_t.matmul, w_t a CSRMatrix of W^T with its values copied once outside the timing,
+    as the peers get their precomputed transposes; w.matmul_t reads W's values in place, as
+    training does (the `out` column says which won)."""
     m, (rows, cols) = x.shape[0], w.shape
     out, out_f = np.empty((m, rows), w.dtype), np.empty((rows, m), w.dtype).T
     out_t, out_t_f = np.empty_like(x), np.empty((cols, m), w.dtype).T
     grad = np.empty(w.nnz, w.dtype)
     return {"matmul": [lambda: w.matmul(x, out=out), lambda: w.matmul(x, out=out_f)],
-            "matmul_t": [lambda: w.matmul_t(dy, out=out_t), lambda: w.matmul_t(dy, out=out_t_f)],
+            "matmul_t": [lambda: w.matmul_t(dy, out=out_t), lambda: w.matmul_t(dy, out=out_t_f),
+                         lambda: w_t.matmul(dy, out=out_t), lambda: w_t.matmul(dy, out=out_t_f)],
             "sddmm": [lambda: w.sddmm(dy, x, out=grad)]}
 
 
-def measure(args, np, sp, torch, csr_random):
+LAYOUTS = ("C", "F", "CT", "FT")   # ours' formulations, in the order `ours` lists them
+
+
+def measure(args, np, sp, torch, csr_random, CSRMatrix):
     """Rows of results: dict(H, d, M, nnz, op, ours, scipy, torch, dense) in seconds.
 
     Dense products do not depend on d and are timed last, once per (H, M, op): OpenBLAS
@@ -173,7 +181,9 @@ def measure(args, np, sp, torch, csr_random):
             dy = rng.standard_normal((m, 4 * h)).astype(np.float32)
             for d in grid[1]:
                 w = csr_random(4 * h, h, d, rng, mask="fanin", dtype=np.float32, scale=0.1)
-                mine, theirs = ours(np, w, x, dy), peers(np, sp, torch, w, x, dy)
+                st = w.to_scipy().T.tocsr()
+                w_t = CSRMatrix(st.data, st.indices, st.indptr, st.shape)
+                mine, theirs = ours(np, w, w_t, x, dy), peers(np, sp, torch, w, x, dy)
                 for op in OPS:
                     fns = {"ours": mine[op]}
                     fns.update((p, theirs[op][p]) for p in ("scipy", "torch") if p in theirs[op])
@@ -210,10 +220,11 @@ def print_header():
 
 def print_row(row):
     gflops, x_peer, x_dense = derived(row)
-    layout = "CF"[row["pick"]["ours"]] if row["op"] != "sddmm" else "-"
+    layout = LAYOUTS[row["pick"]["ours"]] if row["op"] != "sddmm" else "-"
     print(f"{row['H']:5d} {row['d']:7.4f} {row['M']:4d} {row['nnz']:8d} {row['op']:>9} "
-          f"{layout:>3} {fmt_us(row['ours'])} {gflops:6.1f} {fmt_us(row['scipy'])} {fmt_us(row['torch'])} "
-          f"{fmt_us(row['dense'])} {x_peer:7.2f} {x_dense:8.2f}", flush=True)
+          f"{layout:>3} {fmt_us(row['ours'])} {gflops:6.1f} {fmt_us(row['scipy'])} "
+          f"{fmt_us(row['torch'])} {fmt_us(row['dense'])} {x_peer:7.2f} {x_dense:8.2f}",
+          flush=True)
 
 
 def break_even(points):
@@ -281,7 +292,7 @@ def main(argv=None):
     import scipy
     import scipy.sparse as sp
 
-    from sparselm.csr import csr_random
+    from sparselm.csr import CSRMatrix, csr_random
 
     try:
         import torch
@@ -294,7 +305,7 @@ def main(argv=None):
           f"scipy {scipy.__version__} numba {numba.__version__} "
           f"torch {torch.__version__ if torch else 'absent'}; reps={args.reps} "
           f"target={args.target_ms} ms", flush=True)
-    rows = measure(args, np, sp, torch, csr_random)
+    rows = measure(args, np, sp, torch, csr_random, CSRMatrix)
     print_header()
     for row in rows:
         print_row(row)

@@ -36,8 +36,8 @@ from numba.core.errors import NumbaPerformanceWarning
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .simd import aligned_empty, data_ptr, fma, hsum, lane_mask, load, masked_load, masked_store
-from .simd import plus, shuffle, splat, store, times, vec_type
+from .simd import aligned_empty, data_ptr, fma, hsum, hsum4, lane_mask, load, masked_load
+from .simd import masked_store, plus, shuffle, splat, store, times, vec_type
 from .simd import lanes as _lanes
 
 # Row ranges per call: several per thread so work-stealing absorbs uneven rows and noisy cores.
@@ -47,9 +47,10 @@ _SMALL_WORK = 1 << 19  # below this many multiply-adds and moves a call runs on 
 _SERIAL_TRANSPOSE = 1 << 16  # operands of fewer elements are transposed on one thread
 
 # Nested parallel calls: every cached function that calls a parallel=True function is
-# parallel=True itself, even with no loop of its own to split. A cached serial caller of a parallel function can
-# crash when it is loaded back from Numba's on-disk cache in another process (numba issues
-# #4807, #8578; seen here once as a segfault in csr_matmul_t); a parallel caller avoids it.
+# parallel=True itself, even with no loop of its own to split. A cached serial caller of a
+# parallel function can crash when it is loaded back from Numba's on-disk cache in another
+# process (numba issues #4807, #8578; seen here once as a segfault in csr_matmul_t); a
+# parallel caller avoids it.
 # Those callers have no loop of their own, so Numba's warning that it found nothing to split
 # is expected there (and only there: the message names this file).
 warnings.filterwarnings("ignore", message=r"(?s).*'parallel=True' was specified.*cpu_csr\.py",
@@ -219,7 +220,8 @@ def _dots_codegen(n_dots):
             for acc, b_off in zip(accs, b_offs):
                 bv = load(builder, pb, builder.add(b_off, step), vty)
                 builder.store(fma(builder, av, bv, builder.load(acc)), acc)
-        sums = [hsum(builder, builder.load(acc)) for acc in accs]
+        totals = [builder.load(acc) for acc in accs]
+        sums = hsum4(builder, totals) if n_dots == 4 else [hsum(builder, t) for t in totals]
         return context.make_tuple(builder, sig.return_type, sums)
 
     return codegen
