@@ -8,16 +8,17 @@ For each gate matrix W_h (4H, H) with a fan-in mask of density d, float32, and M
   matmul    out (M, 4H) = x (M, H) @ W^T        ours: CSRMatrix.matmul
   matmul_t  out (M, H)  = dy (M, 4H) @ W         ours: CSRMatrix.matmul_t
   sddmm     dW on the pattern of W (N values)    ours: CSRMatrix.sddmm
-Ours and the peers get their best public formulation (several are tried, the fastest kept;
-the `out` column says whether ours wrote the batch-major (C) or feature-major (F) layout,
-scipy's `W @ x.T` returns the latter, and T when matmul_t ran on a precomputed CSR of W^T,
-see `ours`), the peers their own
-precomputed transpose where it helps, and are timed the same way. scipy.sparse is single-threaded
-and has no SDDMM; torch.sparse uses MKL on its own threads (sampled_addmm for the SDDMM); dense is
-NumPy's BLAS (the full dy^T x for the gradient). Time per call is the median of --reps
-repetitions, each looping the call for about --target-ms; repetitions of ours and the peers
-are interleaved, each after a short sleep, and x_peer is the median of the ratios within each
-round of repetitions (see `compare`). GFLOP/s = 2 * nnz * M / time.
+Ours and the peers get their best public formulation (several are tried, the fastest kept),
+timed the same way; the peers get their own precomputed transpose where it helps, and so does
+ours: matmul_t also runs on a CSRMatrix of W^T with its values copied once (see `ours`). The
+`out` column says which of ours won: batch-major (C) or feature-major (F) output (scipy's
+`W @ x.T` returns the latter), T for the precomputed W^T. `x_in_place` is matmul_t's ratio
+with W's values read in place through t_perm, as training does. scipy.sparse is
+single-threaded and has no SDDMM; torch.sparse uses MKL on its own threads (sampled_addmm for
+the SDDMM); dense is NumPy's BLAS (the full dy^T x for the gradient). Time per call is the
+median of --reps repetitions, each looping the call for about --target-ms; repetitions of ours
+and the peers are interleaved, each after a short sleep, and x_peer is the median of the
+ratios within each round of repetitions (see `compare`). GFLOP/s = 2 * nnz * M / time.
 Ends with one JSON line summarising the run.
 """
 
@@ -87,10 +88,11 @@ def _calibrate(fn, target_s):
 _SPIN_S = 0.25
 
 
-def compare(fns, reps, target_s):
+def compare(fns, reps, target_s, in_place=None):
     """Times of {name: [formulations]}: {name: median seconds per call of its fastest
     formulation}, "pick": {name: index of that formulation}, and "x_peer": the median over
-    rounds of (best peer's time / ours) within the round.
+    rounds of (best peer's time / ours) within the round; with in_place = n also "x_in_place",
+    the same ratio for the fastest of ours' first n formulations.
 
     A round times every formulation once, back to back, ours first; rounds repeat `reps`
     times. The host's speed drifts by up to 2x over seconds (other guests), and a ratio of
@@ -107,17 +109,23 @@ def compare(fns, reps, target_s):
             got.append(_loop(f, n) / n)
         if "torch" in fns:
             time.sleep(_SPIN_S)
-    best = {}                                   # name -> (median, index, samples)
-    for (name, j, _), got in zip(flat, samples):
-        med = statistics.median(got)
-        if name not in best or med < best[name][0]:
-            best[name] = (med, j, got)
+    def fastest(name, limit=None):               # (median, index, samples)
+        runs = [(statistics.median(got), j, got) for (n, j, _), got in zip(flat, samples)
+                if n == name and (limit is None or j < limit)]
+        return min(runs, key=lambda run: run[0])
+
+    best = {name: fastest(name) for name in fns}
     out = {name: med for name, (med, _, _) in best.items()}
     out["pick"] = {name: j for name, (_, j, _) in best.items()}
     peers = [got for name, (_, _, got) in best.items() if name in ("scipy", "torch")]
+
+    def paired(ours):
+        return statistics.median(min(p[i] for p in peers) / ours[i] for i in range(reps))
+
     if "ours" in best and peers:
-        ours = best["ours"][2]
-        out["x_peer"] = statistics.median(min(p[i] for p in peers) / ours[i] for i in range(reps))
+        out["x_peer"] = paired(best["ours"][2])
+        if in_place is not None:
+            out["x_in_place"] = paired(fastest("ours", in_place)[2])
     return out
 
 
@@ -163,6 +171,7 @@ def ours(np, w, w_t, x, dy):
 
 
 LAYOUTS = ("C", "F", "CT", "FT")   # ours' formulations, in the order `ours` lists them
+IN_PLACE = 2                       # matmul_t: the first two read W's values in place
 
 
 def measure(args, np, sp, torch, csr_random, CSRMatrix):
@@ -187,8 +196,9 @@ def measure(args, np, sp, torch, csr_random, CSRMatrix):
                 for op in OPS:
                     fns = {"ours": mine[op]}
                     fns.update((p, theirs[op][p]) for p in ("scipy", "torch") if p in theirs[op])
+                    in_place = IN_PLACE if op == "matmul_t" else None
                     row = {"H": h, "d": d, "M": m, "nnz": w.nnz, "op": op, "scipy": None,
-                           "torch": None, **compare(fns, args.reps, target)}
+                           "torch": None, **compare(fns, args.reps, target, in_place)}
                     dense_fns.setdefault((h, m, op), theirs[op]["dense"])
                     rows.append(row)
                 print(".", end="", file=sys.stderr, flush=True)
@@ -214,7 +224,8 @@ def fmt_us(t):
 
 def print_header():
     print(f"{'H':>5} {'d':>7} {'M':>4} {'nnz':>8} {'op':>9} {'out':>3} {'ours_us':>10} {'GF/s':>6} "
-          f"{'scipy_us':>10} {'torch_us':>10} {'dense_us':>10} {'x_peer':>7} {'x_dense':>8}",
+          f"{'scipy_us':>10} {'torch_us':>10} {'dense_us':>10} {'x_peer':>7} {'x_dense':>8} "
+          f"{'x_in_place':>10}",
           flush=True)
 
 
@@ -223,8 +234,8 @@ def print_row(row):
     layout = LAYOUTS[row["pick"]["ours"]] if row["op"] != "sddmm" else "-"
     print(f"{row['H']:5d} {row['d']:7.4f} {row['M']:4d} {row['nnz']:8d} {row['op']:>9} "
           f"{layout:>3} {fmt_us(row['ours'])} {gflops:6.1f} {fmt_us(row['scipy'])} "
-          f"{fmt_us(row['torch'])} {fmt_us(row['dense'])} {x_peer:7.2f} {x_dense:8.2f}",
-          flush=True)
+          f"{fmt_us(row['torch'])} {fmt_us(row['dense'])} {x_peer:7.2f} {x_dense:8.2f} "
+          f"{row['x_in_place'] if 'x_in_place' in row else x_peer:10.2f}", flush=True)
 
 
 def break_even(points):
@@ -268,11 +279,16 @@ def summarise(rows, args):
                 dens, how = break_even(pts)
                 breaks[name][f"H{h}_M{m}"] = {"density": round(dens, 4), "how": how}
     min_ratio = min(w["x_best_peer"] for w in worst.values())
+    in_place = min(r["x_in_place"] for r in by_op["matmul_t"])
     min_gf = min(dense_enough) if dense_enough else None
     return {
         "benchmark": "csr_kernels", "dtype": "float32", "threads": args.threads,
         "quick": args.quick, "points": len(rows) // len(OPS), "reps": args.reps,
         "min_speedup_vs_best_peer": min_ratio, "worst_point_per_op": worst,
+        "matmul_t_values_in_place_min_speedup": round(in_place, 3),
+        "points_below_1.5": sum(derived(r)[1] < 1.5 for r in rows),
+        "points_below_1.5_matmul_t_values_in_place": sum(r["x_in_place"] < 1.5
+                                                         for r in by_op["matmul_t"]),
         "gflops_range": [round(min(gf), 2), round(max(gf), 2)],
         "min_gflops_at_d_ge_0.005": round(min_gf, 2) if min_gf is not None else None,
         "break_even_density_vs_dense": breaks,
