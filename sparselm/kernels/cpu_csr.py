@@ -461,20 +461,22 @@ def spmm_rows_out(vals, perm, cols, ptr, xt, row_lo, row_hi, out_rows, accumulat
 
 
 @njit(cache=True, inline="always")
-def _row_grads(blk, a_off, xt, cols, seg, accumulate):
-    """seg[k] (+)= blk.flat[a_off:a_off+Mp] . xt[cols[k]] for one row of W (see _sddmm_rows)."""
+def _row_grads(blk, a_off, xt, indices, out, lo, hi, accumulate):
+    """out[k] (+)= blk.flat[a_off:a_off+Mp] . xt[indices[k]] for the entries lo <= k < hi of
+    one row of W (see _sddmm_rows). Plain indices, no slices: rows at the study's densities
+    hold 1-3 entries, and two array views per row cost as much as their dot products."""
     mp = xt.shape[1]
     n_vecs = mp // _lanes(xt)
-    k = 0
-    while k + 4 <= cols.size:
-        sums = _dot4(blk, a_off, xt, cols[k] * mp, cols[k + 1] * mp, cols[k + 2] * mp,
-                     cols[k + 3] * mp, n_vecs)
+    k = lo
+    while k + 4 <= hi:
+        sums = _dot4(blk, a_off, xt, indices[k] * mp, indices[k + 1] * mp, indices[k + 2] * mp,
+                     indices[k + 3] * mp, n_vecs)
         for e in range(4):
-            seg[k + e] = seg[k + e] + sums[e] if accumulate else sums[e]
+            out[k + e] = out[k + e] + sums[e] if accumulate else sums[e]
         k += 4
-    while k < cols.size:
-        (s,) = _dot1(blk, a_off, xt, cols[k] * mp, n_vecs)
-        seg[k] = seg[k] + s if accumulate else s
+    while k < hi:
+        (s,) = _dot1(blk, a_off, xt, indices[k] * mp, n_vecs)
+        out[k] = out[k] + s if accumulate else s
         k += 1
 
 
@@ -492,20 +494,20 @@ def _sddmm_rows(indices, indptr, dy, xt, row_lo, row_hi, out, accumulate, col_su
     lanes = _lanes(xt)
     mp = xt.shape[1]
     blk = aligned_empty(lanes, mp, xt)
+    blk[:] = 0      # the lanes past M stay zero: no block transpose writes them
     ones = np.ones(mp, dtype=xt.dtype)
     for r0 in range(row_lo, row_hi, lanes):
         r1 = min(r0 + lanes, row_hi)
-        transpose_cols(dy, blk, r0, r1, r0, True)
+        transpose_cols(dy, blk, r0, r1, r0, False)
         for r in range(r0, r1):
             a_off = (r - r0) * mp
             if col_sums is not None:    # the block is in L1: the bias gradient for free
                 (col_sums[r],) = _dot1(blk, a_off, ones, 0, mp // lanes)
-            lo, hi = indptr[r], indptr[r + 1]
-            _row_grads(blk, a_off, xt, indices[lo:hi], out[lo:hi], accumulate)
+            _row_grads(blk, a_off, xt, indices, out, indptr[r], indptr[r + 1], accumulate)
             if pair is not None:
                 indices2, indptr2, xt2, out2 = pair
-                lo, hi = indptr2[r], indptr2[r + 1]
-                _row_grads(blk, a_off, xt2, indices2[lo:hi], out2[lo:hi], accumulate)
+                _row_grads(blk, a_off, xt2, indices2, out2, indptr2[r], indptr2[r + 1],
+                           accumulate)
 
 
 # ---------------------------------------------------------------------------------------------
