@@ -7,8 +7,12 @@ Layout. Activations arrive batch-major, x (M, C). The fast loop is an axpy over 
 out[:, r] += w * x[:, col], which vectorises only if the M values of one column are contiguous.
 Each call therefore first copies its dense operand transposed, xt (C, Mp) with Mp = M rounded up
 to a whole SIMD register (L lanes: 16 float32, 8 float64); that costs M*C moves against 2*N*M
-flops. Rows of the result are built L at a time in a tile (L, Mp) and written back
-transposed into out (M, R).
+flops; scratch arrays start on 64-byte boundaries so that a vector load touches one cache
+line. The result goes to a batch-major out (M, R), built L rows at a time in a tile (L, Mp)
+and written back through register transposes, or to a feature-major out (R, M), stored
+straight from the registers with masked stores. dy W reads W's values through the transpose
+permutation, except for very large W, where a scatter from W's own rows into private
+accumulators reads them in storage order (_spmm_t_scatter).
 
 Explicit SIMD. The inner loops are LLVM vector code emitted through Numba intrinsics rather
 than loops left to the auto-vectoriser, which here (a) interleaves 4 registers, so any batch
@@ -362,7 +366,8 @@ def _task_bounds(indptr, step, max_tasks=_MAX_TASKS):
 @njit(cache=True, inline="always")
 def _row_passes(dst, d_off, vals, perm, cols, ptr, r0, n_rows, src, second, n_valid,
                 accumulate):
-    """dst.flat[d_off + i*D + l] for i < n_rows, l < Mp: see _tile_product."""
+    """dst.flat[d_off + i*D + l] for i < n_rows, l < Mp (D: dst's row length), in passes of 4,
+    2 and 1 registers: see _tile_product, and the rows intrinsic for n_valid, accumulate."""
     lanes = _lanes(src)
     n_regs = src.shape[1] // lanes
     g = 0
@@ -380,26 +385,22 @@ def _row_passes(dst, d_off, vals, perm, cols, ptr, r0, n_rows, src, second, n_va
 
 
 @njit(cache=True, inline="always")
-def _tile_product(dst, d_off, vals, perm, cols, ptr, r0, n_rows, src, second, n_valid,
-                  accumulate):
-    """dst.flat[d_off + i*D : ... + Mp] = sum_k v_k * src[cols[k], :] over the entries k of row
-    r0 + i, i < n_rows (D: dst's row length).
+def _tile_product(tile, vals, perm, cols, ptr, r0, n_rows, src, second):
+    """tile[i, :] = sum_k v_k * src[cols[k], :] over the entries k of row r0 + i, i < n_rows.
 
-    v_k = vals[k], or vals[perm[k]] when perm is not None. vals: (N,) float; perm: None or
-    (N,) int32; cols: (N,) int32; ptr: (R+1,) int32; src: (S, Mp) float; second: None or a
-    second matrix and source (vals2, cols2, ptr2, src2) adding to each row. dst: a tile
-    (L, Mp) with n_valid, accumulate None; or the output's rows, (.., D), with n_valid = D
-    lanes written per row (masked), added to when accumulate. A batch of up to 4 registers
-    takes one pass over the rows. A wider one needs several passes (4 registers each), made
-    row by row so that the rows of src a row reads are still in L1 for its next pass.
+    v_k = vals[k], or vals[perm[k]] when perm is not None. tile: (L, Mp) float; vals: (N,)
+    float; perm: None or (N,) int32; cols: (N,) int32; ptr: (R+1,) int32; src: (S, Mp) float;
+    second: None or a second matrix and source (vals2, cols2, ptr2, src2) adding to each row.
+    A batch of up to 4 registers takes one pass over the tile's rows. A wider one needs
+    several passes (4 registers each), made row by row so that the rows of src a row reads
+    are still in L1 for its next pass.
     """
     if src.shape[1] <= 4 * _lanes(src):
-        _row_passes(dst, d_off, vals, perm, cols, ptr, r0, n_rows, src, second, n_valid,
-                    accumulate)
+        _row_passes(tile, 0, vals, perm, cols, ptr, r0, n_rows, src, second, None, None)
     else:
         for i in range(n_rows):
-            _row_passes(dst, d_off + i * dst.shape[1], vals, perm, cols, ptr, r0 + i, 1, src,
-                        second, n_valid, accumulate)
+            _row_passes(tile, i * src.shape[1], vals, perm, cols, ptr, r0 + i, 1, src, second,
+                        None, None)
 
 
 @njit(cache=True, inline="always")
@@ -441,7 +442,7 @@ def spmm_rows(vals, perm, cols, ptr, xt, row_lo, row_hi, out, accumulate, second
     tile = aligned_empty(lanes, xt.shape[1], xt)
     for r0 in range(row_lo, row_hi, lanes):
         n_rows = min(lanes, row_hi - r0)
-        _tile_product(tile, 0, vals, perm, cols, ptr, r0, n_rows, xt, second, None, None)
+        _tile_product(tile, vals, perm, cols, ptr, r0, n_rows, xt, second)
         _store_tile(tile, n_rows, out, r0, accumulate)
 
 
@@ -522,6 +523,7 @@ def _small(nnz, m, rows, cols):
 
 @njit(cache=True, inline="always")
 def _rows_into(vals, perm, cols, ptr, at, lo, hi, out, accumulate, out_rows):
+    """Rows lo:hi of the product into either output layout (see _spmm)."""
     if out_rows:
         spmm_rows_out(vals, perm, cols, ptr, at, lo, hi, out, accumulate)
     else:
