@@ -143,9 +143,10 @@ def hsum(builder, v):
 
 
 def hsum4(builder, vs):
-    """The lane sums of four vectors (a list of 4 scalars), sharing the shuffles: each level
-    halves the lanes of two partial sums held side by side in one vector, so the four
-    reductions take log2(L) + 3 shuffle-and-add steps instead of 4 log2(L)."""
+    """The lane sums of four vectors (a list of 4 scalars), sharing the shuffles: after the
+    first two levels the four partial sums sit side by side in one vector, which the last
+    levels fold together. For L = 16: 8 shuffles and 5 adds, against 16 and 16 for four
+    separate reductions."""
     n = vs[0].type.count
     halves = (list(range(n // 2)) + [n + i for i in range(n // 2)],
               list(range(n // 2, n)) + [n + i for i in range(n // 2, n)])
