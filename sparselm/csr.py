@@ -226,7 +226,7 @@ class CSRMatrix:
         F-contiguous out (M, X) is also accepted and passed as its (X, M) C-contiguous view."""
         if out is None:
             empty = getattr(kern, "empty", np.empty)
-            out, accumulate = empty(shape, dtype=self.dtype), False
+            return empty(shape, dtype=self.dtype), False, False
         if tuple(out.shape) != tuple(shape):
             raise ValueError(f"out has shape {tuple(out.shape)}, expected {tuple(shape)}")
         if np.dtype(out.dtype) != self.dtype:

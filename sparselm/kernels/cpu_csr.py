@@ -454,7 +454,7 @@ def spmm_rows_out(vals, perm, cols, ptr, xt, row_lo, row_hi, out_rows, accumulat
     out_rows: (R, M) float, C-contiguous; the other arguments as for spmm_rows. A batch wider
     than 4 registers is done 4 registers at a time over all the rows (not row by row as in the
     tile): one such slice of xt, (S, 4L), stays in L2 for all the rows, where the whole of xt
-    may not (1.1-1.4x at M = 400).
+    may not (1.0-1.4x at M = 400).
     """
     m = out_rows.shape[1]
     _row_passes(out_rows, row_lo * m, vals, perm, cols, ptr, row_lo, row_hi - row_lo, xt, None,

@@ -30,7 +30,7 @@ def lanes(a):
 def aligned_empty(rows, cols, like):
     """Uninitialised (rows, cols) C-contiguous array of like's dtype starting on a VEC_BYTES
     boundary (NumPy and Numba align to 16 or 32 bytes). With rows of a whole number of
-    vectors, every vector load then touches one cache line instead of two: 1.4-1.5x on the
+    vectors, every vector load then touches one cache line instead of two: 1.4-1.55x on the
     CSR row kernels (docs/PERFORMANCE.md)."""
     lanes = VEC_BYTES // like.itemsize
     buf = np.empty(rows * cols + lanes, like.dtype)
