@@ -354,3 +354,59 @@ def test_cpu_large_transpose_product_takes_the_scatter_form():
     ref = dy.astype(np.float64) @ w.to_dense().astype(np.float64)
     assert_close(w.matmul_t(dy), ref, np.float32)
     assert_close(w.matmul_t(dy, out=np.empty((1400, 5), np.float32).T), ref, np.float32)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cpu_transpose_cols_pads_every_batch_edge(dtype):
+    """CPU only: kernels.cpu_csr.transpose_cols, which every CPU product reads its operand
+    through, for batches of 1-35 rows (whole registers, and edges of 1-4, 5-8 and 9-15 rows,
+    each with its own register transpose) and column ranges that start mid-array or end
+    short of a register: the values transposed, lanes past M zero, rows outside the range
+    untouched."""
+    from sparselm.kernels import cpu_csr
+
+    rng = np.random.default_rng(14)
+    lanes = 64 // np.dtype(dtype).itemsize
+    for m in range(0, 36):
+        a = rng.standard_normal((m, 45)).astype(dtype)
+        mp = -(-m // lanes) * lanes
+        for s0, s1 in ((0, 45), (3, 40), (7, 9)):
+            at = np.full((s1 - s0 + 2, mp), np.nan, dtype)
+            cpu_csr.transpose_cols(a, at, s0, s1, s0)
+            want = np.zeros((s1 - s0, mp), dtype)
+            want[:, :m] = a[:, s0:s1].T
+            np.testing.assert_array_equal(at[:s1 - s0], want, err_msg=f"m={m} cols {s0}:{s1}")
+            assert np.isnan(at[s1 - s0:]).all(), f"m={m}: wrote past the range"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cpu_sddmm_in_column_slices(dtype):
+    """CPU only: the SDDMM's sliced form (x^T larger than L2 read _TILE_COLS columns at a
+    time by blocks of _TILE_ROWS rows of W), on a shape that takes it: rows not a multiple
+    of the block, columns not a multiple of the slice, empty rows, column sums, a paired
+    second matrix, overwrite and accumulate."""
+    from sparselm.kernels import cpu_csr
+
+    rng = np.random.default_rng(15)
+    rows, cols, m = 150, 300, 450
+    dense = rng.standard_normal((rows, cols)).astype(dtype)
+    dense[rng.random(dense.shape) >= 0.1] = 0
+    dense[[0, 70, 149]] = 0                                   # empty rows, one at each end
+    w, w2 = from_dense(dense), from_dense(dense[:, :100].copy())
+    x, x2 = (rng.standard_normal((m, c)).astype(dtype) for c in (cols, 100))
+    dy = rng.standard_normal((m, rows)).astype(dtype)
+    xt = cpu_csr._transposed(x)
+    assert cpu_csr._tiles_pay(xt, w.indptr) and not cpu_csr._tiles_pay(cpu_csr._transposed(x2),
+                                                                       w2.indptr)
+    assert rows % cpu_csr._TILE_ROWS and cols % cpu_csr._TILE_COLS
+    ref, ref2 = (naive.csr_sddmm_ref(a.indices, a.indptr, a.shape, dy, b)
+                 for a, b in ((w, x), (w2, x2)))
+    sums = np.full(rows, np.nan, dtype)
+    out2 = np.full(w2.nnz, np.nan, dtype)
+    grad = w.sddmm(dy, x, col_sums=sums, pair=(w2, x2, out2))
+    assert_close(grad, ref, dtype)
+    assert_close(out2, ref2, dtype)
+    assert_close(sums, dy.astype(np.float64).sum(axis=0), dtype)
+    w.sddmm(dy, x, out=grad, accumulate=True, pair=(w2, x2, out2))
+    assert_close(grad, 2 * ref, dtype)
+    assert_close(out2, 2 * ref2, dtype)

@@ -49,6 +49,9 @@ from .simd import lanes as _lanes
 _MAX_TASKS = 32
 _SMALL_WORK = 1 << 19  # below this many multiply-adds and moves a call runs on one thread
 _SERIAL_TRANSPOSE = 1 << 16  # operands of fewer elements are transposed on one thread
+# An SDDMM entry costs a dot product and its horizontal sum, more than the multiply-adds it is
+# counted as: at H=650, d=0.005, M=20 (221k units) one thread took 18.4 us, two 15.5 us.
+_SDDMM_WEIGHT = 4
 
 # Nested parallel calls: every cached function that calls a parallel=True function is
 # parallel=True itself, even with no loop of its own to split. A cached serial caller of a
@@ -210,47 +213,138 @@ def _make_scatter_kernel(n_regs):
 _scatter1, _scatter2, _scatter4 = (_make_scatter_kernel(g) for g in (1, 2, 4))
 
 
-def _dots_codegen(n_dots):
-    """Codegen of the _dot intrinsics; args: a, a_off, b, b_off_0 .. b_off_{n-1}, n_vecs."""
+def _make_grads_kernel(n_regs):
+    """Intrinsic grads(blk, xt, indices, starts, ends, n_rows, out, accumulate, col_sums): the
+    SDDMM of a run of entries in each of n_rows rows of W from their transposed block of dy.
 
-    def codegen(context, builder, sig, args):
-        vty = vec_type(context, sig.args[0].dtype)
-        pa, pb = data_ptr(context, builder, sig, args, 0), data_ptr(context, builder, sig, args, 2)
-        a_off, b_offs, n_vecs = args[1], args[3:3 + n_dots], args[3 + n_dots]
-        accs = [cgutils.alloca_once_value(builder, ir.Constant(vty, None)) for _ in b_offs]
-        with cgutils.for_range(builder, n_vecs) as loop:
-            step = times(builder, loop.index, vty.count)
-            av = load(builder, pa, builder.add(a_off, step), vty)
-            for acc, b_off in zip(accs, b_offs):
-                bv = load(builder, pb, builder.add(b_off, step), vty)
-                builder.store(fma(builder, av, bv, builder.load(acc)), acc)
-        totals = [builder.load(acc) for acc in accs]
-        sums = hsum4(builder, totals) if n_dots == 4 else [hsum(builder, t) for t in totals]
-        return context.make_tuple(builder, sig.return_type, sums)
+        out[k] (+)= sum_l blk[i, l] * xt[indices[k], l]   for starts[i] <= k < ends[i], i < n_rows
 
-    return codegen
+    blk: (>= n_rows, Mp), xt: (C, Mp), both C-contiguous with zero padding past M; indices:
+    (N,) int32; starts, ends: (>= n_rows,) int32 (indptr[r0:] and indptr[r0+1:] for whole
+    rows); out: (N,). col_sums: None, or (>= n_rows,): col_sums[i] = sum_l blk[i, l] (dy of
+    the row summed over the batch). Each row's registers of blk are loaded once for all its
+    entries; entries go four at a time with their horizontal sums sharing shuffles
+    (simd.hsum4). n_regs: the registers per row when fixed (1 or 2: batches up to 2L, fully
+    unrolled; a row's last 1-3 entries share one hsum4 too), 0 for a loop over Mp / L of
+    them. The whole row loop is one piece of IR: in Numba code the per-entry indexing,
+    wrap-around checks and tuple returns cost as much as the dot products (rows hold 1-12
+    entries at the study's densities).
+    """
+
+    @intrinsic
+    def grads(typingctx, blk, xt, indices, starts, ends, n_rows, out, accumulate, col_sums):
+        i = types.intp
+        with_sums = not isinstance(col_sums, types.NoneType)
+
+        def codegen(context, builder, sig, args):
+            vty = vec_type(context, sig.args[0].dtype)
+            n = vty.count
+            pb, px, pi, p_lo, p_hi, po = (data_ptr(context, builder, sig, args, j)
+                                          for j in (0, 1, 2, 3, 4, 6))
+            n_rows, acc_flag = args[5], args[7]
+            mp = _stride0(context, builder, sig, args, 1)
+            zero = ir.Constant(vty, None)
+            zero_i, one_i = ir.Constant(mp.type, 0), ir.Constant(mp.type, 1)
+
+            def vectors(a_off, b_offs):
+                """[sum over registers g of blk(a_off + gL) * xt(b + gL)] per b in b_offs;
+                b = None stands for a vector of ones (the row's own sum)."""
+                def term(g_off, b, total):
+                    av = load(builder, pb, builder.add(a_off, g_off), vty)
+                    if b is None:
+                        return av if total is None else builder.fadd(total, av)
+                    bv = load(builder, px, builder.add(b, g_off), vty)
+                    return builder.fmul(av, bv) if total is None else fma(builder, av, bv, total)
+
+                if n_regs:
+                    totals = [None] * len(b_offs)
+                    for g in range(n_regs):
+                        g_off = ir.Constant(mp.type, g * n)
+                        totals = [term(g_off, b, t) for b, t in zip(b_offs, totals)]
+                    return totals
+                accs = [cgutils.alloca_once_value(builder, zero) for _ in b_offs]
+                for acc in accs:
+                    builder.store(zero, acc)
+                n_vecs = builder.udiv(mp, ir.Constant(mp.type, n))
+                with cgutils.for_range(builder, n_vecs) as loop:
+                    g_off = times(builder, loop.index, n)
+                    for acc, b in zip(accs, b_offs):
+                        builder.store(term(g_off, b, builder.load(acc)), acc)
+                return [builder.load(acc) for acc in accs]
+
+            def put(k, total):
+                at = builder.gep(po, [k])
+                grown = builder.fadd(builder.load(at), total)
+                builder.store(builder.select(acc_flag, grown, total), at)
+
+            def row_start(row):
+                a_off = builder.mul(row.index, mp)
+                if with_sums:
+                    (total,) = vectors(a_off, [None])
+                    sums = data_ptr(context, builder, sig, args, 8)
+                    builder.store(hsum(builder, total), builder.gep(sums, [row.index]))
+                return (a_off, _load_index(builder, p_lo, row.index),
+                        _load_index(builder, p_hi, row.index))
+
+            def b_off(k):
+                return builder.mul(_load_index(builder, pi, k), mp)
+
+            # rows whole or in runs; four entries of a row share each load of the row's dy
+            with cgutils.for_range(builder, n_rows) as row:
+                a_off, lo, hi = row_start(row)
+                n4 = builder.ashr(builder.sub(hi, lo), ir.Constant(lo.type, 2))
+                with cgutils.for_range(builder, n4) as quad:
+                    ks = [plus(builder, builder.add(lo, times(builder, quad.index, 4)), e)
+                          for e in range(4)]
+                    totals = vectors(a_off, [b_off(k) for k in ks])
+                    for k, total in zip(ks, hsum4(builder, totals)):
+                        put(k, total)
+                done = builder.add(lo, times(builder, n4, 4))
+                left = builder.sub(hi, done)
+                if n_regs:      # the last 1-3 entries in one hsum4, the last one repeated
+                    with builder.if_then(builder.icmp_signed(">", left, zero_i)):
+                        last = builder.sub(hi, one_i)
+                        ks = [plus(builder, done, e) for e in range(3)]
+                        ks = [builder.select(builder.icmp_signed("<", k, hi), k, last) for k in ks]
+                        totals = vectors(a_off, [b_off(k) for k in ks]) + [zero]
+                        for e, total in enumerate(hsum4(builder, totals)[:3]):
+                            with builder.if_then(builder.icmp_signed("<", ir.Constant(left.type, e),
+                                                                     left)):
+                                put(ks[e], total)
+                else:
+                    with cgutils.for_range(builder, left) as rest:
+                        k = builder.add(done, rest.index)
+                        (total,) = vectors(a_off, [b_off(k)])
+                        put(k, hsum(builder, total))
+
+            return context.get_dummy_value()
+
+        return types.void(blk, xt, indices, starts, ends, i, out, accumulate, col_sums), codegen
+
+    return grads
 
 
-@intrinsic
-def _dot1(typingctx, a, a_off, b, b_off, n_vecs):
-    """(sum_{l < n_vecs*L} a.flat[a_off + l] * b.flat[b_off + l],) as a 1-tuple."""
-    i = types.intp
-    return types.UniTuple(a.dtype, 1)(a, i, b, i, i), _dots_codegen(1)
+_grads_loop, _grads1, _grads2 = (_make_grads_kernel(g) for g in (0, 1, 2))
 
 
-@intrinsic
-def _dot4(typingctx, a, a_off, b, b_off0, b_off1, b_off2, b_off3, n_vecs):
-    """Four such dots sharing the loads of a: one row of dy^T against four rows of x^T."""
-    i = types.intp
-    return types.UniTuple(a.dtype, 4)(a, i, b, i, i, i, i, i), _dots_codegen(4)
+def _perfect_shuffles(builder, rows):
+    """Transposes R vectors of L lanes (R a power of 2, R <= L) by log2(R) perfect shuffles:
+    after each, vector 2i holds the interleaved first halves of vectors i and i + R/2, vector
+    2i+1 their second halves. At the end vector q holds columns q*L/R .. (q+1)*L/R - 1, each
+    as R consecutive lanes (for R = L: vector j is column j)."""
+    n, r = rows[0].type.count, len(rows)
+    lo = [k for j in range(n // 2) for k in (j, n + j)]
+    hi = [k for j in range(n // 2, n) for k in (j, n + j)]
+    for _ in range(r.bit_length() - 1):
+        pairs = [(rows[i], rows[i + r // 2]) for i in range(r // 2)]
+        rows = [shuffle(builder, a, b, m) for a, b in pairs for m in (lo, hi)]
+    return rows
 
 
 def _make_transpose_kernel(add):
     """Intrinsic block(src, s_off, s_stride, dst, d_off, d_stride): one L x L block.
 
-    dst.flat[d_off + j*d_stride + i] (+)= src.flat[s_off + i*s_stride + j] for i, j < L. The
-    block is transposed in registers by log2(L) perfect shuffles: after each, row 2i holds the
-    interleaved first halves of rows i and i + L/2, row 2i+1 their second halves.
+    dst.flat[d_off + j*d_stride + i] (+)= src.flat[s_off + i*s_stride + j] for i, j < L.
     """
 
     @intrinsic
@@ -259,17 +353,12 @@ def _make_transpose_kernel(add):
 
         def codegen(context, builder, sig, args):
             vty = vec_type(context, sig.args[0].dtype)
-            n = vty.count
             ps = data_ptr(context, builder, sig, args, 0)
             pd = data_ptr(context, builder, sig, args, 3)
             s_off, s_stride, d_off, d_stride = args[1], args[2], args[4], args[5]
-            rows = [load(builder, ps, builder.add(s_off, times(builder, s_stride, r)), vty)
-                    for r in range(n)]
-            lo = [k for j in range(n // 2) for k in (j, n + j)]
-            hi = [k for j in range(n // 2, n) for k in (j, n + j)]
-            for _ in range(n.bit_length() - 1):
-                pairs = [(rows[r], rows[r + n // 2]) for r in range(n // 2)]
-                rows = [shuffle(builder, a, b, m) for a, b in pairs for m in (lo, hi)]
+            rows = _perfect_shuffles(builder, [
+                load(builder, ps, builder.add(s_off, times(builder, s_stride, r)), vty)
+                for r in range(vty.count)])
             for j, row in enumerate(rows):
                 off = builder.add(d_off, times(builder, d_stride, j))
                 if add:
@@ -282,7 +371,59 @@ def _make_transpose_kernel(add):
     return block
 
 
+def _make_transpose_into_kernel(n_take):
+    """Intrinsic into(src, s_off, s_stride, n_src, n_cols, dst, d_off, d_stride): the block of
+    n_src <= n_take rows and n_cols <= L columns at src.flat[s_off], transposed into whole
+    vectors of dst, zero beyond n_src:
+
+        dst.flat[d_off + j*d_stride + i] = src.flat[s_off + i*s_stride + j] if i < n_src else 0
+
+    for j < n_cols, i < L; nothing is read outside the block (masked loads) and no dst row
+    j >= n_cols is written. n_take (4, 8, or None for L; fixed per intrinsic) rows are
+    shuffled: a batch edge of 4 rows (M = 20) costs 8 shuffles and 16 extracts instead of a
+    full block's 64 shuffles, and the zero lanes are the padding a transposed operand needs.
+    """
+
+    @intrinsic
+    def into(typingctx, src, s_off, s_stride, n_src, n_cols, dst, d_off, d_stride):
+        i = types.intp
+
+        def codegen(context, builder, sig, args):
+            vty = vec_type(context, sig.args[0].dtype)
+            n = vty.count
+            take = n if n_take is None else n_take
+            ps, pd = (data_ptr(context, builder, sig, args, k) for k in (0, 5))
+            s_off, s_stride, n_src, n_cols, d_off, d_stride = (args[k] for k in (1, 2, 3, 4, 6, 7))
+            cols = lane_mask(builder, n_cols, vty)
+            zero = ir.Constant(vty, None)
+            last = builder.sub(n_src, ir.Constant(n_src.type, 1))
+            rows = []
+            for r in range(take):           # row r if r < n_src, else zeros (row r not read)
+                rc = ir.Constant(n_src.type, r)
+                inside = builder.icmp_signed("<", rc, n_src)
+                at = builder.add(s_off, builder.mul(s_stride, builder.select(inside, rc, last)))
+                rows.append(builder.select(inside, masked_load(builder, ps, at, vty, cols), zero))
+            rows = _perfect_shuffles(builder, rows)
+            per = n // take                 # columns per shuffled vector
+            for j in range(n):
+                v = rows[j // per]
+                if take < n:                # column j's `take` lanes, then zeros
+                    first = take * (j % per)
+                    v = shuffle(builder, v, zero, [first + t for t in range(take)]
+                                + [n] * (n - take))
+                with builder.if_then(builder.icmp_signed("<", ir.Constant(n_cols.type, j),
+                                                         n_cols)):
+                    store(builder, v, pd, builder.add(d_off, times(builder, d_stride, j)), vty)
+            return context.get_dummy_value()
+
+        return types.void(src, i, i, i, i, dst, i, i), codegen
+
+    return into
+
+
 _transpose_block, _transpose_block_add = _make_transpose_kernel(False), _make_transpose_kernel(True)
+_transpose_into4, _transpose_into8, _transpose_into = (_make_transpose_into_kernel(r)
+                                                        for r in (4, 8, None))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -300,44 +441,40 @@ def _alloc_transposed(a):
     return aligned_empty(a.shape[1], (a.shape[0] + lanes - 1) // lanes * lanes, a)
 
 
-@njit(cache=True)
-def transpose_cols(a, at, s0, s1, row0, pad):
-    """at[s - row0, j] = a[j, s] for s0 <= s < s1; when pad, at[s - row0, j] = 0 for M <= j < Mp.
+@njit(cache=True, inline="always")  # called per row block: a call costs ~40 ns
+def transpose_cols(a, at, s0, s1, row0):
+    """at[s - row0, j] = a[j, s] for j < M and 0 for M <= j < Mp, for s0 <= s < s1.
 
-    a: (M, S) float, C-contiguous; at: (>= s1 - row0, Mp) same dtype, C-contiguous. Whole
-    L x L blocks go through register transposes; a ragged edge takes one more block shifted
-    back to end at the edge, rewriting a few values already written (with the same values).
-    Products only need the padding when lanes past M are summed (SDDMM): elsewhere those
-    lanes are computed and dropped, whatever they hold.
+    a: (M, S) float, C-contiguous; at: (>= s1 - row0, Mp) same dtype, C-contiguous, Mp = M
+    rounded up to whole L. Blocks of up to L columns by L rows go through register
+    transposes; the batch edge (M mod L rows) takes a cheaper one of 4 or 8 rows and writes
+    the zero padding with it, which the SDDMM's sums over whole registers rely on.
     """
     m, n_cols = a.shape
     mp = at.shape[1]
     lanes = _lanes(a)
-    width = s1 - s0
-    if m >= lanes and width >= lanes:
-        for bs in range((width + lanes - 1) // lanes):
-            sb = s0 + min(bs * lanes, width - lanes)
-            for bm in range((m + lanes - 1) // lanes):
-                mb = min(bm * lanes, m - lanes)
-                _transpose_block(a, mb * n_cols + sb, n_cols, at, (sb - row0) * mp + mb, mp)
-    else:
-        for s in range(s0, s1):
-            dst = at[s - row0]
-            for j in range(m):
-                dst[j] = a[j, s]
-    if pad:
-        for s in range(s0, s1):
-            tail = at[s - row0, m:]
-            for j in range(tail.size):
-                tail[j] = 0
+    for sb in range(s0, s1, lanes):
+        width = min(lanes, s1 - sb)
+        d_off = (sb - row0) * mp
+        for mb in range(0, m, lanes):
+            n_src = min(lanes, m - mb)
+            s_off = mb * n_cols + sb
+            if n_src == lanes and width == lanes:     # no edge: no masks, no zeros
+                _transpose_block(a, s_off, n_cols, at, d_off + mb, mp)
+            elif n_src <= 4:
+                _transpose_into4(a, s_off, n_cols, n_src, width, at, d_off + mb, mp)
+            elif n_src <= 8:
+                _transpose_into8(a, s_off, n_cols, n_src, width, at, d_off + mb, mp)
+            else:
+                _transpose_into(a, s_off, n_cols, n_src, width, at, d_off + mb, mp)
 
 
 @njit(parallel=True, cache=True)
-def _transpose_all(a, at, pad):
+def _transpose_all(a, at):
     """transpose_cols over all of a's columns, in parallel ranges of _TR_COLS columns."""
     n_cols = a.shape[1]
     for t in prange((n_cols + _TR_COLS - 1) // _TR_COLS):
-        transpose_cols(a, at, t * _TR_COLS, min(n_cols, (t + 1) * _TR_COLS), 0, pad)
+        transpose_cols(a, at, t * _TR_COLS, min(n_cols, (t + 1) * _TR_COLS), 0)
 
 
 @njit(cache=True)
@@ -461,24 +598,19 @@ def spmm_rows_out(vals, perm, cols, ptr, xt, row_lo, row_hi, out_rows, accumulat
                 m, accumulate)
 
 
+_TILE_ROWS = 64         # rows of W per block when x^T is read in column slices
+_TILE_COLS = 256        # columns of x^T per slice: (256, Mp) stays in L2 beside the dy block
+_TILE_MIN_BYTES = 1 << 19   # x^T larger than this is read in slices (a core's L2: 1 MiB)
+_TILE_REUSE = 2         # ... when a block's entries hit each column this often on average
+
+
 @njit(cache=True, inline="always")
-def _row_grads(blk, a_off, xt, indices, out, lo, hi, accumulate):
-    """out[k] (+)= blk.flat[a_off:a_off+Mp] . xt[indices[k]] for the entries lo <= k < hi of
-    one row of W (see _sddmm_rows). Plain indices, no slices: rows at the study's densities
-    hold 1-3 entries, and two array views per row cost as much as their dot products."""
-    mp = xt.shape[1]
-    n_vecs = mp // _lanes(xt)
-    k = lo
-    while k + 4 <= hi:
-        sums = _dot4(blk, a_off, xt, indices[k] * mp, indices[k + 1] * mp, indices[k + 2] * mp,
-                     indices[k + 3] * mp, n_vecs)
-        for e in range(4):
-            out[k + e] = out[k + e] + sums[e] if accumulate else sums[e]
-        k += 4
-    while k < hi:
-        (s,) = _dot1(blk, a_off, xt, indices[k] * mp, n_vecs)
-        out[k] = out[k] + s if accumulate else s
-        k += 1
+def _tiles_pay(xt, indptr):
+    """True when the SDDMM should read x^T in column slices (see _sddmm_rows): x^T outgrows
+    L2, and a block's rows hit each column _TILE_REUSE times or more on average."""
+    rows, nnz = indptr.size - 1, indptr[-1]
+    return (xt.shape[1] > 2 * _lanes(xt) and xt.size * xt.itemsize > _TILE_MIN_BYTES
+            and nnz * _TILE_ROWS >= _TILE_REUSE * rows * xt.shape[0])
 
 
 @njit(cache=True)
@@ -489,26 +621,65 @@ def _sddmm_rows(indices, indptr, dy, xt, row_lo, row_hi, out, accumulate, col_su
     x transposed and zero padded; out: (N,) float; col_sums: None or (R,) float, then also
     col_sums[r] = sum_m dy[m, r] for those rows; pair: None or (indices2, indptr2, xt2, out2),
     a second matrix with the same rows and dy, done likewise from the same blocks. Columns of
-    dy are transposed L at a time into a small block that stays in L1, instead of a full
-    transposed copy of dy.
+    dy are transposed a block of rows at a time (L rows, a block that stays in L1) instead of
+    into a full transposed copy. When x^T outgrows L2 (wide batches, large C), every entry
+    would read its row of x^T from L3; blocks of _TILE_ROWS rows then go over x^T in slices
+    of _TILE_COLS columns, so a row of x^T is read from L3 once per block and slice rather
+    than once per entry (rows within a CSR row are sorted, so each slice is a run).
     """
-    lanes = _lanes(xt)
-    mp = xt.shape[1]
-    blk = aligned_empty(lanes, mp, xt)
-    blk[:] = 0      # the lanes past M stay zero: no block transpose writes them
-    ones = np.ones(mp, dtype=xt.dtype)
-    for r0 in range(row_lo, row_hi, lanes):
-        r1 = min(r0 + lanes, row_hi)
-        transpose_cols(dy, blk, r0, r1, r0, False)
-        for r in range(r0, r1):
-            a_off = (r - r0) * mp
-            if col_sums is not None:    # the block is in L1: the bias gradient for free
-                (col_sums[r],) = _dot1(blk, a_off, ones, 0, mp // lanes)
-            _row_grads(blk, a_off, xt, indices, out, indptr[r], indptr[r + 1], accumulate)
-            if pair is not None:
-                indices2, indptr2, xt2, out2 = pair
-                _row_grads(blk, a_off, xt2, indices2, out2, indptr2[r], indptr2[r + 1],
-                           accumulate)
+    tiled = _tiles_pay(xt, indptr) or (pair is not None and _tiles_pay(pair[2], pair[1]))
+    block = _TILE_ROWS if tiled else _lanes(xt)
+    blk = aligned_empty(block, xt.shape[1], xt)
+    cuts = np.empty((2, block), np.int32)
+    for r0 in range(row_lo, row_hi, block):
+        r1 = min(r0 + block, row_hi)
+        transpose_cols(dy, blk, r0, r1, r0)
+        if col_sums is None:
+            _block_grads(blk, xt, indices, indptr, r0, r1, out, accumulate, None, tiled, cuts)
+        else:
+            _block_grads(blk, xt, indices, indptr, r0, r1, out, accumulate, col_sums[r0:r1],
+                         tiled, cuts)
+        if pair is not None:
+            indices2, indptr2, xt2, out2 = pair
+            _block_grads(blk, xt2, indices2, indptr2, r0, r1, out2, accumulate, None, tiled,
+                         cuts)
+
+
+@njit(cache=True, inline="always")
+def _block_grads(blk, xt, indices, indptr, r0, r1, out, accumulate, col_sums, tiled, cuts):
+    """The SDDMM of rows r0:r1 from their transposed block of dy, blk (>= r1 - r0, Mp);
+    col_sums: None or (r1 - r0,); tiled: in column slices of x^T, with cuts (2, >= r1 - r0)
+    int32 scratch for the runs of each row."""
+    n = r1 - r0
+    if not tiled:
+        _grads(blk, xt, indices, indptr[r0:], indptr[r0 + 1:], n, out, accumulate, col_sums)
+        return
+    lo, hi = cuts[0], cuts[1]
+    for i in range(n):
+        hi[i] = indptr[r0 + i]
+    if col_sums is not None:        # empty runs: the column sums only
+        _grads(blk, xt, indices, hi, hi, n, out, accumulate, col_sums)
+    for c1 in range(_TILE_COLS, xt.shape[0] + _TILE_COLS, _TILE_COLS):
+        for i in range(n):
+            k = hi[i]
+            lo[i] = k
+            end = indptr[r0 + i + 1]
+            while k < end and indices[k] < c1:
+                k += 1
+            hi[i] = k
+        _grads(blk, xt, indices, lo, hi, n, out, accumulate, None)
+
+
+@njit(cache=True, inline="always")
+def _grads(blk, xt, indices, starts, ends, n_rows, out, accumulate, col_sums):
+    """The grads intrinsic for xt's number of registers per row (see _make_grads_kernel)."""
+    n_regs = xt.shape[1] // _lanes(xt)
+    if n_regs == 1:
+        _grads1(blk, xt, indices, starts, ends, n_rows, out, accumulate, col_sums)
+    elif n_regs == 2:
+        _grads2(blk, xt, indices, starts, ends, n_rows, out, accumulate, col_sums)
+    else:
+        _grads_loop(blk, xt, indices, starts, ends, n_rows, out, accumulate, col_sums)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -536,7 +707,7 @@ def _spmm(vals, perm, cols, ptr, a, out, accumulate, out_rows):
     or (R', M) holding the result transposed when out_rows. Threads own ranges of A's rows."""
     m, width = a.shape
     n_rows = ptr.size - 1
-    at = _transposed(a, False)
+    at = _transposed(a)
     if _small(vals.size, m, n_rows, width):
         _rows_into(vals, perm, cols, ptr, at, 0, n_rows, out, accumulate, out_rows)
         return
@@ -624,7 +795,7 @@ def _spmm_t_scatter(data, indices, indptr, dy, out, accumulate, out_rows):
     m = dy.shape[0]
     cols = out.shape[0] if out_rows else out.shape[1]
     lanes = _lanes(dy)
-    dyt = _transposed(dy, False)
+    dyt = _transposed(dy)
     mp = dyt.shape[1]
     n_blocks = (cols + lanes - 1) // lanes
     parts = aligned_empty(_SCATTER_PARTS * n_blocks * lanes, mp, dy)
@@ -659,15 +830,15 @@ def _add_rows(a, b):
 
 
 @njit(parallel=True, cache=True)  # calls parallel kernels: see 'Nested parallel calls'
-def _transposed(a, pad):
-    """a (M, S) transposed to (S, Mp) (see transpose_cols), zero padded when pad. A small
+def _transposed(a):
+    """a (M, S) transposed to (S, Mp), zero padded (see transpose_cols). A small
     operand is transposed on the calling thread: a parallel region costs more than the copy
     (2-20 us to wake the pool, depending on the host's load)."""
     at = _alloc_transposed(a)
     if a.size < _SERIAL_TRANSPOSE:
-        transpose_cols(a, at, 0, a.shape[1], 0, pad)
+        transpose_cols(a, at, 0, a.shape[1], 0)
     else:
-        _transpose_all(a, at, pad)
+        _transpose_all(a, at)
     return at
 
 
@@ -676,7 +847,7 @@ def _sddmm_tasks(indices, indptr, dy, xt, out, accumulate, col_sums, pair, cost,
     """_sddmm_rows over all rows, in row ranges of near-equal cost (cost: an indptr-like (R+1,)
     of the entries to compute, pair included)."""
     rows = dy.shape[1]
-    if _small(nnz, dy.shape[0], rows, 0):
+    if _small(_SDDMM_WEIGHT * nnz, dy.shape[0], rows, 0):
         _sddmm_rows(indices, indptr, dy, xt, 0, rows, out, accumulate, col_sums, pair)
         return
     bounds = _task_bounds(cost, _lanes(xt))
@@ -697,11 +868,11 @@ def csr_sddmm(indices, indptr, dy, x, out, accumulate, col_sums=None, pair=None)
     pair: None, or (indices2, indptr2, x2, out2) of a second matrix W2 (R, C2) of the same rows
     and the same dy (W_x next to W_h of one gate layer): out2 likewise, from the same blocks.
     """
-    xt = _transposed(x, True)
+    xt = _transposed(x)
     if pair is None:
         _sddmm_tasks(indices, indptr, dy, xt, out, accumulate, col_sums, None, indptr, out.size)
     else:
         indices2, indptr2, x2, out2 = pair
         _sddmm_tasks(indices, indptr, dy, xt, out, accumulate, col_sums,
-                     (indices2, indptr2, _transposed(x2, True), out2), indptr + indptr2,
+                     (indices2, indptr2, _transposed(x2), out2), indptr + indptr2,
                      out.size + out2.size)

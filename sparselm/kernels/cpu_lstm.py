@@ -70,8 +70,8 @@ def csr_lstm_forward(x, w_x, w_h, bias, hs, cs, gates, tanh_c):
             for i in range(b1 - b0):
                 _copy_row(x_win[i], x[t, b0 + i])
                 _copy_row(h_win[i], hs[t, b0 + i])
-            transpose_cols(x_win, x_t, 0, ni, 0, False)
-            transpose_cols(h_win, h_t, 0, nh, 0, False)
+            transpose_cols(x_win, x_t, 0, ni, 0)
+            transpose_cols(h_win, h_t, 0, nh, 0)
             spmm_rows(data, None, indices, indptr, h_t, 0, ng, rec, False,
                       (w_x[0], w_x[1], w_x[2], x_t))
             for i in range(b1 - b0):
@@ -117,7 +117,7 @@ def csr_lstm_backward(dout, dh_last, dc_last, gates, cs, tanh_c, w_x_t, w_h_t, d
                 cell_backward_row(dout[t], dh_rec, dc[(t + 1) % 2], gates[t], cs[t], tanh_c[t],
                                   dgates[t], dc[t % 2], b0 + i)
                 _copy_row(dg_win[i], dgates[t, b0 + i])
-            transpose_cols(dg_win, dg_t, 0, ng, 0, False)
+            transpose_cols(dg_win, dg_t, 0, ng, 0)
             spmm_rows(data, t_perm, t_indices, t_indptr, dg_t, 0, nh, dh_win, False)
             spmm_rows(x_data, x_perm, x_indices, x_indptr, dg_t, 0, ni, dx_win, False)
             for i in range(m):
