@@ -214,25 +214,28 @@ _scatter1, _scatter2, _scatter4 = (_make_scatter_kernel(g) for g in (1, 2, 4))
 
 
 def _make_grads_kernel(n_regs):
-    """Intrinsic grads(blk, xt, indices, starts, ends, n_rows, out, accumulate, col_sums): the
-    SDDMM of a run of entries in each of n_rows rows of W from their transposed block of dy.
+    """Intrinsic grads(blk, xt, indices, starts, s0, ends, e0, n_rows, out, accumulate,
+    col_sums, c0): the SDDMM of a run of entries in each of n_rows rows of W from their
+    transposed block of dy. For i < n_rows, with lo = starts[s0 + i], hi = ends[e0 + i]:
 
-        out[k] (+)= sum_l blk[i, l] * xt[indices[k], l]   for starts[i] <= k < ends[i], i < n_rows
+        out[k] (+)= sum_l blk[i, l] * xt[indices[k], l]   for lo <= k < hi
 
     blk: (>= n_rows, Mp), xt: (C, Mp), both C-contiguous with zero padding past M; indices:
-    (N,) int32; starts, ends: (>= n_rows,) int32 (indptr[r0:] and indptr[r0+1:] for whole
-    rows); out: (N,). col_sums: None, or (>= n_rows,): col_sums[i] = sum_l blk[i, l] (dy of
-    the row summed over the batch). Each row's registers of blk are loaded once for all its
+    (N,) int32; starts, ends: int32 (indptr, r0 and indptr, r0 + 1 for whole rows r0 + i);
+    out: (N,). col_sums: None, or (R,): col_sums[c0 + i] = sum_l blk[i, l] (dy of the row
+    summed over the batch). Offsets rather than array views: a view per block of 16 rows
+    cost ~0.25 us (reference counting). Each row's registers of blk are loaded once for all its
     entries; entries go four at a time with their horizontal sums sharing shuffles
     (simd.hsum4). n_regs: the registers per row when fixed (1 or 2: batches up to 2L, fully
-    unrolled; a row's last 1-3 entries share one hsum4 too), 0 for a loop over Mp / L of
+    unrolled; a row's last 2-3 entries share one hsum4 too), 0 for a loop over Mp / L of
     them. The whole row loop is one piece of IR: in Numba code the per-entry indexing,
     wrap-around checks and tuple returns cost as much as the dot products (rows hold 1-12
     entries at the study's densities).
     """
 
     @intrinsic
-    def grads(typingctx, blk, xt, indices, starts, ends, n_rows, out, accumulate, col_sums):
+    def grads(typingctx, blk, xt, indices, starts, s0, ends, e0, n_rows, out, accumulate,
+              col_sums, c0):
         i = types.intp
         with_sums = not isinstance(col_sums, types.NoneType)
 
@@ -240,11 +243,11 @@ def _make_grads_kernel(n_regs):
             vty = vec_type(context, sig.args[0].dtype)
             n = vty.count
             pb, px, pi, p_lo, p_hi, po = (data_ptr(context, builder, sig, args, j)
-                                          for j in (0, 1, 2, 3, 4, 6))
-            n_rows, acc_flag = args[5], args[7]
+                                          for j in (0, 1, 2, 3, 5, 8))
+            s0, e0, n_rows, acc_flag, c0 = (args[j] for j in (4, 6, 7, 9, 11))
             mp = _stride0(context, builder, sig, args, 1)
             zero = ir.Constant(vty, None)
-            zero_i, one_i = ir.Constant(mp.type, 0), ir.Constant(mp.type, 1)
+            one_i = ir.Constant(mp.type, 1)
 
             def vectors(a_off, b_offs):
                 """[sum over registers g of blk(a_off + gL) * xt(b + gL)] per b in b_offs;
@@ -281,10 +284,11 @@ def _make_grads_kernel(n_regs):
                 a_off = builder.mul(row.index, mp)
                 if with_sums:
                     (total,) = vectors(a_off, [None])
-                    sums = data_ptr(context, builder, sig, args, 8)
-                    builder.store(hsum(builder, total), builder.gep(sums, [row.index]))
-                return (a_off, _load_index(builder, p_lo, row.index),
-                        _load_index(builder, p_hi, row.index))
+                    sums = data_ptr(context, builder, sig, args, 10)
+                    builder.store(hsum(builder, total),
+                                  builder.gep(sums, [builder.add(c0, row.index)]))
+                return (a_off, _load_index(builder, p_lo, builder.add(s0, row.index)),
+                        _load_index(builder, p_hi, builder.add(e0, row.index)))
 
             def b_off(k):
                 return builder.mul(_load_index(builder, pi, k), mp)
@@ -301,8 +305,11 @@ def _make_grads_kernel(n_regs):
                         put(k, total)
                 done = builder.add(lo, times(builder, n4, 4))
                 left = builder.sub(hi, done)
-                if n_regs:      # the last 1-3 entries in one hsum4, the last one repeated
-                    with builder.if_then(builder.icmp_signed(">", left, zero_i)):
+                if n_regs:      # the last 2-3 entries in one hsum4, the last one repeated
+                    with builder.if_then(builder.icmp_signed("==", left, one_i)):
+                        (total,) = vectors(a_off, [b_off(done)])
+                        put(done, hsum(builder, total))
+                    with builder.if_then(builder.icmp_signed(">", left, one_i)):
                         last = builder.sub(hi, one_i)
                         ks = [plus(builder, done, e) for e in range(3)]
                         ks = [builder.select(builder.icmp_signed("<", k, hi), k, last) for k in ks]
@@ -319,7 +326,8 @@ def _make_grads_kernel(n_regs):
 
             return context.get_dummy_value()
 
-        return types.void(blk, xt, indices, starts, ends, i, out, accumulate, col_sums), codegen
+        return (types.void(blk, xt, indices, starts, i, ends, i, i, out, accumulate, col_sums, i),
+                codegen)
 
     return grads
 
@@ -634,11 +642,7 @@ def _sddmm_rows(indices, indptr, dy, xt, row_lo, row_hi, out, accumulate, col_su
     for r0 in range(row_lo, row_hi, block):
         r1 = min(r0 + block, row_hi)
         transpose_cols(dy, blk, r0, r1, r0)
-        if col_sums is None:
-            _block_grads(blk, xt, indices, indptr, r0, r1, out, accumulate, None, tiled, cuts)
-        else:
-            _block_grads(blk, xt, indices, indptr, r0, r1, out, accumulate, col_sums[r0:r1],
-                         tiled, cuts)
+        _block_grads(blk, xt, indices, indptr, r0, r1, out, accumulate, col_sums, tiled, cuts)
         if pair is not None:
             indices2, indptr2, xt2, out2 = pair
             _block_grads(blk, xt2, indices2, indptr2, r0, r1, out2, accumulate, None, tiled,
@@ -648,17 +652,17 @@ def _sddmm_rows(indices, indptr, dy, xt, row_lo, row_hi, out, accumulate, col_su
 @njit(cache=True, inline="always")
 def _block_grads(blk, xt, indices, indptr, r0, r1, out, accumulate, col_sums, tiled, cuts):
     """The SDDMM of rows r0:r1 from their transposed block of dy, blk (>= r1 - r0, Mp);
-    col_sums: None or (r1 - r0,); tiled: in column slices of x^T, with cuts (2, >= r1 - r0)
-    int32 scratch for the runs of each row."""
+    col_sums: None or (R,); tiled: in column slices of x^T, with cuts (2, >= r1 - r0) int32
+    scratch for the runs of each row."""
     n = r1 - r0
     if not tiled:
-        _grads(blk, xt, indices, indptr[r0:], indptr[r0 + 1:], n, out, accumulate, col_sums)
+        _grads(blk, xt, indices, indptr, r0, indptr, r0 + 1, n, out, accumulate, col_sums, r0)
         return
     lo, hi = cuts[0], cuts[1]
     for i in range(n):
         hi[i] = indptr[r0 + i]
     if col_sums is not None:        # empty runs: the column sums only
-        _grads(blk, xt, indices, hi, hi, n, out, accumulate, col_sums)
+        _grads(blk, xt, indices, hi, 0, hi, 0, n, out, accumulate, col_sums, r0)
     for c1 in range(_TILE_COLS, xt.shape[0] + _TILE_COLS, _TILE_COLS):
         for i in range(n):
             k = hi[i]
@@ -667,19 +671,20 @@ def _block_grads(blk, xt, indices, indptr, r0, r1, out, accumulate, col_sums, ti
             while k < end and indices[k] < c1:
                 k += 1
             hi[i] = k
-        _grads(blk, xt, indices, lo, hi, n, out, accumulate, None)
+        _grads(blk, xt, indices, lo, 0, hi, 0, n, out, accumulate, None, 0)
 
 
 @njit(cache=True, inline="always")
-def _grads(blk, xt, indices, starts, ends, n_rows, out, accumulate, col_sums):
+def _grads(blk, xt, indices, starts, s0, ends, e0, n_rows, out, accumulate, col_sums, c0):
     """The grads intrinsic for xt's number of registers per row (see _make_grads_kernel)."""
     n_regs = xt.shape[1] // _lanes(xt)
     if n_regs == 1:
-        _grads1(blk, xt, indices, starts, ends, n_rows, out, accumulate, col_sums)
+        _grads1(blk, xt, indices, starts, s0, ends, e0, n_rows, out, accumulate, col_sums, c0)
     elif n_regs == 2:
-        _grads2(blk, xt, indices, starts, ends, n_rows, out, accumulate, col_sums)
+        _grads2(blk, xt, indices, starts, s0, ends, e0, n_rows, out, accumulate, col_sums, c0)
     else:
-        _grads_loop(blk, xt, indices, starts, ends, n_rows, out, accumulate, col_sums)
+        _grads_loop(blk, xt, indices, starts, s0, ends, e0, n_rows, out, accumulate, col_sums,
+                    c0)
 
 
 # ---------------------------------------------------------------------------------------------
