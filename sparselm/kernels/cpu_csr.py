@@ -223,9 +223,9 @@ def _make_grads_kernel(n_regs):
     blk: (>= n_rows, Mp), xt: (C, Mp), both C-contiguous with zero padding past M; indices:
     (N,) int32; starts, ends: int32 (indptr, r0 and indptr, r0 + 1 for whole rows r0 + i);
     out: (N,). col_sums: None, or (R,): col_sums[c0 + i] = sum_l blk[i, l] (dy of the row
-    summed over the batch). Offsets rather than array views: a view per block of 16 rows
-    cost ~0.25 us (reference counting). Each row's registers of blk are loaded once for all its
-    entries; entries go four at a time with their horizontal sums sharing shuffles
+    summed over the batch). Offsets, not array views per block: a view costs reference
+    counting. Each row's registers of blk are loaded once for all its entries; entries go
+    four at a time with their horizontal sums sharing shuffles
     (simd.hsum4). n_regs: the registers per row when fixed (1 or 2: batches up to 2L, fully
     unrolled; a row's last 2-3 entries share one hsum4 too), 0 for a loop over Mp / L of
     them. The whole row loop is one piece of IR: in Numba code the per-entry indexing,
