@@ -143,7 +143,8 @@ def train(data, preset, out, resume, overwrite, quiet, **overrides):
 
 @main.command()
 @click.argument("ckpt", type=click.Path(dir_okay=False))
-@click.option("--data", default=None, help="Corpus folder (default $SPARSELM_DATA, then ./data/ptb).")
+@click.option("--data", default=None,
+              help="Corpus folder (default $SPARSELM_DATA, then ./data/ptb).")
 @click.option("--split", type=click.Choice(["valid", "test", "train"]), default="valid",
               show_default=True, help="Which split to score.")
 @click.option("--batch-size", type=int, default=None, help="Evaluation batch size.")

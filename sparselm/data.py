@@ -35,8 +35,8 @@ def split_path(data_dir: Path, split: str) -> Path:
     """The file of a split: ptb.<split>.txt or <split>.txt inside data_dir."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
-        raise DataError(f"data folder {data_dir} not found; get the Penn Treebank from {PTB_SOURCE} "
-                        f"and pass --data DIR or set SPARSELM_DATA")
+        raise DataError(f"data folder {data_dir} not found; get the Penn Treebank from "
+                        f"{PTB_SOURCE} and pass --data DIR or set SPARSELM_DATA")
     for name in (f"ptb.{split}.txt", f"{split}.txt"):
         if (data_dir / name).is_file():
             return data_dir / name
@@ -65,7 +65,8 @@ def read_lines(path: Path) -> list[list[str]]:
 
 
 class Vocabulary:
-    """Bijection between words and ids 0..V-1; ids ordered by train frequency, then alphabetically."""
+    """Bijection between words and ids 0..V-1; ids ordered by train frequency, then
+    alphabetically."""
 
     def __init__(self, words: list[str]):
         self.words = list(words)
@@ -119,7 +120,8 @@ class Corpus:
 
 def load_corpus(data_dir, splits=SPLITS, vocab: Vocabulary | None = None) -> Corpus:
     """Read the splits; build the vocabulary from train unless one (a checkpoint's) is given."""
-    paths = {split: split_path(data_dir, split) for split in {*splits, *([] if vocab else ["train"])}}
+    needed = {*splits, *([] if vocab else ["train"])}
+    paths = {split: split_path(data_dir, split) for split in needed}
     tokens = {split: read_lines(paths[split]) for split in splits}
     if vocab is None:
         train = tokens["train"] if "train" in tokens else read_lines(paths["train"])

@@ -2,7 +2,7 @@
 
 Parameters (in this order, gate rows in blocks i, f, g, o):
     embedding.weight (V, E); lstm.{l}.w_x (G, I) dense or (N,) CSR values; lstm.{l}.w_h (G, H) or
-    (N,); lstm.{l}.bias (G,); softmax.weight (V, H); softmax.bias (V,)   with I = E for l = 0 else H.
+    (N,); lstm.{l}.bias (G,); softmax.weight (V, H); softmax.bias (V,); I = E for l = 0, else H.
 With output="factorized" softmax.weight is replaced by softmax.row_weight and softmax.col_weight
 (V, S), H = S*S (see output.py).
 Dropout (Zaremba et al.) is applied to the non-recurrent connections only: the embedding output,

@@ -61,7 +61,7 @@ def test_csr_pattern_copied_once_per_pattern(kc):
 
 
 # -- LSTM cell, softmax, embedding, optimiser: one suite for both backends in
-# tests/test_kernels_dense.py; here only what the CUDA launcher adds --------------------------------
+# tests/test_kernels_dense.py; here only what the CUDA launcher adds ---------------------------
 def test_softmax_without_grad_and_nan(kc):
     """Host arrays are accepted, and without grad the logits are left as they were."""
     logits = np.zeros((3, 4))
