@@ -79,6 +79,15 @@ def csr_lstm_forward(x, w_x, w_h, bias, hs, cs, gates, tanh_c):
                                  hs[t + 1], b0 + i, i)
 
 
+@njit(parallel=True, cache=True)
+def _permuted(data, perm):
+    """data[perm], (N,) like data; perm: (N,) int32."""
+    out = np.empty(perm.size, data.dtype)
+    for k in prange(perm.size):
+        out[k] = data[perm[k]]
+    return out
+
+
 @njit(parallel=True, cache=True, fastmath=FAST)
 def csr_lstm_backward(dout, dh_last, dc_last, gates, cs, tanh_c, w_x_t, w_h_t, dgates, dx, dh0,
                       dc0):
@@ -98,6 +107,9 @@ def csr_lstm_backward(dout, dh_last, dc_last, gates, cs, tanh_c, w_x_t, w_h_t, d
     ni = dx.shape[2]
     data, t_perm, t_indices, t_indptr = w_h_t
     x_data, x_perm, x_indices, x_indptr = w_x_t
+    # W^T's values in its own entry order, gathered once: every step of every chunk reads all
+    # of them, and through t_perm each read would be a random access
+    vals, x_vals = _permuted(data, t_perm), _permuted(x_data, x_perm)
     width = lanes(dout)
     n_chunks = _n_chunks(nb, width)
     for chunk in prange(n_chunks):
@@ -118,8 +130,8 @@ def csr_lstm_backward(dout, dh_last, dc_last, gates, cs, tanh_c, w_x_t, w_h_t, d
                                   dgates[t], dc[t % 2], b0 + i)
                 _copy_row(dg_win[i], dgates[t, b0 + i])
             transpose_cols(dg_win, dg_t, 0, ng, 0)
-            spmm_rows(data, t_perm, t_indices, t_indptr, dg_t, 0, nh, dh_win, False)
-            spmm_rows(x_data, x_perm, x_indices, x_indptr, dg_t, 0, ni, dx_win, False)
+            spmm_rows(vals, None, t_indices, t_indptr, dg_t, 0, nh, dh_win, False)
+            spmm_rows(x_vals, None, x_indices, x_indptr, dg_t, 0, ni, dx_win, False)
             for i in range(m):
                 _copy_row(dh_rec[b0 + i], dh_win[i])
                 _copy_row(dx[t, b0 + i], dx_win[i])
