@@ -17,8 +17,9 @@ with W's values read in place through t_perm, as training does. scipy.sparse is
 single-threaded and has no SDDMM; torch.sparse uses MKL on its own threads (sampled_addmm for
 the SDDMM); dense is NumPy's BLAS (the full dy^T x for the gradient). Time per call is the
 median of --reps repetitions, each looping the call for about --target-ms; repetitions of ours
-and the peers are interleaved, each after a short sleep, and x_peer is the median of the
-ratios within each round of repetitions (see `compare`). GFLOP/s = 2 * nnz * M / time.
+and the peers are interleaved, each after a short sleep and an untimed warm-up of the same
+length, and x_peer is the median of the ratios within each round of repetitions (see
+`compare`). GFLOP/s = 2 * nnz * M / time.
 Ends with one JSON line summarising the run.
 """
 
@@ -98,7 +99,10 @@ def compare(fns, reps, target_s, in_place=None):
     times. The host's speed drifts by up to 2x over seconds (other guests), and a ratio of
     two times taken milliseconds apart cancels most of that, where a ratio of medians taken
     at different moments does not. Each timing starts after a short sleep that lets the
-    previous library's threads go idle.
+    previous library's threads go idle, then an untimed run of the same length: after idling
+    the cores take milliseconds to come back to speed (a 78 us call took 173 us right after
+    0.3 s idle and still 102 us 50-100 calls later), and ours, first in each round, came
+    after the longest idle (the pause after torch).
     """
     flat = [(name, j, f) for name, fs in fns.items() for j, f in enumerate(fs)]
     loops = [_calibrate(f, target_s) for _, _, f in flat]
@@ -106,6 +110,7 @@ def compare(fns, reps, target_s, in_place=None):
     for _ in range(reps):
         for (_, _, f), n, got in zip(flat, loops, samples):
             time.sleep(min(0.03, target_s * 5))
+            _loop(f, n)                                 # untimed: back up to speed
             got.append(_loop(f, n) / n)
         if "torch" in fns:
             time.sleep(_SPIN_S)

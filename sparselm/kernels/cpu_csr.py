@@ -275,10 +275,9 @@ def _make_grads_kernel(n_regs):
                         builder.store(term(g_off, b, builder.load(acc)), acc)
                 return [builder.load(acc) for acc in accs]
 
-            def put(k, total):
+            def put(k, total, adding):
                 at = builder.gep(po, [k])
-                grown = builder.fadd(builder.load(at), total)
-                builder.store(builder.select(acc_flag, grown, total), at)
+                builder.store(builder.fadd(builder.load(at), total) if adding else total, at)
 
             def row_start(row):
                 a_off = builder.mul(row.index, mp)
@@ -293,36 +292,45 @@ def _make_grads_kernel(n_regs):
             def b_off(k):
                 return builder.mul(_load_index(builder, pi, k), mp)
 
-            # rows whole or in runs; four entries of a row share each load of the row's dy
-            with cgutils.for_range(builder, n_rows) as row:
-                a_off, lo, hi = row_start(row)
-                n4 = builder.ashr(builder.sub(hi, lo), ir.Constant(lo.type, 2))
-                with cgutils.for_range(builder, n4) as quad:
-                    ks = [plus(builder, builder.add(lo, times(builder, quad.index, 4)), e)
-                          for e in range(4)]
-                    totals = vectors(a_off, [b_off(k) for k in ks])
-                    for k, total in zip(ks, hsum4(builder, totals)):
-                        put(k, total)
-                done = builder.add(lo, times(builder, n4, 4))
-                left = builder.sub(hi, done)
-                if n_regs:      # the last 2-3 entries in one hsum4, the last one repeated
-                    with builder.if_then(builder.icmp_signed("==", left, one_i)):
-                        (total,) = vectors(a_off, [b_off(done)])
-                        put(done, hsum(builder, total))
-                    with builder.if_then(builder.icmp_signed(">", left, one_i)):
-                        last = builder.sub(hi, one_i)
-                        ks = [plus(builder, done, e) for e in range(3)]
-                        ks = [builder.select(builder.icmp_signed("<", k, hi), k, last) for k in ks]
-                        totals = vectors(a_off, [b_off(k) for k in ks]) + [zero]
-                        for e, total in enumerate(hsum4(builder, totals)[:3]):
-                            with builder.if_then(builder.icmp_signed("<", ir.Constant(left.type, e),
-                                                                     left)):
-                                put(ks[e], total)
-                else:
-                    with cgutils.for_range(builder, left) as rest:
-                        k = builder.add(done, rest.index)
-                        (total,) = vectors(a_off, [b_off(k)])
-                        put(k, hsum(builder, total))
+            def row_loop(adding):   # rows whole or in runs; four entries of a row share
+                                    # each load of the row's dy
+                with cgutils.for_range(builder, n_rows) as row:
+                    a_off, lo, hi = row_start(row)
+                    n4 = builder.ashr(builder.sub(hi, lo), ir.Constant(lo.type, 2))
+                    with cgutils.for_range(builder, n4) as quad:
+                        ks = [plus(builder, builder.add(lo, times(builder, quad.index, 4)), e)
+                              for e in range(4)]
+                        totals = vectors(a_off, [b_off(k) for k in ks])
+                        for k, total in zip(ks, hsum4(builder, totals)):
+                            put(k, total, adding)
+                    done = builder.add(lo, times(builder, n4, 4))
+                    left = builder.sub(hi, done)
+                    if n_regs:      # the last 2-3 entries in one hsum4, the last one repeated
+                        with builder.if_then(builder.icmp_signed("==", left, one_i)):
+                            (total,) = vectors(a_off, [b_off(done)])
+                            put(done, hsum(builder, total), adding)
+                        with builder.if_then(builder.icmp_signed(">", left, one_i)):
+                            third = plus(builder, done, 2)      # or the second again
+                            three = builder.icmp_signed("<", third, hi)
+                            ks = [done, plus(builder, done, 1),
+                                  builder.select(three, third, plus(builder, done, 1))]
+                            totals = vectors(a_off, [b_off(k) for k in ks]) + [zero]
+                            sums = hsum4(builder, totals)
+                            put(ks[0], sums[0], adding)
+                            put(ks[1], sums[1], adding)
+                            with builder.if_then(three):
+                                put(third, sums[2], adding)
+                    else:
+                        with cgutils.for_range(builder, left) as rest:
+                            k = builder.add(done, rest.index)
+                            (total,) = vectors(a_off, [b_off(k)])
+                            put(k, hsum(builder, total), adding)
+
+            with builder.if_else(acc_flag) as (adding, overwriting):   # the loop twice: no
+                with adding:                                           # test per entry
+                    row_loop(True)
+                with overwriting:
+                    row_loop(False)
 
             return context.get_dummy_value()
 
