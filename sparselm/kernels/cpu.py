@@ -284,7 +284,13 @@ def sum_squares(x):
         for k in range(seg.shape[0]):
             acc += seg[k] * seg[k]
         partial[chunk] = acc
-    return partial.sum()
+    # The chunk totals in a plain loop, in a fixed order: in a parallel function Numba turns
+    # partial.sum() into a parallel reduction whose grouping follows the thread schedule, and
+    # the norm then varied in its last bit between runs with the same seed.
+    total = 0.0
+    for chunk in range(_NORM_CHUNKS):
+        total += partial[chunk]
+    return total
 
 
 @njit(parallel=True, cache=True, fastmath=FAST)
