@@ -178,11 +178,11 @@ class CSRMatrix:
 
     @property
     def nnz(self) -> int:
-        return int(self.indices.shape[0])
+        return self.indices.shape[0]
 
     @property
     def dtype(self) -> np.dtype:
-        return np.dtype(self.data.dtype)
+        return self.data.dtype      # NumPy, CuPy and Numba device arrays all hold an np.dtype
 
     def __repr__(self) -> str:
         return f"CSRMatrix(shape={self.shape}, nnz={self.nnz}, dtype={self.dtype})"
@@ -225,6 +225,13 @@ class CSRMatrix:
         return self.data, t_perm, t_indices, t_indptr
 
     def _check_operand(self, name, a, cols):
+        """Raises ValueError unless a is (M, cols), the matrix's dtype, C-contiguous."""
+        try:        # every product call checks its operands: the common case in one test
+            if (a.ndim == 2 and a.shape[1] == cols and a.dtype == self.data.dtype
+                    and a.flags["C_CONTIGUOUS"]):
+                return
+        except (AttributeError, TypeError, IndexError):
+            pass
         if not hasattr(a, "shape") or len(a.shape) != 2:
             raise ValueError(f"{name} must be a 2-D array, got {getattr(a, 'shape', type(a))}")
         if a.dtype != self.dtype:
@@ -240,6 +247,8 @@ class CSRMatrix:
         if out is None:
             empty = _hook(kern, "empty") or np.empty
             return empty(shape, dtype=self.dtype), False, False
+        if out.shape == shape and out.dtype == self.data.dtype and out.flags["C_CONTIGUOUS"]:
+            return out, bool(accumulate), False     # the common case in one test
         if tuple(out.shape) != tuple(shape):
             raise ValueError(f"out has shape {tuple(out.shape)}, expected {tuple(shape)}")
         if np.dtype(out.dtype) != self.dtype:
@@ -313,7 +322,7 @@ class CSRMatrix:
         if dy.shape[0] != x.shape[0]:
             raise ValueError(f"dy has {dy.shape[0]} rows but x has {x.shape[0]}")
         kern = _kernels_for(dy)
-        out, acc, _ = self._prepare_out(kern, out, (self.nnz,), accumulate)
+        out, acc, _ = self._prepare_out(kern, out, self.indices.shape, accumulate)
         indices, indptr, _, _, _ = self._pattern(kern)
         return kern, (indices, indptr, dy, x, out, acc)
 

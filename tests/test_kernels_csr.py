@@ -380,6 +380,39 @@ def test_cpu_transpose_cols_pads_every_batch_edge(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("form", ["serial", "own x^T", "shared x^T"])
+def test_cpu_sddmm_every_form(dtype, form):
+    """CPU only: each way csr_sddmm runs a call (on the calling thread; one task per thread,
+    each transposing x itself; many tasks over one x^T), on a shape asserted to take it, with
+    column sums, a paired second matrix (narrower x2), empty rows, overwrite and accumulate."""
+    from sparselm.kernels import cpu_csr
+
+    rows, cols, density, m = {"serial": (40, 30, 0.3, 5), "own x^T": (800, 300, 0.1, 20),
+                              "shared x^T": (800, 300, 0.3, 48)}[form]
+    rng = np.random.default_rng(16)
+    dense = rng.standard_normal((rows, cols)).astype(dtype)
+    dense[rng.random(dense.shape) >= density] = 0
+    dense[[0, rows // 2, rows - 1]] = 0
+    w, w2 = from_dense(dense), from_dense(dense[:, :20].copy())
+    x, x2 = (rng.standard_normal((m, c)).astype(dtype) for c in (cols, 20))
+    dy = rng.standard_normal((m, rows)).astype(dtype)
+    expected = ("serial", "own x^T", "shared x^T").index(form)
+    assert cpu_csr._sddmm_form(w.nnz + w2.nnz, m, rows, x) == expected
+    ref, ref2 = (naive.csr_sddmm_ref(a.indices, a.indptr, a.shape, dy, b)
+                 for a, b in ((w, x), (w2, x2)))
+    sums = np.full(rows, np.nan, dtype)
+    out2 = np.full(w2.nnz, np.nan, dtype)
+    grad = w.sddmm(dy, x, col_sums=sums, pair=(w2, x2, out2))
+    assert_close(grad, ref, dtype)
+    assert_close(out2, ref2, dtype)
+    assert_close(sums, dy.astype(np.float64).sum(axis=0), dtype)
+    w.sddmm(dy, x, out=grad, accumulate=True, pair=(w2, x2, out2))
+    assert_close(grad, 2 * ref, dtype)
+    assert_close(out2, 2 * ref2, dtype)
+    assert_close(w.sddmm(dy, x), ref, dtype)        # alone, no pair, no sums
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_cpu_sddmm_in_column_slices(dtype):
     """CPU only: the SDDMM's sliced form (x^T larger than L2 read _TILE_COLS columns at a
     time by blocks of _TILE_ROWS rows of W), on a shape that takes it: rows not a multiple

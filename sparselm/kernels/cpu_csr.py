@@ -35,7 +35,7 @@ import warnings
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import config, njit, prange, types
 from numba.core.errors import NumbaPerformanceWarning
 from numba.core import cgutils
 from numba.extending import intrinsic
@@ -636,41 +636,69 @@ def _sddmm_rows(indices, indptr, dy, xt, row_lo, row_hi, out, accumulate, col_su
     indices: (N,) int32; indptr: (R+1,) int32; dy: (M, R) float, C-contiguous; xt: (C, Mp)
     x transposed and zero padded; out: (N,) float; col_sums: None or (R,) float, then also
     col_sums[r] = sum_m dy[m, r] for those rows; pair: None or (indices2, indptr2, xt2, out2),
-    a second matrix with the same rows and dy, done likewise from the same blocks. Columns of
-    dy are transposed a block of rows at a time (L rows, a block that stays in L1) instead of
-    into a full transposed copy. When x^T outgrows L2 (wide batches, large C), every entry
-    would read its row of x^T from L3; blocks of _TILE_ROWS rows then go over x^T in slices
-    of _TILE_COLS columns, so a row of x^T is read from L3 once per block and slice rather
-    than once per entry (rows within a CSR row are sorted, so each slice is a run).
+    a second matrix with the same rows and dy, done likewise from the same blocks. The grads
+    intrinsic for the batch's registers per row is chosen here, once: chosen per block inside
+    the loop, the three variants' calls kept Numba from pruning the reference counting of
+    their array arguments (H=650, d=0.005, M=20, serial: 23 against 13 us).
     """
-    tiled = _tiles_pay(xt, indptr) or (pair is not None and _tiles_pay(pair[2], pair[1]))
-    block = _TILE_ROWS if tiled else _lanes(xt)
-    blk = aligned_empty(block, xt.shape[1], xt)
-    cuts = np.empty((2, block), np.int32)
-    for r0 in range(row_lo, row_hi, block):
-        r1 = min(r0 + block, row_hi)
-        transpose_cols(dy, blk, r0, r1, r0)
-        _block_grads(blk, xt, indices, indptr, r0, r1, out, accumulate, col_sums, tiled, cuts)
-        if pair is not None:
-            indices2, indptr2, xt2, out2 = pair
-            _block_grads(blk, xt2, indices2, indptr2, r0, r1, out2, accumulate, None, tiled,
-                         cuts)
+    n_regs = xt.shape[1] // _lanes(xt)
+    if n_regs == 1:
+        _sddmm_blocks(_grads1, indices, indptr, dy, xt, row_lo, row_hi, out, accumulate,
+                      col_sums, pair)
+    elif n_regs == 2:
+        _sddmm_blocks(_grads2, indices, indptr, dy, xt, row_lo, row_hi, out, accumulate,
+                      col_sums, pair)
+    else:
+        _sddmm_blocks(_grads_loop, indices, indptr, dy, xt, row_lo, row_hi, out, accumulate,
+                      col_sums, pair)
 
 
 @njit(cache=True, inline="always")
-def _block_grads(blk, xt, indices, indptr, r0, r1, out, accumulate, col_sums, tiled, cuts):
-    """The SDDMM of rows r0:r1 from their transposed block of dy, blk (>= r1 - r0, Mp);
-    col_sums: None or (R,); tiled: in column slices of x^T, with cuts (2, >= r1 - r0) int32
-    scratch for the runs of each row."""
+def _sddmm_blocks(grads, indices, indptr, dy, xt, row_lo, row_hi, out, accumulate, col_sums,
+                  pair):
+    """_sddmm_rows with the grads intrinsic for xt's registers per row (_make_grads_kernel).
+
+    Columns of dy are transposed a block of rows at a time (L rows, a block that stays in L1)
+    instead of into a full transposed copy. When x^T outgrows L2 (wide batches, large C),
+    every entry would read its row of x^T from L3; blocks of _TILE_ROWS rows then go over x^T
+    in slices of _TILE_COLS columns (_sliced_grads). Each layout has a loop of its own: a
+    test inside one loop also kept the reference counting (21 against 14 us above).
+    """
+    if _tiles_pay(xt, indptr) or (pair is not None and _tiles_pay(pair[2], pair[1])):
+        blk = aligned_empty(_TILE_ROWS, xt.shape[1], xt)
+        cuts = np.empty((2, _TILE_ROWS), np.int32)
+        for r0 in range(row_lo, row_hi, _TILE_ROWS):
+            r1 = min(r0 + _TILE_ROWS, row_hi)
+            transpose_cols(dy, blk, r0, r1, r0)
+            _sliced_grads(grads, blk, xt, indices, indptr, r0, r1, out, accumulate, col_sums,
+                          cuts)
+            if pair is not None:
+                _sliced_grads(grads, blk, pair[2], pair[0], pair[1], r0, r1, pair[3],
+                              accumulate, None, cuts)
+    else:
+        blk = aligned_empty(_lanes(xt), xt.shape[1], xt)
+        for r0 in range(row_lo, row_hi, _lanes(xt)):
+            n = min(_lanes(xt), row_hi - r0)
+            transpose_cols(dy, blk, r0, r0 + n, r0)
+            grads(blk, xt, indices, indptr, r0, indptr, r0 + 1, n, out, accumulate, col_sums,
+                  r0)
+            if pair is not None:
+                grads(blk, pair[2], pair[0], pair[1], r0, pair[1], r0 + 1, n, pair[3],
+                      accumulate, None, 0)
+
+
+@njit(cache=True, inline="always")
+def _sliced_grads(grads, blk, xt, indices, indptr, r0, r1, out, accumulate, col_sums, cuts):
+    """The SDDMM of rows r0:r1 from their transposed block of dy, blk (>= r1 - r0, Mp), over
+    x^T in slices of _TILE_COLS columns: rows within a CSR row are sorted, so each row's
+    entries in a slice are a run. col_sums: None or (R,); cuts: (2, >= r1 - r0) int32 scratch
+    for the runs."""
     n = r1 - r0
-    if not tiled:
-        _grads(blk, xt, indices, indptr, r0, indptr, r0 + 1, n, out, accumulate, col_sums, r0)
-        return
     lo, hi = cuts[0], cuts[1]
     for i in range(n):
         hi[i] = indptr[r0 + i]
     if col_sums is not None:        # empty runs: the column sums only
-        _grads(blk, xt, indices, hi, 0, hi, 0, n, out, accumulate, col_sums, r0)
+        grads(blk, xt, indices, hi, 0, hi, 0, n, out, accumulate, col_sums, r0)
     for c1 in range(_TILE_COLS, xt.shape[0] + _TILE_COLS, _TILE_COLS):
         for i in range(n):
             k = hi[i]
@@ -679,20 +707,7 @@ def _block_grads(blk, xt, indices, indptr, r0, r1, out, accumulate, col_sums, ti
             while k < end and indices[k] < c1:
                 k += 1
             hi[i] = k
-        _grads(blk, xt, indices, lo, 0, hi, 0, n, out, accumulate, None, 0)
-
-
-@njit(cache=True, inline="always")
-def _grads(blk, xt, indices, starts, s0, ends, e0, n_rows, out, accumulate, col_sums, c0):
-    """The grads intrinsic for xt's number of registers per row (see _make_grads_kernel)."""
-    n_regs = xt.shape[1] // _lanes(xt)
-    if n_regs == 1:
-        _grads1(blk, xt, indices, starts, s0, ends, e0, n_rows, out, accumulate, col_sums, c0)
-    elif n_regs == 2:
-        _grads2(blk, xt, indices, starts, s0, ends, e0, n_rows, out, accumulate, col_sums, c0)
-    else:
-        _grads_loop(blk, xt, indices, starts, s0, ends, e0, n_rows, out, accumulate, col_sums,
-                    c0)
+        grads(blk, xt, indices, lo, 0, hi, 0, n, out, accumulate, None, 0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -855,18 +870,69 @@ def _transposed(a):
     return at
 
 
+_OWN_XT_BYTES = 1 << 18     # a call whose x^T is at most this large (a quarter of L2) ...
+_OWN_XT_WORK = 1 << 23      # ... and whose SDDMM is under this many multiply-adds runs one
+                            # task per thread, each thread with its own x^T (_sddmm_own_xt)
+# The threads available to this process, frozen into the compiled code: get_num_threads() in
+# a kernel would keep it out of Numba's cache. Fewer threads at run time (set_num_threads)
+# only means that a thread transposes x more than once.
+_OWN_XT_TASKS = config.NUMBA_NUM_THREADS
+
+
+_SERIAL, _OWN_XT, _SHARED_XT = 0, 1, 2     # the forms of an SDDMM call (_sddmm_form)
+
+
+@njit(cache=True)
+def _sddmm_form(nnz, m, rows, x):
+    """How csr_sddmm runs a call of nnz entries (pair included) over a batch of m for R = rows
+    rows, x: (m, C) its widest dense operand: _SERIAL on the calling thread, too small to
+    repay waking the pool; _OWN_XT in one task per thread, each with its own x^T
+    (_sddmm_own_xt); _SHARED_XT in many tasks over one x^T transposed in parallel."""
+    work = _SDDMM_WEIGHT * nnz * m
+    if _small(work, m, rows, 0):
+        return _SERIAL
+    mp = (m + _lanes(x) - 1) // _lanes(x) * _lanes(x)
+    if work < _OWN_XT_WORK and x.shape[1] * mp * x.itemsize <= _OWN_XT_BYTES:
+        return _OWN_XT
+    return _SHARED_XT
+
+
 @njit(parallel=True, cache=True)
-def _sddmm_tasks(indices, indptr, dy, xt, out, accumulate, col_sums, pair, cost, nnz):
+def _sddmm_tasks(indices, indptr, dy, xt, out, accumulate, col_sums, pair, cost):
     """_sddmm_rows over all rows, in row ranges of near-equal cost (cost: an indptr-like (R+1,)
-    of the entries to compute, pair included)."""
-    rows = dy.shape[1]
-    if _small(_SDDMM_WEIGHT * nnz, dy.shape[0], rows, 0):
-        _sddmm_rows(indices, indptr, dy, xt, 0, rows, out, accumulate, col_sums, pair)
-        return
+    of the entries to compute, pair included), x^T shared by the threads."""
     bounds = _task_bounds(cost, _lanes(xt))
     for t in prange(bounds.size - 1):
         _sddmm_rows(indices, indptr, dy, xt, bounds[t], bounds[t + 1], out, accumulate,
                     col_sums, pair)
+
+
+@njit(cache=True)
+def _sddmm_from_x(indices, indptr, dy, x, row_lo, row_hi, out, accumulate, col_sums, pair):
+    """_sddmm_rows of rows row_lo:row_hi from x (M, C) itself (and pair's x2): transposes them
+    on this thread first; pair: None or (indices2, indptr2, x2, out2)."""
+    xt = _alloc_transposed(x)
+    transpose_cols(x, xt, 0, x.shape[1], 0)
+    if pair is None:
+        _sddmm_rows(indices, indptr, dy, xt, row_lo, row_hi, out, accumulate, col_sums, None)
+    else:
+        x2 = pair[2]
+        xt2 = _alloc_transposed(x2)
+        transpose_cols(x2, xt2, 0, x2.shape[1], 0)
+        _sddmm_rows(indices, indptr, dy, xt, row_lo, row_hi, out, accumulate, col_sums,
+                    (pair[0], pair[1], xt2, pair[3]))
+
+
+@njit(parallel=True, cache=True)
+def _sddmm_own_xt(indices, indptr, dy, x, out, accumulate, col_sums, pair, cost):
+    """_sddmm_from_x in one row range per thread: each thread transposes x for itself. For a
+    small call this beats one shared x^T: that is built on the calling thread before the
+    others can start, and then crosses to their caches (H=650, d=0.005, M=20, 2 threads:
+    11.7 against 14.2 us; H=1500: 33 against 38 us)."""
+    bounds = _task_bounds(cost, _lanes(x), _OWN_XT_TASKS)
+    for t in prange(bounds.size - 1):
+        _sddmm_from_x(indices, indptr, dy, x, bounds[t], bounds[t + 1], out, accumulate,
+                      col_sums, pair)
 
 
 @njit(parallel=True, cache=True)  # calls parallel kernels: see 'Nested parallel calls'
@@ -881,11 +947,19 @@ def csr_sddmm(indices, indptr, dy, x, out, accumulate, col_sums=None, pair=None)
     pair: None, or (indices2, indptr2, x2, out2) of a second matrix W2 (R, C2) of the same rows
     and the same dy (W_x next to W_h of one gate layer): out2 likewise, from the same blocks.
     """
-    xt = _transposed(x)
+    m, rows = dy.shape
     if pair is None:
-        _sddmm_tasks(indices, indptr, dy, xt, out, accumulate, col_sums, None, indptr, out.size)
+        form, cost = _sddmm_form(out.size, m, rows, x), indptr
     else:
-        indices2, indptr2, x2, out2 = pair
-        _sddmm_tasks(indices, indptr, dy, xt, out, accumulate, col_sums,
-                     (indices2, indptr2, _transposed(x2), out2), indptr + indptr2,
-                     out.size + out2.size)
+        widest = x if x.shape[1] >= pair[2].shape[1] else pair[2]
+        form, cost = _sddmm_form(out.size + pair[3].size, m, rows, widest), indptr + pair[1]
+    if form == _SERIAL:
+        _sddmm_from_x(indices, indptr, dy, x, 0, rows, out, accumulate, col_sums, pair)
+    elif form == _OWN_XT:
+        _sddmm_own_xt(indices, indptr, dy, x, out, accumulate, col_sums, pair, cost)
+    elif pair is None:
+        _sddmm_tasks(indices, indptr, dy, _transposed(x), out, accumulate, col_sums, None,
+                     cost)
+    else:
+        _sddmm_tasks(indices, indptr, dy, _transposed(x), out, accumulate, col_sums,
+                     (pair[0], pair[1], _transposed(pair[2]), pair[3]), cost)
