@@ -388,7 +388,7 @@ def test_cpu_sddmm_every_form(dtype, form):
     from sparselm.kernels import cpu_csr
 
     rows, cols, density, m = {"serial": (40, 30, 0.3, 5), "own x^T": (800, 300, 0.1, 20),
-                              "shared x^T": (800, 300, 0.3, 48)}[form]
+                              "shared x^T": (200, 300, 0.1, 450)}[form]
     rng = np.random.default_rng(16)
     dense = rng.standard_normal((rows, cols)).astype(dtype)
     dense[rng.random(dense.shape) >= density] = 0

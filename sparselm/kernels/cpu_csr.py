@@ -870,8 +870,8 @@ def _transposed(a):
     return at
 
 
-_OWN_XT_BYTES = 1 << 18     # a call whose x^T is at most this large (a quarter of L2) ...
-_OWN_XT_WORK = 1 << 23      # ... and whose SDDMM is under this many multiply-adds runs one
+_OWN_XT_BYTES = 1 << 19     # a call whose x^T is at most this large (half of L2) ...
+_OWN_XT_WORK = 1 << 25      # ... and whose SDDMM is under this many multiply-adds runs one
                             # task per thread, each thread with its own x^T (_sddmm_own_xt)
 # The threads available to this process, frozen into the compiled code: get_num_threads() in
 # a kernel would keep it out of Numba's cache. Fewer threads at run time (set_num_threads)
