@@ -381,6 +381,29 @@ def test_cpu_transpose_cols_pads_every_batch_edge(dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("form", ["serial", "own x^T", "shared x^T"])
+def test_cpu_products_every_form(dtype, form):
+    """CPU only: matmul and matmul_t in each way _spmm runs a call (on the calling thread; one
+    task per thread, each transposing the operand itself; many tasks over one shared copy),
+    on shapes asserted to take it, both output layouts, overwrite and accumulate."""
+    from conftest import KernelBackend
+    from sparselm.kernels import cpu_csr
+
+    cpu = KernelBackend("cpu", None, cpu_csr, None, np.array, np.empty, np.asarray)
+    rows, cols, density, m = {"serial": (40, 30, 0.3, 5), "own x^T": (800, 300, 0.2, 20),
+                              "shared x^T": (400, 300, 0.2, 450)}[form]
+    rng = np.random.default_rng(17)
+    w = csr_random(rows, cols, density, rng, mask="uniform", dtype=dtype)
+    for operand, width in ((np.empty((m, cols), dtype), rows), (np.empty((m, rows), dtype), cols)):
+        small = cpu_csr._small(w.nnz, m, rows, cols)
+        assert (small, cpu_csr._own_xt_pays(w.nnz * m, operand)) == {
+            "serial": (True, True), "own x^T": (False, True), "shared x^T": (False, False)}[form]
+    for accumulate in (None, False, True):
+        for feature_major in (False, True):
+            check_products(cpu, w, m, rng, accumulate, feature_major=feature_major)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("form", ["serial", "own x^T", "shared x^T"])
 def test_cpu_sddmm_every_form(dtype, form):
     """CPU only: each way csr_sddmm runs a call (on the calling thread; one task per thread,
     each transposing x itself; many tasks over one x^T), on a shape asserted to take it, with

@@ -63,6 +63,16 @@ _SDDMM_WEIGHT = 4
 warnings.filterwarnings("ignore", message=r"(?s).*'parallel=True' was specified.*cpu_csr\.py",
                         category=NumbaPerformanceWarning)
 
+# One intrinsic per loop: a hot loop should call one intrinsic, chosen before the loop, not
+# one of several chosen inside it. The SDDMM's block loop, choosing among _grads1, _grads2 and
+# _grads_loop per block, took 22.9 us where the same loop calling _grads2 alone took 13.6
+# (H=650, d=0.005, M=20, serial), executing the same instructions; a second layout tested in
+# the loop cost as much. spmm_rows's tile loop likewise: 52 against 28 us (16 rows, H=1500,
+# d=0.0005, with a paired matrix: the fused recurrence's step). Not reference counting
+# (Numba's refprune pass switched off changed neither figure); LLVM compiles the larger loop
+# body worse (more stack traffic), which was not pinned down further. Loops are therefore
+# written once as inline functions taking the intrinsic as an argument, called per choice.
+
 # ---------------------------------------------------------------------------------------------
 # explicit SIMD (kernels/simd.py): intrinsics on flat element offsets into C-contiguous arrays.
 # They do no bounds checks; callers pass valid patterns (CSRMatrix validates them once).
@@ -590,10 +600,8 @@ def spmm_rows(vals, perm, cols, ptr, xt, row_lo, row_hi, out, accumulate, second
     vals: (N,) float; perm: None (identity) or (N,) int32; cols: (N,) int32; ptr: (R+1,)
     int32; xt: (S, Mp) x transposed, padded; out: (M, R) float, C-contiguous. second: None,
     or (vals2, cols2, ptr2, x2t) adding x2 @ A2[row_lo:row_hi]^T (A2 of the same rows).
-    The rows intrinsic for a batch of 1, 2 or 4 registers is chosen here, once per call: with
-    the choice inside the loop over tiles, Numba kept the reference counting of the calls'
-    array arguments, a fixed cost per tile (the fused recurrence's step at H = 1500,
-    d = 0.0005, 16 rows: 52 against 26 us).
+    The rows intrinsic for a batch of 1, 2 or 4 registers is chosen here, once per call, with
+    a loop of its own (see 'One intrinsic per loop').
     """
     n_regs = xt.shape[1] // _lanes(xt)
     if n_regs == 1:
@@ -661,9 +669,8 @@ def _sddmm_rows(indices, indptr, dy, xt, row_lo, row_hi, out, accumulate, col_su
     x transposed and zero padded; out: (N,) float; col_sums: None or (R,) float, then also
     col_sums[r] = sum_m dy[m, r] for those rows; pair: None or (indices2, indptr2, xt2, out2),
     a second matrix with the same rows and dy, done likewise from the same blocks. The grads
-    intrinsic for the batch's registers per row is chosen here, once: chosen per block inside
-    the loop, the three variants' calls kept Numba from pruning the reference counting of
-    their array arguments (H=650, d=0.005, M=20, serial: 23 against 13 us).
+    intrinsic for the batch's registers per row is chosen here, once, with a loop of its own
+    per choice (see 'One intrinsic per loop').
     """
     n_regs = xt.shape[1] // _lanes(xt)
     if n_regs == 1:
@@ -685,8 +692,7 @@ def _sddmm_blocks(grads, indices, indptr, dy, xt, row_lo, row_hi, out, accumulat
     Columns of dy are transposed a block of rows at a time (L rows, a block that stays in L1)
     instead of into a full transposed copy. When x^T outgrows L2 (wide batches, large C),
     every entry would read its row of x^T from L3; blocks of _TILE_ROWS rows then go over x^T
-    in slices of _TILE_COLS columns (_sliced_grads). Each layout has a loop of its own: a
-    test inside one loop also kept the reference counting (21 against 14 us above).
+    in slices of _TILE_COLS columns (_sliced_grads). Each layout has a loop of its own.
     """
     if _tiles_pay(xt, indptr) or (pair is not None and _tiles_pay(pair[2], pair[1])):
         blk = aligned_empty(_TILE_ROWS, xt.shape[1], xt)
@@ -753,20 +759,46 @@ def _rows_into(vals, perm, cols, ptr, at, lo, hi, out, accumulate, out_rows):
         spmm_rows(vals, perm, cols, ptr, at, lo, hi, out, accumulate)
 
 
+_OWN_XT_BYTES = 1 << 19     # a call whose transposed operand is at most this large (half
+_OWN_XT_WORK = 1 << 25      # of L2) and whose work is under this many multiply-adds runs one
+                            # task per thread, each thread with its own copy (_own_xt_pays)
+# The threads available to this process, frozen into the compiled code: get_num_threads() in
+# a kernel would keep it out of Numba's cache. Fewer threads at run time (set_num_threads)
+# only means that a thread transposes x more than once.
+_OWN_XT_TASKS = config.NUMBA_NUM_THREADS
+
+
+@njit(cache=True, inline="always")
+def _own_xt_pays(work, a):
+    """True when each thread of a call of `work` multiply-adds should transpose the dense
+    operand a (M, S) for itself: one shared copy is built on the calling thread before the
+    others can start, and then crosses to their caches (see _sddmm_own_xt)."""
+    mp = (a.shape[0] + _lanes(a) - 1) // _lanes(a) * _lanes(a)
+    return work < _OWN_XT_WORK and a.shape[1] * mp * a.itemsize <= _OWN_XT_BYTES
+
+
 @njit(parallel=True, cache=True)
 def _spmm(vals, perm, cols, ptr, a, out, accumulate, out_rows):
     """out (+)= a @ A^T for A (R', S) = (vals[perm], cols, ptr) in CSR, a: (M, S); out: (M, R'),
-    or (R', M) holding the result transposed when out_rows. Threads own ranges of A's rows."""
+    or (R', M) holding the result transposed when out_rows. Threads own ranges of A's rows;
+    in a small call (_own_xt_pays) each thread transposes a for itself (see _sddmm_own_xt)."""
     m, width = a.shape
     n_rows = ptr.size - 1
-    at = _transposed(a)
     if _small(vals.size, m, n_rows, width):
-        _rows_into(vals, perm, cols, ptr, at, 0, n_rows, out, accumulate, out_rows)
-        return
-    bounds = _task_bounds(ptr, _lanes(a))
-    for t in prange(bounds.size - 1):
-        _rows_into(vals, perm, cols, ptr, at, bounds[t], bounds[t + 1], out, accumulate,
-                   out_rows)
+        _rows_into(vals, perm, cols, ptr, _transposed(a), 0, n_rows, out, accumulate, out_rows)
+    elif _own_xt_pays(vals.size * m, a):
+        bounds = _task_bounds(ptr, _lanes(a), _OWN_XT_TASKS)
+        for t in prange(bounds.size - 1):
+            at = _alloc_transposed(a)
+            transpose_cols(a, at, 0, width, 0)
+            _rows_into(vals, perm, cols, ptr, at, bounds[t], bounds[t + 1], out, accumulate,
+                       out_rows)
+    else:
+        at = _transposed(a)
+        bounds = _task_bounds(ptr, _lanes(a))
+        for t in prange(bounds.size - 1):
+            _rows_into(vals, perm, cols, ptr, at, bounds[t], bounds[t + 1], out, accumulate,
+                       out_rows)
 
 
 @njit(parallel=True, cache=True)  # calls parallel kernels: see 'Nested parallel calls'
@@ -894,15 +926,6 @@ def _transposed(a):
     return at
 
 
-_OWN_XT_BYTES = 1 << 19     # a call whose x^T is at most this large (half of L2) ...
-_OWN_XT_WORK = 1 << 25      # ... and whose SDDMM is under this many multiply-adds runs one
-                            # task per thread, each thread with its own x^T (_sddmm_own_xt)
-# The threads available to this process, frozen into the compiled code: get_num_threads() in
-# a kernel would keep it out of Numba's cache. Fewer threads at run time (set_num_threads)
-# only means that a thread transposes x more than once.
-_OWN_XT_TASKS = config.NUMBA_NUM_THREADS
-
-
 _SERIAL, _OWN_XT, _SHARED_XT = 0, 1, 2     # the forms of an SDDMM call (_sddmm_form)
 
 
@@ -915,10 +938,7 @@ def _sddmm_form(nnz, m, rows, x):
     work = _SDDMM_WEIGHT * nnz * m
     if _small(work, m, rows, 0):
         return _SERIAL
-    mp = (m + _lanes(x) - 1) // _lanes(x) * _lanes(x)
-    if work < _OWN_XT_WORK and x.shape[1] * mp * x.itemsize <= _OWN_XT_BYTES:
-        return _OWN_XT
-    return _SHARED_XT
+    return _OWN_XT if _own_xt_pays(work, x) else _SHARED_XT
 
 
 @njit(parallel=True, cache=True)
