@@ -784,8 +784,10 @@ def _spmm(vals, perm, cols, ptr, a, out, accumulate, out_rows):
     in a small call (_own_xt_pays) each thread transposes a for itself (see _sddmm_own_xt)."""
     m, width = a.shape
     n_rows = ptr.size - 1
-    if _small(vals.size, m, n_rows, width):
-        _rows_into(vals, perm, cols, ptr, _transposed(a), 0, n_rows, out, accumulate, out_rows)
+    if _small(vals.size, m, n_rows, width):      # all on this thread, the transpose too
+        at = _alloc_transposed(a)
+        transpose_cols(a, at, 0, width, 0)
+        _rows_into(vals, perm, cols, ptr, at, 0, n_rows, out, accumulate, out_rows)
     elif _own_xt_pays(vals.size * m, a):
         bounds = _task_bounds(ptr, _lanes(a), _OWN_XT_TASKS)
         for t in prange(bounds.size - 1):
