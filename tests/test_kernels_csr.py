@@ -379,6 +379,23 @@ def test_cpu_transpose_cols_pads_every_batch_edge(dtype):
             assert np.isnan(at[s1 - s0:]).all(), f"m={m}: wrote past the range"
 
 
+def check_paired_sddmm(w, w2, x, x2, dy):
+    """w.sddmm with column sums and w2 paired (x2 its operand), overwriting NaN-filled outputs
+    then accumulating, against the float64 references."""
+    dtype = w.dtype
+    ref, ref2 = (naive.csr_sddmm_ref(a.indices, a.indptr, a.shape, dy, b)
+                 for a, b in ((w, x), (w2, x2)))
+    sums = np.full(w.shape[0], np.nan, dtype)
+    out2 = np.full(w2.nnz, np.nan, dtype)
+    grad = w.sddmm(dy, x, col_sums=sums, pair=(w2, x2, out2))
+    assert_close(grad, ref, dtype)
+    assert_close(out2, ref2, dtype)
+    assert_close(sums, dy.astype(np.float64).sum(axis=0), dtype)
+    w.sddmm(dy, x, out=grad, accumulate=True, pair=(w2, x2, out2))
+    assert_close(grad, 2 * ref, dtype)
+    assert_close(out2, 2 * ref2, dtype)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("form", ["serial", "own x^T", "shared x^T"])
 def test_cpu_products_every_form(dtype, form):
@@ -421,18 +438,9 @@ def test_cpu_sddmm_every_form(dtype, form):
     dy = rng.standard_normal((m, rows)).astype(dtype)
     expected = ("serial", "own x^T", "shared x^T").index(form)
     assert cpu_csr._sddmm_form(w.nnz + w2.nnz, m, rows, x) == expected
-    ref, ref2 = (naive.csr_sddmm_ref(a.indices, a.indptr, a.shape, dy, b)
-                 for a, b in ((w, x), (w2, x2)))
-    sums = np.full(rows, np.nan, dtype)
-    out2 = np.full(w2.nnz, np.nan, dtype)
-    grad = w.sddmm(dy, x, col_sums=sums, pair=(w2, x2, out2))
-    assert_close(grad, ref, dtype)
-    assert_close(out2, ref2, dtype)
-    assert_close(sums, dy.astype(np.float64).sum(axis=0), dtype)
-    w.sddmm(dy, x, out=grad, accumulate=True, pair=(w2, x2, out2))
-    assert_close(grad, 2 * ref, dtype)
-    assert_close(out2, 2 * ref2, dtype)
-    assert_close(w.sddmm(dy, x), ref, dtype)        # alone, no pair, no sums
+    check_paired_sddmm(w, w2, x, x2, dy)
+    assert_close(w.sddmm(dy, x), naive.csr_sddmm_ref(w.indices, w.indptr, w.shape, dy, x),
+                 dtype)                                     # alone, no pair, no sums
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -455,14 +463,4 @@ def test_cpu_sddmm_in_column_slices(dtype):
     assert cpu_csr._tiles_pay(xt, w.indptr) and not cpu_csr._tiles_pay(cpu_csr._transposed(x2),
                                                                        w2.indptr)
     assert rows % cpu_csr._TILE_ROWS and cols % cpu_csr._TILE_COLS
-    ref, ref2 = (naive.csr_sddmm_ref(a.indices, a.indptr, a.shape, dy, b)
-                 for a, b in ((w, x), (w2, x2)))
-    sums = np.full(rows, np.nan, dtype)
-    out2 = np.full(w2.nnz, np.nan, dtype)
-    grad = w.sddmm(dy, x, col_sums=sums, pair=(w2, x2, out2))
-    assert_close(grad, ref, dtype)
-    assert_close(out2, ref2, dtype)
-    assert_close(sums, dy.astype(np.float64).sum(axis=0), dtype)
-    w.sddmm(dy, x, out=grad, accumulate=True, pair=(w2, x2, out2))
-    assert_close(grad, 2 * ref, dtype)
-    assert_close(out2, 2 * ref2, dtype)
+    check_paired_sddmm(w, w2, x, x2, dy)
