@@ -24,7 +24,11 @@ AVX-512.
 
 Parallelism: threads own disjoint ranges of rows of the product's output side (rows of W for
 csr_matmul and csr_sddmm, rows of W^T for csr_matmul_t), so there are no write races and no
-atomics. Ranges hold about the same number of rows plus non-zeros.
+atomics. Ranges hold about the same number of rows plus non-zeros. A call too small to repay
+waking the pool runs on the calling thread, transpose included (_small); a mid-sized one
+whose transposed operand fits in half of L2 runs one range per thread, each thread with its
+own copy (_own_xt_pays); larger ones share one copy, transposed in parallel, among up to
+_MAX_TASKS ranges.
 
 A Numba detail that matters too: an index computed at run time (a[lo + i]) may be negative as
 far as Numba knows, so it emits Python's wrap-around test, which blocks vectorisation; plain
