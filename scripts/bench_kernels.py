@@ -51,16 +51,29 @@ def parse_args(argv=None):
     p.add_argument("--reps", type=int, default=None, help="repetitions per point (median)")
     p.add_argument("--target-ms", type=float, default=None, help="duration of one repetition")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--hidden", type=_floats(int), default=None,
-                   help="comma-separated H values (default: the full grid's)")
-    p.add_argument("--density", type=_floats(float), default=None,
-                   help="comma-separated densities (default: the full grid's)")
-    p.add_argument("--rows", type=_floats(int), default=None,
-                   help="comma-separated batch rows M (default: the full grid's)")
+    p.add_argument(
+        "--hidden",
+        type=_floats(int),
+        default=None,
+        help="comma-separated H values (default: the full grid's)",
+    )
+    p.add_argument(
+        "--density",
+        type=_floats(float),
+        default=None,
+        help="comma-separated densities (default: the full grid's)",
+    )
+    p.add_argument(
+        "--rows",
+        type=_floats(int),
+        default=None,
+        help="comma-separated batch rows M (default: the full grid's)",
+    )
     args = p.parse_args(argv)
     base = QUICK if args.quick else (GRID_H, GRID_D, GRID_M)
-    args.grid = tuple(given or default for given, default
-                      in zip((args.hidden, args.density, args.rows), base))
+    args.grid = tuple(
+        given or default for given, default in zip((args.hidden, args.density, args.rows), base)
+    )
     args.reps = args.reps or (3 if args.quick else 7)
     args.target_ms = args.target_ms or (1.0 if args.quick else 8.0)
     return args
@@ -110,13 +123,17 @@ def compare(fns, reps, target_s, in_place=None):
     for _ in range(reps):
         for (_, _, f), n, got in zip(flat, loops, samples):
             time.sleep(min(0.03, target_s * 5))
-            _loop(f, n)                                 # untimed: back up to speed
+            _loop(f, n)  # untimed: back up to speed
             got.append(_loop(f, n) / n)
         if "torch" in fns:
             time.sleep(_SPIN_S)
-    def fastest(name, limit=None):               # (median, index, samples)
-        runs = [(statistics.median(got), j, got) for (n, j, _), got in zip(flat, samples)
-                if n == name and (limit is None or j < limit)]
+
+    def fastest(name, limit=None):  # (median, index, samples)
+        runs = [
+            (statistics.median(got), j, got)
+            for (n, j, _), got in zip(flat, samples)
+            if n == name and (limit is None or j < limit)
+        ]
         return min(runs, key=lambda run: run[0])
 
     best = {name: fastest(name) for name in fns}
@@ -145,12 +162,18 @@ def peers(np, sp, torch, w, x, dy):
         "sddmm": {"dense": [lambda: dy.T @ x]},
     }
     if torch is not None:
-        tw = torch.sparse_csr_tensor(torch.from_numpy(w.indptr.astype(np.int64)),
-                                     torch.from_numpy(w.indices.astype(np.int64)),
-                                     torch.from_numpy(w.data), size=w.shape)
-        twt = torch.sparse_csr_tensor(torch.from_numpy(st.indptr.astype(np.int64)),
-                                      torch.from_numpy(st.indices.astype(np.int64)),
-                                      torch.from_numpy(st.data), size=st.shape)
+        tw = torch.sparse_csr_tensor(
+            torch.from_numpy(w.indptr.astype(np.int64)),
+            torch.from_numpy(w.indices.astype(np.int64)),
+            torch.from_numpy(w.data),
+            size=w.shape,
+        )
+        twt = torch.sparse_csr_tensor(
+            torch.from_numpy(st.indptr.astype(np.int64)),
+            torch.from_numpy(st.indices.astype(np.int64)),
+            torch.from_numpy(st.data),
+            size=st.shape,
+        )
         tx, tdy = torch.from_numpy(x), torch.from_numpy(dy)
         out["matmul"]["torch"] = [lambda: torch.sparse.mm(tw, tx.T), lambda: tx @ tw.t()]
         out["matmul_t"]["torch"] = [lambda: tdy @ tw, lambda: torch.sparse.mm(twt, tdy.T)]
@@ -169,14 +192,20 @@ def ours(np, w, w_t, x, dy):
     out, out_f = np.empty((m, rows), w.dtype), np.empty((rows, m), w.dtype).T
     out_t, out_t_f = np.empty_like(x), np.empty((cols, m), w.dtype).T
     grad = np.empty(w.nnz, w.dtype)
-    return {"matmul": [lambda: w.matmul(x, out=out), lambda: w.matmul(x, out=out_f)],
-            "matmul_t": [lambda: w.matmul_t(dy, out=out_t), lambda: w.matmul_t(dy, out=out_t_f),
-                         lambda: w_t.matmul(dy, out=out_t), lambda: w_t.matmul(dy, out=out_t_f)],
-            "sddmm": [lambda: w.sddmm(dy, x, out=grad)]}
+    return {
+        "matmul": [lambda: w.matmul(x, out=out), lambda: w.matmul(x, out=out_f)],
+        "matmul_t": [
+            lambda: w.matmul_t(dy, out=out_t),
+            lambda: w.matmul_t(dy, out=out_t_f),
+            lambda: w_t.matmul(dy, out=out_t),
+            lambda: w_t.matmul(dy, out=out_t_f),
+        ],
+        "sddmm": [lambda: w.sddmm(dy, x, out=grad)],
+    }
 
 
-LAYOUTS = ("C", "F", "CT", "FT")   # ours' formulations, in the order `ours` lists them
-IN_PLACE = 2                       # matmul_t: the first two read W's values in place
+LAYOUTS = ("C", "F", "CT", "FT")  # ours' formulations, in the order `ours` lists them
+IN_PLACE = 2  # matmul_t: the first two read W's values in place
 
 
 def measure(args, np, sp, torch, csr_random, CSRMatrix):
@@ -202,8 +231,16 @@ def measure(args, np, sp, torch, csr_random, CSRMatrix):
                     fns = {"ours": mine[op]}
                     fns.update((p, theirs[op][p]) for p in ("scipy", "torch") if p in theirs[op])
                     in_place = IN_PLACE if op == "matmul_t" else None
-                    row = {"H": h, "d": d, "M": m, "nnz": w.nnz, "op": op, "scipy": None,
-                           "torch": None, **compare(fns, args.reps, target, in_place)}
+                    row = {
+                        "H": h,
+                        "d": d,
+                        "M": m,
+                        "nnz": w.nnz,
+                        "op": op,
+                        "scipy": None,
+                        "torch": None,
+                        **compare(fns, args.reps, target, in_place),
+                    }
                     dense_fns.setdefault((h, m, op), theirs[op]["dense"])
                     rows.append(row)
                 print(".", end="", file=sys.stderr, flush=True)
@@ -228,19 +265,24 @@ def fmt_us(t):
 
 
 def print_header():
-    print(f"{'H':>5} {'d':>7} {'M':>4} {'nnz':>8} {'op':>9} {'out':>3} {'ours_us':>10} {'GF/s':>6} "
-          f"{'scipy_us':>10} {'torch_us':>10} {'dense_us':>10} {'x_peer':>7} {'x_dense':>8} "
-          f"{'x_in_place':>10}",
-          flush=True)
+    print(
+        f"{'H':>5} {'d':>7} {'M':>4} {'nnz':>8} {'op':>9} {'out':>3} {'ours_us':>10} {'GF/s':>6} "
+        f"{'scipy_us':>10} {'torch_us':>10} {'dense_us':>10} {'x_peer':>7} {'x_dense':>8} "
+        f"{'x_in_place':>10}",
+        flush=True,
+    )
 
 
 def print_row(row):
     gflops, x_peer, x_dense = derived(row)
     layout = LAYOUTS[row["pick"]["ours"]] if row["op"] != "sddmm" else "-"
-    print(f"{row['H']:5d} {row['d']:7.4f} {row['M']:4d} {row['nnz']:8d} {row['op']:>9} "
-          f"{layout:>3} {fmt_us(row['ours'])} {gflops:6.1f} {fmt_us(row['scipy'])} "
-          f"{fmt_us(row['torch'])} {fmt_us(row['dense'])} {x_peer:7.2f} {x_dense:8.2f} "
-          f"{row['x_in_place'] if 'x_in_place' in row else x_peer:10.2f}", flush=True)
+    print(
+        f"{row['H']:5d} {row['d']:7.4f} {row['M']:4d} {row['nnz']:8d} {row['op']:>9} "
+        f"{layout:>3} {fmt_us(row['ours'])} {gflops:6.1f} {fmt_us(row['scipy'])} "
+        f"{fmt_us(row['torch'])} {fmt_us(row['dense'])} {x_peer:7.2f} {x_dense:8.2f} "
+        f"{row['x_in_place'] if 'x_in_place' in row else x_peer:10.2f}",
+        flush=True,
+    )
 
 
 def break_even(points):
@@ -276,10 +318,23 @@ def summarise(rows, args):
         for m in sorted({r["M"] for r in rows}):
             sel = [r for r in rows if r["H"] == h and r["M"] == m]
             ds = sorted({r["d"] for r in sel})
-            fwd = [(d, *next((r["ours"], r["dense"]) for r in sel
-                            if r["d"] == d and r["op"] == "matmul")) for d in ds]
-            tot = [(d, sum(r["ours"] for r in sel if r["d"] == d),
-                    sum(r["dense"] for r in sel if r["d"] == d)) for d in ds]
+            fwd = [
+                (
+                    d,
+                    *next(
+                        (r["ours"], r["dense"]) for r in sel if r["d"] == d and r["op"] == "matmul"
+                    ),
+                )
+                for d in ds
+            ]
+            tot = [
+                (
+                    d,
+                    sum(r["ours"] for r in sel if r["d"] == d),
+                    sum(r["dense"] for r in sel if r["d"] == d),
+                )
+                for d in ds
+            ]
             for name, pts in (("matmul", fwd), ("matmul+matmul_t+sddmm", tot)):
                 dens, how = break_even(pts)
                 breaks[name][f"H{h}_M{m}"] = {"density": round(dens, 4), "how": how}
@@ -287,18 +342,26 @@ def summarise(rows, args):
     in_place = min(r["x_in_place"] for r in by_op["matmul_t"])
     min_gf = min(dense_enough) if dense_enough else None
     return {
-        "benchmark": "csr_kernels", "dtype": "float32", "threads": args.threads,
-        "quick": args.quick, "points": len(rows) // len(OPS), "reps": args.reps,
-        "min_speedup_vs_best_peer": min_ratio, "worst_point_per_op": worst,
+        "benchmark": "csr_kernels",
+        "dtype": "float32",
+        "threads": args.threads,
+        "quick": args.quick,
+        "points": len(rows) // len(OPS),
+        "reps": args.reps,
+        "min_speedup_vs_best_peer": min_ratio,
+        "worst_point_per_op": worst,
         "matmul_t_values_in_place_min_speedup": round(in_place, 3),
         "points_below_1.5": sum(derived(r)[1] < 1.5 for r in rows),
-        "points_below_1.5_matmul_t_values_in_place": sum(r["x_in_place"] < 1.5
-                                                         for r in by_op["matmul_t"]),
+        "points_below_1.5_matmul_t_values_in_place": sum(
+            r["x_in_place"] < 1.5 for r in by_op["matmul_t"]
+        ),
         "gflops_range": [round(min(gf), 2), round(max(gf), 2)],
         "min_gflops_at_d_ge_0.005": round(min_gf, 2) if min_gf is not None else None,
         "break_even_density_vs_dense": breaks,
-        "goals": {"speedup_ge_1.5_everywhere": min_ratio >= 1.5,
-                  "gflops_ge_20_at_d_ge_0.005": min_gf is not None and min_gf >= 20},
+        "goals": {
+            "speedup_ge_1.5_everywhere": min_ratio >= 1.5,
+            "gflops_ge_20_at_d_ge_0.005": min_gf is not None and min_gf >= 20,
+        },
     }
 
 
@@ -322,10 +385,13 @@ def main(argv=None):
     except ImportError:
         torch = None
     numba.set_num_threads(args.threads)
-    print(f"# threads={args.threads} cpus={os.cpu_count()} numpy {np.__version__} "
-          f"scipy {scipy.__version__} numba {numba.__version__} "
-          f"torch {torch.__version__ if torch else 'absent'}; reps={args.reps} "
-          f"target={args.target_ms} ms", flush=True)
+    print(
+        f"# threads={args.threads} cpus={os.cpu_count()} numpy {np.__version__} "
+        f"scipy {scipy.__version__} numba {numba.__version__} "
+        f"torch {torch.__version__ if torch else 'absent'}; reps={args.reps} "
+        f"target={args.target_ms} ms",
+        flush=True,
+    )
     rows = measure(args, np, sp, torch, csr_random, CSRMatrix)
     print_header()
     for row in rows:
@@ -334,8 +400,10 @@ def main(argv=None):
     print(f"# numba threading layer: {numba.threading_layer()}")
     print("# break-even density vs dense (ours as fast as dense):")
     for name, per in summary["break_even_density_vs_dense"].items():
-        print(f"#   {name}: " + ", ".join(f"{k} {v['density']:.4f} ({v['how']})"
-                                      for k, v in per.items()))
+        print(
+            f"#   {name}: "
+            + ", ".join(f"{k} {v['density']:.4f} ({v['how']})" for k, v in per.items())
+        )
     print(json.dumps(summary))
 
 

@@ -30,12 +30,13 @@ def main():
         os.environ.setdefault(var, "2")
     root = str(Path(args.checkout).resolve())
     sys.path.insert(0, root)
-    import sparselm                               # first: it sets OpenBLAS's thread timeout
+    import sparselm  # first: it sets OpenBLAS's thread timeout
 
     if not sparselm.__file__.startswith(root):
         sys.exit(f"error: sparselm imported from {sparselm.__file__}, not from {root}")
     sys.path.insert(1, str(Path(__file__).resolve().parent))
-    import bench_train                             # this repository's bound and token stream
+    import bench_train  # this repository's bound and token stream
+
     from sparselm.config import make_config
     from sparselm.data import StreamBatcher
     from sparselm.kernels import get_backend
@@ -47,8 +48,9 @@ def main():
     model = LanguageModel(cfg, 10000, backend=be)
     opt = Optimizer(cfg, model.params.flat.size, model.dtype, be)
     n = cfg.bptt * cfg.batch_size
-    ids, _ = bench_train.token_stream(argparse.Namespace(data=None),
-                                      n * (args.reps * args.steps + 3) + cfg.batch_size)
+    ids, _ = bench_train.token_stream(
+        argparse.Namespace(data=None), n * (args.reps * args.steps + 3) + cfg.batch_size
+    )
     batcher = StreamBatcher(ids, cfg.batch_size, cfg.bptt)
     batches = [batcher.batch(i) for i in range(args.reps * args.steps + 2)]
     state = None
@@ -57,7 +59,7 @@ def main():
         nonlocal state
         res = model.forward(batch, state, None, train=True)
         model.backward(res.cache)
-        sparse = getattr(model, "sparse_grads", None)     # older checkouts have none
+        sparse = getattr(model, "sparse_grads", None)  # older checkouts have none
         extra = () if sparse is None else (sparse,)
         opt.step(model.params.flat, model.grads.flat, 1.0, *extra)
         state = res.state
@@ -67,15 +69,16 @@ def main():
     bound = bench_train.SoftmaxBound(cfg, 10000, be)
     ours = []
     for rep in range(args.reps):
-        chunk = batches[2 + rep * args.steps: 2 + (rep + 1) * args.steps]
+        chunk = batches[2 + rep * args.steps : 2 + (rep + 1) * args.steps]
         start = time.perf_counter()
         for batch in chunk:
             step(batch)
         ours.append(n * len(chunk) / (time.perf_counter() - start))
         bound.sample()
     mine, limit = statistics.median(ours), bound.tokens_per_s()
-    print(f"{root}: ours {mine:,.0f} tokens/s, softmax bound {limit:,.0f}, "
-          f"share {mine / limit:.3f}")
+    print(
+        f"{root}: ours {mine:,.0f} tokens/s, softmax bound {limit:,.0f}, share {mine / limit:.3f}"
+    )
 
 
 if __name__ == "__main__":

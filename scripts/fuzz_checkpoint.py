@@ -64,7 +64,8 @@ def base_checkpoint(dtype=np.float32) -> Checkpoint:
         indptr = np.arange(0, 2 * rows + 1, 2, dtype=np.int32)
         indices = np.concatenate([np.sort(rng.choice(cols, 2, replace=False)) for _ in range(rows)])
         return rng.standard_normal(2 * rows).astype(dtype), CSRPattern(
-            indices.astype(np.int32), indptr, (rows, cols))
+            indices.astype(np.int32), indptr, (rows, cols)
+        )
 
     w_x, p_x = csr(12, 4)
     w_h, p_h = csr(12, 3)
@@ -83,8 +84,13 @@ def base_checkpoint(dtype=np.float32) -> Checkpoint:
         params=params,
         patterns={"lstm.0.w_x": p_x, "lstm.0.w_h": p_h},
         optimizer={"adam_m": np.zeros(total, dtype), "adam_v": np.full(total, 1e-3, dtype)},
-        progress={"epoch": 1, "step": 17, "cursor": [3, 5], "best_valid_loss": 5.25,
-                  "rng": {"bit_generator": "PCG64", "state": {"state": 2**100 + 3, "inc": 7}}},
+        progress={
+            "epoch": 1,
+            "step": 17,
+            "cursor": [3, 5],
+            "best_valid_loss": 5.25,
+            "rng": {"bit_generator": "PCG64", "state": {"state": 2**100 + 3, "inc": 7}},
+        },
         state={"hidden": rng.standard_normal((1, 2, 2, 3)).astype(dtype)},
     )
 
@@ -130,23 +136,33 @@ def insert_bytes(rng, data, lo):
 def overwrite(rng, data, lo):
     pos, n = _offset(rng, data, lo), rng.randint(1, 256)
     fill = rng.choice([rng.randbytes(n), b"\0" * n, b"\xff" * n])
-    data[pos:pos + n] = fill[: len(data) - pos]
+    data[pos : pos + n] = fill[: len(data) - pos]
     return f"overwrite {n} bytes at {pos}"
 
 
 def copy_range(rng, data, lo):
     src, dst, n = _offset(rng, data, lo), _offset(rng, data, lo), rng.randint(8, 512)
-    chunk = data[src:src + n]
-    data[dst:dst + len(chunk)] = chunk[: len(data) - dst]
+    chunk = data[src : src + n]
+    data[dst : dst + len(chunk)] = chunk[: len(data) - dst]
     return f"copy {n} bytes {src}->{dst}"
 
 
 def edit_header(rng, data, lo):
     lines = bytes(data[:HEADER_SIZE]).split(b"\n")
     k = rng.randrange(min(4, len(lines)))
-    lines[k] = rng.choice([b"format_version 2", b"format_version 0", b"format_version 999999999",
-                           b"payload_bytes 1", b"payload_bytes 99999999999", b"blake2b-256 00",
-                           b"", b"sparselm checkpoint", rng.randbytes(8)])
+    lines[k] = rng.choice(
+        [
+            b"format_version 2",
+            b"format_version 0",
+            b"format_version 999999999",
+            b"payload_bytes 1",
+            b"payload_bytes 99999999999",
+            b"blake2b-256 00",
+            b"",
+            b"sparselm checkpoint",
+            rng.randbytes(8),
+        ]
+    )
     head = b"\n".join(lines)[:HEADER_SIZE].ljust(HEADER_SIZE, b"\0")
     data[:HEADER_SIZE] = head
     return f"header line {k}"
@@ -161,8 +177,9 @@ BYTE_MUTATIONS = [flip_bits, truncate, insert_bytes, overwrite, copy_range]
 
 def _objects(f, kind=None):
     names = []
-    f.visititems(lambda name, obj: names.append(name) if kind is None or isinstance(obj, kind)
-                 else None)
+    f.visititems(
+        lambda name, obj: names.append(name) if kind is None or isinstance(obj, kind) else None
+    )
     return names
 
 
@@ -183,8 +200,11 @@ def _random_array(rng):
         return np.array(["a", "a", "", "\u00e9"][: rng.randint(0, 4)], dtype=h5py.string_dtype())
     if choice == 5:
         return np.zeros(shape, dtype=h5py.vlen_dtype(np.int32))
-    return np.random.default_rng(rng.randrange(2**32)).standard_normal(shape).astype(
-        rng.choice(["f4", "f8"]))
+    return (
+        np.random.default_rng(rng.randrange(2**32))
+        .standard_normal(shape)
+        .astype(rng.choice(["f4", "f8"]))
+    )
 
 
 def _recreate(f, name, rng):
@@ -251,17 +271,42 @@ def poke_value(f, rng):
     return f"poke {name} = {value}"
 
 
-ATTR_NAMES = ["format", "format_version", "sparselm_version", "config", "progress", "order",
-              "shape", "extra"]
+ATTR_NAMES = [
+    "format",
+    "format_version",
+    "sparselm_version",
+    "config",
+    "progress",
+    "order",
+    "shape",
+    "extra",
+]
 ATTR_VALUES = [
-    lambda rng: "sparselm", lambda rng: "hdf5", lambda rng: 2, lambda rng: 0, lambda rng: -1,
-    lambda rng: 2**62, lambda rng: 1.5, lambda rng: "{}", lambda rng: "[]", lambda rng: "{",
-    lambda rng: "[" * 100_000 + "]" * 100_000, lambda rng: '{"a": ' * 5000 + "1" + "}" * 5000,
-    lambda rng: "9" * 5000, lambda rng: '["x", "x"]', lambda rng: '["lstm.0.w_x"]',
-    lambda rng: '["../x", "a/b"]', lambda rng: "NaN", lambda rng: b"\xff\xfe",
-    lambda rng: np.array([2**40, 3]), lambda rng: np.array([-1, 3]), lambda rng: np.array([12]),
-    lambda rng: np.array([12.0, 4.0]), lambda rng: np.zeros((2, 2), "i4"),
-    lambda rng: np.array(["a", "b"], dtype=h5py.string_dtype()), lambda rng: h5py.Empty("i4"),
+    lambda rng: "sparselm",
+    lambda rng: "hdf5",
+    lambda rng: 2,
+    lambda rng: 0,
+    lambda rng: -1,
+    lambda rng: 2**62,
+    lambda rng: 1.5,
+    lambda rng: "{}",
+    lambda rng: "[]",
+    lambda rng: "{",
+    lambda rng: "[" * 100_000 + "]" * 100_000,
+    lambda rng: '{"a": ' * 5000 + "1" + "}" * 5000,
+    lambda rng: "9" * 5000,
+    lambda rng: '["x", "x"]',
+    lambda rng: '["lstm.0.w_x"]',
+    lambda rng: '["../x", "a/b"]',
+    lambda rng: "NaN",
+    lambda rng: b"\xff\xfe",
+    lambda rng: np.array([2**40, 3]),
+    lambda rng: np.array([-1, 3]),
+    lambda rng: np.array([12]),
+    lambda rng: np.array([12.0, 4.0]),
+    lambda rng: np.zeros((2, 2), "i4"),
+    lambda rng: np.array(["a", "b"], dtype=h5py.string_dtype()),
+    lambda rng: h5py.Empty("i4"),
 ]
 
 
@@ -334,8 +379,18 @@ def edit_csr(f, rng):
     return f"csr {part.name} ({how})"
 
 
-STRUCT_MUTATIONS = [delete_member, add_member, recreate_dataset, poke_value, set_attr,
-                    delete_attr, edit_order, add_link, move_member, edit_csr]
+STRUCT_MUTATIONS = [
+    delete_member,
+    add_member,
+    recreate_dataset,
+    poke_value,
+    set_attr,
+    delete_attr,
+    edit_order,
+    add_link,
+    move_member,
+    edit_csr,
+]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -347,8 +402,10 @@ def mutate(path: Path, rng: random.Random) -> str:
     if rng.random() < 0.45:
         data = bytearray(path.read_bytes())
         reseal = rng.random() < 0.8
-        steps = [rng.choice(BYTE_MUTATIONS)(rng, data, HEADER_SIZE if reseal else 0)
-                 for _ in range(rng.randint(1, 3))]
+        steps = [
+            rng.choice(BYTE_MUTATIONS)(rng, data, HEADER_SIZE if reseal else 0)
+            for _ in range(rng.randint(1, 3))
+        ]
         if rng.random() < 0.05:
             steps.append(edit_header(rng, data, 0))
             reseal = False
@@ -446,8 +503,12 @@ class CaseServer:
     def run(self, case: int) -> dict:
         """Run one case; returns {"case", "outcome": loaded|rejected|failure, "what"}."""
         if self.proc is None:
-            self.proc = subprocess.Popen([sys.executable, __file__, "--serve"], text=True,
-                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            self.proc = subprocess.Popen(
+                [sys.executable, __file__, "--serve"],
+                text=True,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+            )
         try:
             self.proc.stdin.write(f"{case}\n")
             self.proc.stdin.flush()
@@ -500,10 +561,13 @@ def drive(cases: int, first: int, workers: int, timeout: float) -> dict:
         t.join()
     counts = {k: sum(r["outcome"] == k for r in results) for k in ("loaded", "rejected", "failure")}
     rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KiB, largest worker
-    return {"cases": len(results), **counts,
-            "failed_cases": [r for r in results if r["outcome"] == "failure"][:20],
-            "peak_worker_rss_mib": round(rss / 1024, 1),
-            "seconds": round(time.monotonic() - start, 1)}
+    return {
+        "cases": len(results),
+        **counts,
+        "failed_cases": [r for r in results if r["outcome"] == "failure"][:20],
+        "peak_worker_rss_mib": round(rss / 1024, 1),
+        "seconds": round(time.monotonic() - start, 1),
+    }
 
 
 def main(argv=None) -> int:

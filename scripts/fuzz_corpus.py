@@ -40,8 +40,22 @@ from sparselm.data import EOS, SPLITS, load_corpus, make_batcher  # noqa: E402
 from sparselm.errors import CheckpointError, DataError  # noqa: E402
 
 WORDS = ["the", "cat", "N", "<unk>", "<eos>", "é", "日本", "a\u00a0b", "x"]
-SEPARATORS = [" ", "  ", "\t", "\n", "\r\n", "\r", "\x0b", "\x0c", "\x1c", "\x85", "\u2028",
-              "\u3000", "\x00", "\ufeff"]
+SEPARATORS = [
+    " ",
+    "  ",
+    "\t",
+    "\n",
+    "\r\n",
+    "\r",
+    "\x0b",
+    "\x0c",
+    "\x1c",
+    "\x85",
+    "\u2028",
+    "\u3000",
+    "\x00",
+    "\ufeff",
+]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -69,8 +83,16 @@ def check_folder(folder: Path) -> str:
 
 def reason(message: str) -> str:
     """A short class of a DataError message, for the counts."""
-    for key in ("not valid UTF-8", "NUL", "is empty", "not in the vocabulary", "not found",
-                "has no", "too short", "cannot read"):
+    for key in (
+        "not valid UTF-8",
+        "NUL",
+        "is empty",
+        "not in the vocabulary",
+        "not found",
+        "has no",
+        "too short",
+        "cannot read",
+    ):
         if key in message:
             return key
     return "other"
@@ -127,8 +149,10 @@ def random_text(rng: random.Random) -> str:
 
 
 def valid_text(rng: random.Random, words: list[str]) -> str:
-    lines = [" ".join(rng.choice(words) for _ in range(rng.randrange(1, 8)))
-             for _ in range(rng.randrange(1, 30))]
+    lines = [
+        " ".join(rng.choice(words) for _ in range(rng.randrange(1, 8)))
+        for _ in range(rng.randrange(1, 30))
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -145,7 +169,7 @@ def damage(data: bytes, rng: random.Random) -> bytes:
         elif kind == 2:
             data[at:at] = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 5)))
         else:
-            data[at:at + rng.randrange(1, 8)] = rng.randbytes(rng.randrange(0, 8))
+            data[at : at + rng.randrange(1, 8)] = rng.randbytes(rng.randrange(0, 8))
     return bytes(data)
 
 
@@ -175,7 +199,7 @@ def make_case(case: int, folder: Path) -> None:
             continue
         name = f"ptb.{split}.txt" if rng.random() < 0.8 else f"{split}.txt"
         (folder / name).write_bytes(content)
-        if rng.random() < 0.05:       # both names: ptb.<split>.txt wins
+        if rng.random() < 0.05:  # both names: ptb.<split>.txt wins
             (folder / f"{split}.txt").write_bytes(rng.randbytes(20))
 
 
@@ -202,11 +226,20 @@ def main(argv=None) -> int:
             failures.append(case)
             print(f"case {case}: FAILED\n{traceback.format_exc()}", file=sys.stderr)
     loaded = outcomes.pop("loaded", 0)
-    print(json.dumps({"cases": args.cases, "first": args.first, "loaded": loaded,
-                      "rejected": sum(outcomes.values()),
-                      "rejected_by_reason": dict(sorted(outcomes.items())),
-                      "failures": failures[:50], "n_failures": len(failures),
-                      "seconds": round(time.perf_counter() - start, 1)}))
+    print(
+        json.dumps(
+            {
+                "cases": args.cases,
+                "first": args.first,
+                "loaded": loaded,
+                "rejected": sum(outcomes.values()),
+                "rejected_by_reason": dict(sorted(outcomes.items())),
+                "failures": failures[:50],
+                "n_failures": len(failures),
+                "seconds": round(time.perf_counter() - start, 1),
+            }
+        )
+    )
     return 1 if failures else 0
 
 

@@ -45,8 +45,9 @@ def main():
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import bench_train
 
-    bench_train.set_threads(args.threads)          # before NumPy loads (imports sparselm)
+    bench_train.set_threads(args.threads)  # before NumPy loads (imports sparselm)
     import numpy as np
+
     from sparselm.data import Batch
     from sparselm.kernels import KERNELS, cpu_csr, get_backend
 
@@ -57,15 +58,19 @@ def main():
 
     def batch():
         shape = (cfg.bptt, cfg.batch_size)
-        return Batch(rng.integers(0, 10000, shape).astype(np.int32),
-                     rng.integers(0, 10000, shape).astype(np.int32), None, False)
+        return Batch(
+            rng.integers(0, 10000, shape).astype(np.int32),
+            rng.integers(0, 10000, shape).astype(np.int32),
+            None,
+            False,
+        )
 
     for _ in range(3):
         ours.train_step(batch())
     totals = collections.defaultdict(float)
     for name in KERNELS:
         wrap(backend, name, totals)
-    for name in ("csr_matmul", "csr_matmul_t", "csr_sddmm"):    # CSRMatrix calls the module
+    for name in ("csr_matmul", "csr_matmul_t", "csr_sddmm"):  # CSRMatrix calls the module
         wrap(cpu_csr, name, totals)
     per_rep, steps = [], []
     for _ in range(args.reps):
@@ -78,8 +83,10 @@ def main():
         per_rep.append({k: v / args.steps for k, v in totals.items()})
     step = statistics.median(steps)
     ops = {k: statistics.median(rep.get(k, 0.0) for rep in per_rep) for k in per_rep[0]}
-    print(f"{args.config}: median step {step * 1e3:.2f} ms ({args.threads} threads, "
-          f"{cfg.bptt * cfg.batch_size} tokens)")
+    print(
+        f"{args.config}: median step {step * 1e3:.2f} ms ({args.threads} threads, "
+        f"{cfg.bptt * cfg.batch_size} tokens)"
+    )
     for name, seconds in sorted(ops.items(), key=lambda kv: -kv[1]):
         print(f"  {seconds * 1e3:8.2f} ms  {name}")
     print(f"  {(step - sum(ops.values())) * 1e3:8.2f} ms  (between the calls: Python)")

@@ -160,8 +160,10 @@ def _check_pattern(name: str, pattern, data: np.ndarray) -> None:
     if max(pattern.shape) > _INT32_MAX or pattern.indices.shape[0] > _INT32_MAX:
         raise _Invalid(f"CSR parameter {name} is too large for int32 indices")
     if data.ndim != 1 or data.shape[0] != pattern.indices.shape[0]:
-        raise _Invalid(f"CSR parameter {name} has data of shape {data.shape} "
-                       f"but its pattern has {pattern.indices.shape[0]} non-zeros")
+        raise _Invalid(
+            f"CSR parameter {name} has data of shape {data.shape} "
+            f"but its pattern has {pattern.indices.shape[0]} non-zeros"
+        )
 
 
 def _check_params(params, patterns) -> None:
@@ -348,8 +350,11 @@ def _digest(fh, start: int) -> tuple[str, int]:
 
 
 def _header(payload_bytes: int, digest: str) -> bytes:
-    text = (MAGIC + f"format_version {FORMAT_VERSION}\npayload_bytes {payload_bytes}\n"
-            f"blake2b-256 {digest}\n".encode("ascii"))
+    text = (
+        MAGIC
+        + f"format_version {FORMAT_VERSION}\npayload_bytes {payload_bytes}\n"
+        f"blake2b-256 {digest}\n".encode("ascii")
+    )
     return text.ljust(HEADER_SIZE, b"\0")
 
 
@@ -381,8 +386,9 @@ def _fsync_dir(directory: Path) -> None:
 # loading: the header and checksum first, then the HDF5 structure, then the content rules
 
 
-def load_checkpoint(path, *, expected_shapes: dict[str, tuple] | None = None,
-                    max_bytes: int | None = None) -> Checkpoint:
+def load_checkpoint(
+    path, *, expected_shapes: dict[str, tuple] | None = None, max_bytes: int | None = None
+) -> Checkpoint:
     """Read and fully validate the checkpoint at `path`.
 
     expected_shapes: optional name -> shape of every parameter (for a CSR parameter the dense
@@ -391,6 +397,7 @@ def load_checkpoint(path, *, expected_shapes: dict[str, tuple] | None = None,
     size before it is read. Default: 4x the file size + 1 MiB, at most ABSOLUTE_MAX_BYTES.
     Raises CheckpointError, with a one-line message naming the file, for every problem.
     """
+
     def read(f, budget):
         ckpt = _read_checkpoint(f, budget)
         _check_expected_shapes(ckpt, expected_shapes)
@@ -488,7 +495,8 @@ def _parse_header(head: bytes) -> tuple[int, str]:
         raise _Invalid("malformed sparselm header")
     _check_version(int(version.group(1)))
     fields = re.fullmatch(
-        rb"[^\n]*\n[^\n]*\npayload_bytes (\d{1,19})\nblake2b-256 ([0-9a-f]{64})\n", text)
+        rb"[^\n]*\n[^\n]*\npayload_bytes (\d{1,19})\nblake2b-256 ([0-9a-f]{64})\n", text
+    )
     if fields is None:
         raise _Invalid("malformed sparselm header")
     return int(fields.group(1)), fields.group(2).decode("ascii")
@@ -496,8 +504,10 @@ def _parse_header(head: bytes) -> tuple[int, str]:
 
 def _check_version(version: int) -> None:
     if version > FORMAT_VERSION:
-        raise _Invalid(f"written in format version {version} by a newer sparselm; "
-                       f"this sparselm {__version__} reads format version {FORMAT_VERSION}")
+        raise _Invalid(
+            f"written in format version {version} by a newer sparselm; "
+            f"this sparselm {__version__} reads format version {FORMAT_VERSION}"
+        )
     if version != FORMAT_VERSION:
         raise _Invalid(f"unknown format version {version}")
 
@@ -511,8 +521,10 @@ class _Budget:
 
     def take(self, nbytes: int, what: str) -> None:
         if nbytes > self.left:
-            raise _Invalid(f"{what} declares {nbytes} bytes, which exceeds the {self.limit}-byte "
-                           "limit for this file (pass max_bytes to raise it)")
+            raise _Invalid(
+                f"{what} declares {nbytes} bytes, which exceeds the {self.limit}-byte "
+                "limit for this file (pass max_bytes to raise it)"
+            )
         self.left -= nbytes
 
 
@@ -667,8 +679,9 @@ def _read_int32(ds: h5py.Dataset, what: str, budget: _Budget) -> np.ndarray:
 def _read_vocab(ds: h5py.Dataset, budget: _Budget) -> list[str]:
     """/vocab: a scalar fixed-length string holding a JSON array of words."""
     if ds.dtype.kind != "S" or ds.shape != ():
-        raise _Invalid(f"/vocab has dtype {ds.dtype} and shape {ds.shape}, "
-                       "expected one fixed-length string")
+        raise _Invalid(
+            f"/vocab has dtype {ds.dtype} and shape {ds.shape}, expected one fixed-length string"
+        )
     _declared(ds, "/vocab", budget)
     return _parse_json(_decode(ds[()], "/vocab"), "/vocab", list)
 
@@ -709,8 +722,10 @@ def _read_csr(group: h5py.Group, name: str, budget: _Budget):
     rows, cols = (int(s) for s in _int_attr(group, "shape", (2,), what))
     if not (0 <= rows <= _INT32_MAX and 0 <= cols <= _INT32_MAX):
         raise _Invalid(f"{what} has shape {(rows, cols)} outside [0, 2**31)")
-    parts = {m: _typed(_member(group, m, f"{what}: {m}"), f"{what}: {m}", h5py.Dataset)
-             for m in _CSR_MEMBERS}
+    parts = {
+        m: _typed(_member(group, m, f"{what}: {m}"), f"{what}: {m}", h5py.Dataset)
+        for m in _CSR_MEMBERS
+    }
     data = _read_numeric(parts["data"], f"{what}: data", "f", budget)
     indices = _read_int32(parts["indices"], f"{what}: indices", budget)
     indptr = _read_int32(parts["indptr"], f"{what}: indptr", budget)

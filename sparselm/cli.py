@@ -24,8 +24,12 @@ def data_dir(value: str | None) -> Path:
 def set_threads(threads: int | None) -> None:
     """Size Numba's and BLAS's pools before either starts (they take turns, never share cores)."""
     if threads:
-        for var in ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
-                    "MKL_NUM_THREADS"):
+        for var in (
+            "NUMBA_NUM_THREADS",
+            "OPENBLAS_NUM_THREADS",
+            "OMP_NUM_THREADS",
+            "MKL_NUM_THREADS",
+        ):
             os.environ[var] = str(threads)
 
 
@@ -42,6 +46,7 @@ def run_guarded(fn, *args, **kwargs):
     is a bug and keeps its traceback.
     """
     from .errors import SparseLMError
+
     try:
         return fn(*args, **kwargs)
     except SparseLMError as exc:
@@ -67,15 +72,27 @@ TRAIN_OPTIONS = [
     ("--emb", "emb", int, "Embedding size E."),
     ("--hidden", "hidden", int, "LSTM units per layer H."),
     ("--layers", "layers", int, "Number of LSTM layers L."),
-    ("--sparsity", "sparsity", float,
-     "Density of every gate weight matrix: fraction of non-zeros in (0, 1]; 1.0 = dense."),
-    ("--mask", "mask", click.Choice(["fanin", "uniform"]),
-     "Sparsity pattern: 'fanin' (same number of inputs per gate row) or 'uniform'."),
+    (
+        "--sparsity",
+        "sparsity",
+        float,
+        "Density of every gate weight matrix: fraction of non-zeros in (0, 1]; 1.0 = dense.",
+    ),
+    (
+        "--mask",
+        "mask",
+        click.Choice(["fanin", "uniform"]),
+        "Sparsity pattern: 'fanin' (same number of inputs per gate row) or 'uniform'.",
+    ),
     ("--init", "init", click.Choice(["uniform", "glorot"]), "Gate weight initialisation."),
     ("--init-scale", "init_scale", float, "Uniform init range: U(-s, s)."),
     ("--dropout", "dropout", float, "Dropout rate on non-recurrent connections, in [0, 1)."),
-    ("--batching", "batching", click.Choice(["stream", "sentence"]),
-     "'stream' (truncated BPTT, state carried) or 'sentence' (padded lines, state reset)."),
+    (
+        "--batching",
+        "batching",
+        click.Choice(["stream", "sentence"]),
+        "'stream' (truncated BPTT, state carried) or 'sentence' (padded lines, state reset).",
+    ),
     ("--batch-size", "batch_size", int, "Batch size B."),
     ("--bptt", "bptt", int, "Steps per window T (stream batching)."),
     ("--epochs", "epochs", int, "Number of epochs."),
@@ -85,13 +102,21 @@ TRAIN_OPTIONS = [
     ("--momentum", "momentum", float, "SGD momentum (0: plain SGD)."),
     ("--warmup", "warmup", click.Choice(["none", "linear", "t2t"]), "Learning-rate warmup."),
     ("--warmup-steps", "warmup_steps", int, "Warmup length in steps."),
-    ("--decay", "decay", click.Choice(["constant", "step", "halving"]),
-     "Decay: 'step' (x decay-rate per epoch after decay-start), 'halving' or 'constant'."),
+    (
+        "--decay",
+        "decay",
+        click.Choice(["constant", "step", "halving"]),
+        "Decay: 'step' (x decay-rate per epoch after decay-start), 'halving' or 'constant'.",
+    ),
     ("--decay-rate", "decay_rate", float, "lr factor per epoch once decay has started."),
     ("--decay-start", "decay_start", int, "Epochs at full lr before step decay starts."),
     ("--clip", "clip", float, "Clip the global gradient norm to this value (0: off)."),
-    ("--loss-reduction", "loss_reduction", click.Choice(["batch", "token"]),
-     "Differentiated loss: 'batch' = summed over T, mean over B (Zaremba/TF); 'token' = mean."),
+    (
+        "--loss-reduction",
+        "loss_reduction",
+        click.Choice(["batch", "token"]),
+        "Differentiated loss: 'batch' = summed over T, mean over B (Zaremba/TF); 'token' = mean.",
+    ),
     ("--output", "output", click.Choice(["softmax", "factorized"]), "Output layer."),
     ("--seed", "seed", int, "Random seed (patterns, init, dropout)."),
     ("--dtype", "dtype", click.Choice(["float32", "float64"]), "Floating-point type."),
@@ -99,8 +124,12 @@ TRAIN_OPTIONS = [
     ("--threads", "threads", int, "Threads for Numba and BLAS (default: all cores)."),
     ("--log-every", "log_every", int, "Steps between metric lines."),
     ("--save-every", "save_every", int, "Steps between saves of last.h5."),
-    ("--on-nonfinite", "on_nonfinite", click.Choice(["stop", "skip"]),
-     "What to do after a NaN/inf loss or gradient (the step is never applied)."),
+    (
+        "--on-nonfinite",
+        "on_nonfinite",
+        click.Choice(["stop", "skip"]),
+        "What to do after a NaN/inf loss or gradient (the step is never applied).",
+    ),
 ]
 
 
@@ -117,11 +146,20 @@ def main():
 
 
 @main.command()
-@click.option("--data", "data", default=None, help="Corpus folder (default $SPARSELM_DATA, "
-              "then ./data/ptb) with ptb.{train,valid,test}.txt or {train,valid,test}.txt.")
-@click.option("--preset", default="small", show_default=True,
-              type=click.Choice(["teach", "small", "medium", "large", "study"]),
-              help="Named configuration; flags override single fields.")
+@click.option(
+    "--data",
+    "data",
+    default=None,
+    help="Corpus folder (default $SPARSELM_DATA, "
+    "then ./data/ptb) with ptb.{train,valid,test}.txt or {train,valid,test}.txt.",
+)
+@click.option(
+    "--preset",
+    default="small",
+    show_default=True,
+    type=click.Choice(["teach", "small", "medium", "large", "study"]),
+    help="Named configuration; flags override single fields.",
+)
 @click.option("--out", default=None, help="Run folder (default checkpoints/<preset>).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last.h5.")
 @click.option("--overwrite", is_flag=True, help="Replace a run already in --out.")
@@ -134,23 +172,36 @@ def train(data, preset, out, resume, overwrite, quiet, **overrides):
     def body():
         from .config import make_config
         from .train import train as run_training
+
         cfg = make_config(preset, **overrides)
         folder = Path(out) if out else Path("checkpoints") / preset
         summary = run_training(cfg, folder, data_dir(data), resume, overwrite, quiet)
         click.echo(json.dumps(summary))
+
     run_guarded(body)
 
 
 @main.command()
 @click.argument("ckpt", type=click.Path(dir_okay=False))
-@click.option("--data", default=None,
-              help="Corpus folder (default $SPARSELM_DATA, then ./data/ptb).")
-@click.option("--split", type=click.Choice(["valid", "test", "train"]), default="valid",
-              show_default=True, help="Which split to score.")
+@click.option(
+    "--data", default=None, help="Corpus folder (default $SPARSELM_DATA, then ./data/ptb)."
+)
+@click.option(
+    "--split",
+    type=click.Choice(["valid", "test", "train"]),
+    default="valid",
+    show_default=True,
+    help="Which split to score.",
+)
 @click.option("--batch-size", type=int, default=None, help="Evaluation batch size.")
 @click.option("--threads", type=int, default=None, help="Threads for Numba and BLAS.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
-              show_default=True, help="Where to evaluate (auto: a GPU when present).")
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
+    help="Where to evaluate (auto: a GPU when present).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 def evaluate(ckpt, data, split, batch_size, threads, device, as_json):
     """Perplexity of a checkpoint on a split."""
@@ -160,6 +211,7 @@ def evaluate(ckpt, data, split, batch_size, threads, device, as_json):
         from .data import load_corpus
         from .train import evaluate as run_eval
         from .train import load_model, resolve_device
+
         overrides = {"eval_batch_size": batch_size} if batch_size else {}
         backend = resolve_device(device, lambda note: click.echo(note, err=True))
         model, vocab, _ = load_model(ckpt, overrides, backend)
@@ -169,66 +221,103 @@ def evaluate(ckpt, data, split, batch_size, threads, device, as_json):
         if as_json:
             click.echo(json.dumps(result))
         else:
-            click.echo(f"{split}: loss {result['loss']:.4f}  perplexity {result['ppl']:.2f}  "
-                       f"({result['tokens']:,} tokens, {result['tokens_per_s']:,.0f} tokens/s)")
+            click.echo(
+                f"{split}: loss {result['loss']:.4f}  perplexity {result['ppl']:.2f}  "
+                f"({result['tokens']:,} tokens, {result['tokens_per_s']:,.0f} tokens/s)"
+            )
+
     run_guarded(body)
 
 
 @main.command()
 @click.argument("ckpt", type=click.Path(dir_okay=False))
-@click.option("--words", type=click.IntRange(1, 100000), default=50, show_default=True,
-              help="Number of words to sample.")
-@click.option("--temperature", type=click.FloatRange(min=0.0, min_open=True), default=1.0,
-              show_default=True, help="Softmax temperature (<1: safer, >1: more varied).")
+@click.option(
+    "--words",
+    type=click.IntRange(1, 100000),
+    default=50,
+    show_default=True,
+    help="Number of words to sample.",
+)
+@click.option(
+    "--temperature",
+    type=click.FloatRange(min=0.0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Softmax temperature (<1: safer, >1: more varied).",
+)
 @click.option("--prompt", default="", help="Text to condition on (words of the vocabulary).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
 def generate(ckpt, words, temperature, prompt, seed):
     """Sample text from a checkpoint."""
+
     def body():
         from .generate import sample_text
         from .train import load_model
+
         model, vocab, _ = load_model(ckpt, {"dtype": "float64"})
         click.echo(sample_text(model, vocab, words, temperature, prompt, seed))
+
     run_guarded(body)
 
 
 @main.command()
 @click.argument("ckpt", required=False, type=click.Path(dir_okay=False))
-@click.option("--preset", default="small", show_default=True,
-              type=click.Choice(["teach", "small", "medium", "large", "study"]),
-              help="Configuration to count when no checkpoint is given.")
-@click.option("--vocab-size", type=int, default=10000, show_default=True,
-              help="Vocabulary size V when no checkpoint is given.")
+@click.option(
+    "--preset",
+    default="small",
+    show_default=True,
+    type=click.Choice(["teach", "small", "medium", "large", "study"]),
+    help="Configuration to count when no checkpoint is given.",
+)
+@click.option(
+    "--vocab-size",
+    type=int,
+    default=10000,
+    show_default=True,
+    help="Vocabulary size V when no checkpoint is given.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @train_options
 def info(ckpt, preset, vocab_size, as_json, **overrides):
     """Shapes, non-zeros and parameter counts of a checkpoint or of a configuration."""
+
     def body():
-        from .counting import count_from_checkpoint, count_from_config, format_counts
         from .config import make_config
+        from .counting import count_from_checkpoint, count_from_config, format_counts
+
         if ckpt:
             counts = count_from_checkpoint(ckpt)
         else:
             counts = count_from_config(make_config(preset, **overrides), vocab_size)
         click.echo(json.dumps(counts) if as_json else format_counts(counts))
+
     run_guarded(body)
 
 
 @main.command("plot-weights")
 @click.argument("ckpt", type=click.Path(dir_okay=False))
 @click.option("--out", default=None, help="Output folder (default: plots/ beside the checkpoint).")
-@click.option("--threshold", type=float, default=0.07, show_default=True,
-              help="Report the share of weights with |w| below this.")
+@click.option(
+    "--threshold",
+    type=float,
+    default=0.07,
+    show_default=True,
+    help="Report the share of weights with |w| below this.",
+)
 def plot_weights(ckpt, out, threshold):
     """Histograms, heatmaps and sparsity patterns of every weight matrix."""
+
     def body():
         from .checkpoint import load_checkpoint
         from .plots import plot_weights as draw
+
         checkpoint = load_checkpoint(ckpt)
         folder = Path(out) if out else Path(ckpt).parent / "plots"
-        paths = draw(checkpoint.params, checkpoint.patterns, folder, threshold,
-                     title=Path(ckpt).name)
+        paths = draw(
+            checkpoint.params, checkpoint.patterns, folder, threshold, title=Path(ckpt).name
+        )
         click.echo(f"wrote {len(paths)} figures to {folder}")
+
     run_guarded(body)
 
 
@@ -237,10 +326,13 @@ def plot_weights(ckpt, out, threshold):
 @click.option("--out", default="curves.png", show_default=True, help="Output PNG file.")
 def plot_curves(runs, out):
     """Training and validation loss/perplexity of one or more run folders."""
+
     def body():
         from .plots import plot_curves as draw
+
         path = draw([Path(r) for r in runs], Path(out))
         click.echo(f"wrote {path}")
+
     run_guarded(body)
 
 
@@ -248,23 +340,52 @@ def plot_curves(runs, out):
 def grid_options(fn):
     """Options shared by `experiment` and `sweep`."""
     options = [
-        click.option("--out", default=None, help="Grid folder: one run folder per run, plus "
-                     "results.csv, results.md, curves.png."),
-        click.option("--data", default=None, help="Corpus folder (default $SPARSELM_DATA, then "
-                     "./data/ptb); Dask workers must see it at the same path."),
-        click.option("--jobs", type=click.IntRange(1), default=1, show_default=True,
-                     help="Runs trained at once, in local processes."),
-        click.option("--scheduler", default=None, metavar="ADDRESS",
-                     help="Submit each run to this Dask scheduler (tcp://host:8786) instead."),
-        click.option("--threads", type=int, default=None,
-                     help="Threads per run (default: all cores / --jobs)."),
-        click.option("--max-steps", type=click.IntRange(0), default=None,
-                     help="Stop every run after N steps (smoke runs; rerun without it to finish)."),
-        click.option("--epochs", type=click.IntRange(1), default=None,
-                     help="Epochs per run (default: the scale's or preset's)."),
+        click.option(
+            "--out",
+            default=None,
+            help="Grid folder: one run folder per run, plus results.csv, results.md, curves.png.",
+        ),
+        click.option(
+            "--data",
+            default=None,
+            help="Corpus folder (default $SPARSELM_DATA, then "
+            "./data/ptb); Dask workers must see it at the same path.",
+        ),
+        click.option(
+            "--jobs",
+            type=click.IntRange(1),
+            default=1,
+            show_default=True,
+            help="Runs trained at once, in local processes.",
+        ),
+        click.option(
+            "--scheduler",
+            default=None,
+            metavar="ADDRESS",
+            help="Submit each run to this Dask scheduler (tcp://host:8786) instead.",
+        ),
+        click.option(
+            "--threads",
+            type=int,
+            default=None,
+            help="Threads per run (default: all cores / --jobs).",
+        ),
+        click.option(
+            "--max-steps",
+            type=click.IntRange(0),
+            default=None,
+            help="Stop every run after N steps (smoke runs; rerun without it to finish).",
+        ),
+        click.option(
+            "--epochs",
+            type=click.IntRange(1),
+            default=None,
+            help="Epochs per run (default: the scale's or preset's).",
+        ),
         click.option("--only", default=None, help="Only the runs whose name contains this text."),
-        click.option("--dry-run", is_flag=True,
-                     help="List the runs and their state; train nothing."),
+        click.option(
+            "--dry-run", is_flag=True, help="List the runs and their state; train nothing."
+        ),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -274,6 +395,7 @@ def grid_options(fn):
 def run_grid_command(specs, out, title, data, jobs, scheduler, threads, only, dry_run):
     """Run (or list) the specs under out, then write the results table and curves."""
     from .experiments import run_grid, run_status, write_results
+
     chosen = [s for s in specs if not only or only in s.name]
     out = Path(out)
     if dry_run:
@@ -283,11 +405,19 @@ def run_grid_command(specs, out, title, data, jobs, scheduler, threads, only, dr
     if jobs == 1 and not scheduler:
         set_threads(threads)
     click.echo(f"{len(chosen)} runs -> {out}", err=True)
-    results = run_grid(chosen, out, data_dir(data), jobs, scheduler, threads or 0,
-                       report=lambda line: click.echo(line, err=True))
-    paths = write_results(specs, out, data_dir(data), title)     # every run of the grid so far
-    click.echo(f"wrote {paths['csv']}, {paths['md']}" + (f", {paths['png']}" if paths["png"]
-                                                         else ""))
+    results = run_grid(
+        chosen,
+        out,
+        data_dir(data),
+        jobs,
+        scheduler,
+        threads or 0,
+        report=lambda line: click.echo(line, err=True),
+    )
+    paths = write_results(specs, out, data_dir(data), title)  # every run of the grid so far
+    click.echo(
+        f"wrote {paths['csv']}, {paths['md']}" + (f", {paths['png']}" if paths["png"] else "")
+    )
     failed = [r["name"] for r in results if r["action"] in ("failed", "interrupted")]
     if failed:
         fail(f"{len(failed)} run(s) did not finish: {', '.join(failed)}")
@@ -295,19 +425,27 @@ def run_grid_command(specs, out, title, data, jobs, scheduler, threads, only, dr
 
 @main.command()
 @click.argument("name", type=click.Choice(["exp1", "exp2"]))
-@click.option("--scale", type=click.Choice(["cpu", "study", "smoke"]), default="cpu",
-              show_default=True, help="study: the paper's sizes (GPU/cluster); cpu: H and E / 10, "
-              "densities x 10 (same fan-ins), <= 3 h on 2 cores; smoke: seconds.")
+@click.option(
+    "--scale",
+    type=click.Choice(["cpu", "study", "smoke"]),
+    default="cpu",
+    show_default=True,
+    help="study: the paper's sizes (GPU/cluster); cpu: H and E / 10, "
+    "densities x 10 (same fan-ins), <= 3 h on 2 cores; smoke: seconds.",
+)
 @grid_options
-def experiment(name, scale, out, data, jobs, scheduler, threads, max_steps, epochs, only,
-               dry_run):
+def experiment(name, scale, out, data, jobs, scheduler, threads, max_steps, epochs, only, dry_run):
     """Run the study's experiment 1 (fixed H) or 2 (fixed gate non-zeros) as a resumable grid."""
+
     def body():
         from .experiments import experiment_runs
+
         specs = experiment_runs(name, scale, epochs, max_steps)
         folder = out or f"checkpoints/{name}-{scale}"
-        run_grid_command(specs, folder, f"{name}, scale {scale}", data, jobs, scheduler, threads,
-                         only, dry_run)
+        run_grid_command(
+            specs, folder, f"{name}, scale {scale}", data, jobs, scheduler, threads, only, dry_run
+        )
+
     run_guarded(body)
 
 
@@ -318,39 +456,66 @@ def parse_settings(settings) -> dict:
 
     from .config import TrainConfig
     from .errors import ConfigError
-    kinds = {f.name: type(f.default) for f in dataclasses.fields(TrainConfig)
-             if isinstance(f.default, (int, float, str)) and f.name != "preset"}
+
+    kinds = {
+        f.name: type(f.default)
+        for f in dataclasses.fields(TrainConfig)
+        if isinstance(f.default, (int, float, str)) and f.name != "preset"
+    }
     grid = {}
     for text in settings:
         key, sep, values = text.partition("=")
         key = key.strip().replace("-", "_")
         if not sep or key not in kinds:
-            raise ConfigError(f"--set {text!r}: expected FIELD=V1,V2,... with FIELD one of "
-                              f"{', '.join(sorted(kinds))}")
+            raise ConfigError(
+                f"--set {text!r}: expected FIELD=V1,V2,... with FIELD one of "
+                f"{', '.join(sorted(kinds))}"
+            )
         try:
             grid[key] = [kinds[key](v.strip()) for v in values.split(",")]
         except ValueError:
-            raise ConfigError(f"--set {text!r}: values of {key} must be {kinds[key].__name__}"
-                              ) from None
+            raise ConfigError(
+                f"--set {text!r}: values of {key} must be {kinds[key].__name__}"
+            ) from None
     return grid
 
 
 @main.command()
-@click.option("--preset", default="small", show_default=True,
-              type=click.Choice(["teach", "small", "medium", "large", "study"]),
-              help="Configuration every run starts from.")
-@click.option("--set", "settings", multiple=True, metavar="FIELD=V1,V2,...",
-              help="A config field and its values; several --set make a cartesian grid.")
+@click.option(
+    "--preset",
+    default="small",
+    show_default=True,
+    type=click.Choice(["teach", "small", "medium", "large", "study"]),
+    help="Configuration every run starts from.",
+)
+@click.option(
+    "--set",
+    "settings",
+    multiple=True,
+    metavar="FIELD=V1,V2,...",
+    help="A config field and its values; several --set make a cartesian grid.",
+)
 @grid_options
-def sweep(preset, settings, out, data, jobs, scheduler, threads, max_steps, epochs, only,
-          dry_run):
+def sweep(preset, settings, out, data, jobs, scheduler, threads, max_steps, epochs, only, dry_run):
     """Train every combination of the --set values (resumable, with a results table)."""
+
     def body():
         from .experiments import sweep_runs
+
         fixed = {k: v for k, v in (("max_steps", max_steps), ("epochs", epochs)) if v}
         specs = sweep_runs(preset, parse_settings(settings), fixed)
-        run_grid_command(specs, out or f"checkpoints/sweep-{preset}", f"sweep over {preset}",
-                         data, jobs, scheduler, threads, only, dry_run)
+        run_grid_command(
+            specs,
+            out or f"checkpoints/sweep-{preset}",
+            f"sweep over {preset}",
+            data,
+            jobs,
+            scheduler,
+            threads,
+            only,
+            dry_run,
+        )
+
     run_guarded(body)
 
 

@@ -39,19 +39,19 @@ class TrainConfig:
 
     preset: str = "small"
     # model
-    emb: int = 200                 # E, embedding size
-    hidden: int = 200              # H, LSTM units per layer
-    layers: int = 2                # L
-    sparsity: float = 1.0          # density of every gate weight matrix; 1.0 = dense
-    mask: str = "fanin"            # sparsity pattern builder
-    init: str = "uniform"          # gate weight initialisation
-    init_scale: float = 0.1        # U(-s, s) for every parameter (Zaremba)
-    dropout: float = 0.0           # inverted dropout on non-recurrent connections
-    output: str = "softmax"        # output layer: dense softmax or the study's factorised layer
+    emb: int = 200  # E, embedding size
+    hidden: int = 200  # H, LSTM units per layer
+    layers: int = 2  # L
+    sparsity: float = 1.0  # density of every gate weight matrix; 1.0 = dense
+    mask: str = "fanin"  # sparsity pattern builder
+    init: str = "uniform"  # gate weight initialisation
+    init_scale: float = 0.1  # U(-s, s) for every parameter (Zaremba)
+    dropout: float = 0.0  # inverted dropout on non-recurrent connections
+    output: str = "softmax"  # output layer: dense softmax or the study's factorised layer
     # data
     batching: str = "stream"
-    batch_size: int = 20           # B
-    bptt: int = 20                 # T
+    batch_size: int = 20  # B
+    bptt: int = 20  # T
     # optimisation
     optimizer: str = "sgd"
     lr: float = 1.0
@@ -59,26 +59,26 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-8
-    clip: float = 5.0              # global gradient-norm clip; 0 disables
+    clip: float = 5.0  # global gradient-norm clip; 0 disables
     loss_reduction: str = "batch"
     warmup: str = "none"
     warmup_steps: int = 0
     decay: str = "step"
-    decay_rate: float = 0.5        # lr multiplier per epoch after decay_start (step decay)
-    decay_start: int = 4           # last epoch at full lr (Zaremba's max_epoch)
-    halving_epochs: tuple = ()     # epochs (1-based) after which the lr halves (the study)
+    decay_rate: float = 0.5  # lr multiplier per epoch after decay_start (step decay)
+    decay_start: int = 4  # last epoch at full lr (Zaremba's max_epoch)
+    halving_epochs: tuple = ()  # epochs (1-based) after which the lr halves (the study)
     epochs: int = 13
-    max_steps: int = 0             # stop after this many optimiser steps; 0 = no limit
+    max_steps: int = 0  # stop after this many optimiser steps; 0 = no limit
     # run
     seed: int = 1234
     dtype: str = "float32"
     device: str = "auto"
-    threads: int = 0               # 0 = all cores
-    log_every: int = 50            # steps between progress/metrics lines
-    save_every: int = 1000         # steps between last.h5 saves (also saved every epoch)
+    threads: int = 0  # 0 = all cores
+    log_every: int = 50  # steps between progress/metrics lines
+    save_every: int = 1000  # steps between last.h5 saves (also saved every epoch)
     eval_batch_size: int = 10
     on_nonfinite: str = "stop"
-    extra: dict = field(default_factory=dict)   # free-form notes a user wants kept with the run
+    extra: dict = field(default_factory=dict)  # free-form notes a user wants kept with the run
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -86,7 +86,7 @@ class TrainConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict) -> TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
@@ -96,8 +96,9 @@ class TrainConfig:
             try:
                 d["halving_epochs"] = tuple(int(e) for e in d["halving_epochs"])
             except (TypeError, ValueError):
-                raise ConfigError(f"halving_epochs must be a list of integers, got "
-                                  f"{d['halving_epochs']!r:.60}") from None
+                raise ConfigError(
+                    f"halving_epochs must be a list of integers, got {d['halving_epochs']!r:.60}"
+                ) from None
         return validate(cls(**d))
 
     def to_json(self) -> str:
@@ -107,19 +108,83 @@ class TrainConfig:
 # Zaremba et al. (2014), "Recurrent Neural Network Regularization", as in the TensorFlow tutorial:
 # init_scale, T, B, lr, max_epoch (decay_start), lr_decay, max_grad_norm, keep_prob, epochs.
 PRESETS: dict[str, dict] = {
-    "teach": dict(emb=128, hidden=128, layers=2, init_scale=0.1, bptt=20, batch_size=20, lr=1.0,
-                  clip=5.0, dropout=0.0, epochs=1, decay="constant", log_every=25),
-    "small": dict(emb=200, hidden=200, layers=2, init_scale=0.1, bptt=20, batch_size=20, lr=1.0,
-                  decay="step", decay_start=4, decay_rate=0.5, clip=5.0, dropout=0.0, epochs=13),
-    "medium": dict(emb=650, hidden=650, layers=2, init_scale=0.05, bptt=35, batch_size=20, lr=1.0,
-                   decay="step", decay_start=6, decay_rate=0.8, clip=5.0, dropout=0.5, epochs=39),
-    "large": dict(emb=1500, hidden=1500, layers=2, init_scale=0.04, bptt=35, batch_size=20,
-                  lr=1.0, decay="step", decay_start=14, decay_rate=1 / 1.15, clip=10.0,
-                  dropout=0.65, epochs=55),
+    "teach": dict(
+        emb=128,
+        hidden=128,
+        layers=2,
+        init_scale=0.1,
+        bptt=20,
+        batch_size=20,
+        lr=1.0,
+        clip=5.0,
+        dropout=0.0,
+        epochs=1,
+        decay="constant",
+        log_every=25,
+    ),
+    "small": dict(
+        emb=200,
+        hidden=200,
+        layers=2,
+        init_scale=0.1,
+        bptt=20,
+        batch_size=20,
+        lr=1.0,
+        decay="step",
+        decay_start=4,
+        decay_rate=0.5,
+        clip=5.0,
+        dropout=0.0,
+        epochs=13,
+    ),
+    "medium": dict(
+        emb=650,
+        hidden=650,
+        layers=2,
+        init_scale=0.05,
+        bptt=35,
+        batch_size=20,
+        lr=1.0,
+        decay="step",
+        decay_start=6,
+        decay_rate=0.8,
+        clip=5.0,
+        dropout=0.5,
+        epochs=39,
+    ),
+    "large": dict(
+        emb=1500,
+        hidden=1500,
+        layers=2,
+        init_scale=0.04,
+        bptt=35,
+        batch_size=20,
+        lr=1.0,
+        decay="step",
+        decay_start=14,
+        decay_rate=1 / 1.15,
+        clip=10.0,
+        dropout=0.65,
+        epochs=55,
+    ),
     # The 2018 study: hidden 2500, embedding 600, T=B=20, Adam 5e-4, clip 5, x0.5 after epoch 4.
-    "study": dict(emb=600, hidden=2500, layers=2, init_scale=0.1, bptt=20, batch_size=20,
-                  optimizer="adam", lr=5e-4, clip=5.0, loss_reduction="token", decay="step",
-                  decay_start=4, decay_rate=0.5, dropout=0.0, epochs=13),
+    "study": dict(
+        emb=600,
+        hidden=2500,
+        layers=2,
+        init_scale=0.1,
+        bptt=20,
+        batch_size=20,
+        optimizer="adam",
+        lr=5e-4,
+        clip=5.0,
+        loss_reduction="token",
+        decay="step",
+        decay_start=4,
+        decay_rate=0.5,
+        dropout=0.0,
+        epochs=13,
+    ),
 }
 
 
@@ -136,10 +201,21 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _check_types(cfg)
     for name, allowed in CHOICES.items():
         if getattr(cfg, name) not in allowed:
-            raise ConfigError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
-                              f"got {getattr(cfg, name)!r}")
-    for name in ("emb", "hidden", "layers", "batch_size", "bptt", "epochs", "eval_batch_size",
-                 "log_every", "save_every"):
+            raise ConfigError(
+                f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
+                f"got {getattr(cfg, name)!r}"
+            )
+    for name in (
+        "emb",
+        "hidden",
+        "layers",
+        "batch_size",
+        "bptt",
+        "epochs",
+        "eval_batch_size",
+        "log_every",
+        "save_every",
+    ):
         if int(getattr(cfg, name)) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
     if not (0.0 < cfg.sparsity <= 1.0) or math.isnan(cfg.sparsity):
@@ -148,8 +224,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"--dropout must be in [0, 1), got {cfg.dropout}")
     checks = [
         (cfg.lr > 0 and math.isfinite(cfg.lr), f"--lr must be a positive number, got {cfg.lr}"),
-        (0 < cfg.init_scale < math.inf, f"--init-scale must be a positive number, got "
-         f"{cfg.init_scale}"),
+        (
+            0 < cfg.init_scale < math.inf,
+            f"--init-scale must be a positive number, got {cfg.init_scale}",
+        ),
         (0 <= cfg.clip < math.inf, f"--clip must be a number >= 0 (0 disables), got {cfg.clip}"),
         (0 < cfg.eps < math.inf, f"Adam eps must be a positive number, got {cfg.eps}"),
         (cfg.seed >= 0, f"--seed must be >= 0, got {cfg.seed}"),
@@ -160,8 +238,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         (cfg.max_steps >= 0, f"--max-steps must be >= 0, got {cfg.max_steps}"),
         (cfg.threads >= 0, f"--threads must be >= 0, got {cfg.threads}"),
         (0 <= cfg.beta1 < 1 and 0 <= cfg.beta2 < 1, "Adam betas must be in [0, 1)"),
-        (cfg.warmup == "none" or cfg.warmup_steps > 0,
-         f"--warmup {cfg.warmup} needs --warmup-steps > 0"),
+        (
+            cfg.warmup == "none" or cfg.warmup_steps > 0,
+            f"--warmup {cfg.warmup} needs --warmup-steps > 0",
+        ),
     ]
     for ok, message in checks:
         if not ok:
@@ -175,9 +255,13 @@ def validate(cfg: TrainConfig) -> TrainConfig:
 
 # Field kinds by annotation: a config read back from a (possibly damaged) checkpoint must fail
 # here with a message, not later with a TypeError deep in the model.
-_KINDS = {"int": (numbers.Integral, "an integer"), "float": (numbers.Real, "a number"),
-          "str": (str, "a string"), "dict": (dict, "a JSON object"),
-          "tuple": (tuple, "a list of integers")}
+_KINDS = {
+    "int": (numbers.Integral, "an integer"),
+    "float": (numbers.Real, "a number"),
+    "str": (str, "a string"),
+    "dict": (dict, "a JSON object"),
+    "tuple": (tuple, "a list of integers"),
+}
 
 
 def _check_types(cfg: TrainConfig) -> None:
@@ -187,5 +271,6 @@ def _check_types(cfg: TrainConfig) -> None:
         if not isinstance(value, kind) or isinstance(value, bool):
             raise ConfigError(f"{f.name} must be {what}, got {value!r:.60}")
     if not all(isinstance(e, numbers.Integral) for e in cfg.halving_epochs):
-        raise ConfigError(f"halving_epochs must be a list of integers, got "
-                          f"{cfg.halving_epochs!r:.60}")
+        raise ConfigError(
+            f"halving_epochs must be a list of integers, got {cfg.halving_epochs!r:.60}"
+        )

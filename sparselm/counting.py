@@ -19,8 +19,9 @@ def _matrix_rows(shapes: dict, patterns: dict) -> list[dict]:
     for name, shape in shapes.items():
         size = int(np.prod(shape))
         nnz = len(patterns[name].indices) if name in patterns else size
-        rows.append({"name": name, "shape": list(shape), "nnz": nnz,
-                     "density": nnz / size if size else 0.0})
+        rows.append(
+            {"name": name, "shape": list(shape), "nnz": nnz, "density": nnz / size if size else 0.0}
+        )
     return rows
 
 
@@ -42,27 +43,42 @@ def count_from_config(cfg: TrainConfig, vocab_size: int) -> dict:
     patterns = build_patterns(cfg, np.random.default_rng(cfg.seed))
     shapes = {"embedding.weight": (vocab_size, cfg.emb)}
     for layer in range(cfg.layers):
-        for name in list(gate_names(cfg.layers))[2 * layer: 2 * layer + 2]:
+        for name in list(gate_names(cfg.layers))[2 * layer : 2 * layer + 2]:
             shapes[name] = gate_shape(cfg, name)
         shapes[f"lstm.{layer}.bias"] = (4 * cfg.hidden,)
     shapes.update(output_shapes(cfg.output, cfg.hidden, vocab_size))
     rows = _matrix_rows(shapes, patterns)
-    return {"config": {"hidden": cfg.hidden, "emb": cfg.emb, "layers": cfg.layers,
-                       "sparsity": cfg.sparsity, "mask": cfg.mask, "output": cfg.output,
-                       "vocab": vocab_size},
-            "matrices": rows, "totals": _totals(rows)}
+    return {
+        "config": {
+            "hidden": cfg.hidden,
+            "emb": cfg.emb,
+            "layers": cfg.layers,
+            "sparsity": cfg.sparsity,
+            "mask": cfg.mask,
+            "output": cfg.output,
+            "vocab": vocab_size,
+        },
+        "matrices": rows,
+        "totals": _totals(rows),
+    }
 
 
 def count_from_checkpoint(path) -> dict:
     from .checkpoint import load_checkpoint
+
     ckpt = load_checkpoint(path)
-    shapes = {name: (tuple(ckpt.patterns[name].shape) if name in ckpt.patterns else arr.shape)
-              for name, arr in ckpt.params.items()}
+    shapes = {
+        name: (tuple(ckpt.patterns[name].shape) if name in ckpt.patterns else arr.shape)
+        for name, arr in ckpt.params.items()
+    }
     rows = _matrix_rows(shapes, ckpt.patterns)
     cfg = ckpt.config
-    return {"config": {k: cfg.get(k) for k in ("hidden", "emb", "layers", "sparsity", "mask",
-                                                "output")}
-            | {"vocab": len(ckpt.vocab)}, "matrices": rows, "totals": _totals(rows)}
+    return {
+        "config": {k: cfg.get(k) for k in ("hidden", "emb", "layers", "sparsity", "mask", "output")}
+        | {"vocab": len(ckpt.vocab)},
+        "matrices": rows,
+        "totals": _totals(rows),
+    }
 
 
 def format_counts(counts: dict) -> str:
@@ -73,12 +89,14 @@ def format_counts(counts: dict) -> str:
     t = counts["totals"]
     factorized = any(r["name"] == "softmax.row_weight" for r in counts["matrices"])
     label = "factorised output (A, B, bias):" if factorized else "softmax (weight + bias):"
-    lines += ["",
-              f"gate non-zeros (weights + biases): {t['gate_nonzeros']:>14,}"
-              f"  (~{t['gate_nonzeros'] / 1000:,.0f}k)",
-              f"gate dense-equivalent:             {t['gate_dense_equivalent']:>14,}",
-              f"embedding:                         {t['embedding']:>14,}",
-              f"{label:<35}{t['softmax']:>14,}",
-              f"total parameters:                  {t['total_parameters']:>14,}",
-              f"dense-equivalent total:            {t['dense_equivalent_total']:>14,}"]
+    lines += [
+        "",
+        f"gate non-zeros (weights + biases): {t['gate_nonzeros']:>14,}"
+        f"  (~{t['gate_nonzeros'] / 1000:,.0f}k)",
+        f"gate dense-equivalent:             {t['gate_dense_equivalent']:>14,}",
+        f"embedding:                         {t['embedding']:>14,}",
+        f"{label:<35}{t['softmax']:>14,}",
+        f"total parameters:                  {t['total_parameters']:>14,}",
+        f"dense-equivalent total:            {t['dense_equivalent_total']:>14,}",
+    ]
     return "\n".join(lines)

@@ -129,7 +129,7 @@ def _kernels_for(array):
     """
     if isinstance(array, np.ndarray):
         global _CPU_KERNELS
-        if _CPU_KERNELS is None:    # imported on first use, so pattern checks need no Numba
+        if _CPU_KERNELS is None:  # imported on first use, so pattern checks need no Numba
             from sparselm.kernels import cpu_csr
 
             _CPU_KERNELS = cpu_csr
@@ -155,8 +155,9 @@ class CSRMatrix:
         if _validate:
             validate_csr_pattern(indices, indptr, self.shape)
             if max(self.shape[1], len(indices)) > np.iinfo(np.int32).max:
-                raise ValueError(f"CSR shape {self.shape} with {len(indices)} entries does not "
-                                 "fit int32 indices")
+                raise ValueError(
+                    f"CSR shape {self.shape} with {len(indices)} entries does not fit int32 indices"
+                )
         self.indices = np.ascontiguousarray(indices, dtype=np.int32)
         self.indptr = np.ascontiguousarray(indptr, dtype=np.int32)
         self.data = self._checked_data(data)
@@ -182,15 +183,21 @@ class CSRMatrix:
 
     @property
     def dtype(self) -> np.dtype:
-        return self.data.dtype      # NumPy, CuPy and Numba device arrays all hold an np.dtype
+        return self.data.dtype  # NumPy, CuPy and Numba device arrays all hold an np.dtype
 
     def __repr__(self) -> str:
         return f"CSRMatrix(shape={self.shape}, nnz={self.nnz}, dtype={self.dtype})"
 
     def with_data(self, data) -> CSRMatrix:
         """Same pattern (shared arrays, transpose included), other values. data: (N,) float."""
-        return CSRMatrix(data, self.indices, self.indptr, self.shape,
-                         _transpose=(self.t_indptr, self.t_indices, self.t_perm), _validate=False)
+        return CSRMatrix(
+            data,
+            self.indices,
+            self.indptr,
+            self.shape,
+            _transpose=(self.t_indptr, self.t_indices, self.t_perm),
+            _validate=False,
+        )
 
     def to_dense(self) -> np.ndarray:
         """(R, C) dense copy, same dtype."""
@@ -226,9 +233,13 @@ class CSRMatrix:
 
     def _check_operand(self, name, a, cols):
         """Raises ValueError unless a is (M, cols), the matrix's dtype, C-contiguous."""
-        try:        # every product call checks its operands: the common case in one test
-            if (a.ndim == 2 and a.shape[1] == cols and a.dtype == self.data.dtype
-                    and a.flags["C_CONTIGUOUS"]):
+        try:  # every product call checks its operands: the common case in one test
+            if (
+                a.ndim == 2
+                and a.shape[1] == cols
+                and a.dtype == self.data.dtype
+                and a.flags["C_CONTIGUOUS"]
+            ):
                 return
         except (AttributeError, TypeError, IndexError):
             pass
@@ -248,7 +259,7 @@ class CSRMatrix:
             empty = _hook(kern, "empty") or np.empty
             return empty(shape, dtype=self.dtype), False, False
         if out.shape == shape and out.dtype == self.data.dtype and out.flags["C_CONTIGUOUS"]:
-            return out, bool(accumulate), False     # the common case in one test
+            return out, bool(accumulate), False  # the common case in one test
         if tuple(out.shape) != tuple(shape):
             raise ValueError(f"out has shape {tuple(out.shape)}, expected {tuple(shape)}")
         if np.dtype(out.dtype) != self.dtype:
@@ -270,8 +281,9 @@ class CSRMatrix:
         rows, cols = self.shape
         self._check_operand("x", x, cols)
         kern = _kernels_for(x)
-        target, acc, out_rows = self._prepare_out(kern, out, (x.shape[0], rows), accumulate,
-                                                  feature_major=True)
+        target, acc, out_rows = self._prepare_out(
+            kern, out, (x.shape[0], rows), accumulate, feature_major=True
+        )
         indices, indptr, _, _, _ = self._pattern(kern)
         kern.csr_matmul(self.data, indices, indptr, x, target, acc, out_rows)
         return target if out is None else out
@@ -285,11 +297,13 @@ class CSRMatrix:
         rows, cols = self.shape
         self._check_operand("dy", dy, rows)
         kern = _kernels_for(dy)
-        target, acc, out_rows = self._prepare_out(kern, out, (dy.shape[0], cols), accumulate,
-                                                  feature_major=True)
+        target, acc, out_rows = self._prepare_out(
+            kern, out, (dy.shape[0], cols), accumulate, feature_major=True
+        )
         indices, indptr, t_indices, t_indptr, t_perm = self._pattern(kern)
-        kern.csr_matmul_t(self.data, t_perm, t_indices, t_indptr, dy, target, acc, out_rows,
-                          (indices, indptr))
+        kern.csr_matmul_t(
+            self.data, t_perm, t_indices, t_indptr, dy, target, acc, out_rows, (indices, indptr)
+        )
         return target if out is None else out
 
     def sddmm(self, dy, x, out=None, accumulate=False, col_sums=None, pair=None):
@@ -328,8 +342,10 @@ class CSRMatrix:
 
     def _check_col_sums(self, col_sums, rows):
         if tuple(col_sums.shape) != (rows,) or np.dtype(col_sums.dtype) != self.dtype:
-            raise ValueError(f"col_sums must be ({rows},) {self.dtype}, got "
-                             f"{tuple(col_sums.shape)} {col_sums.dtype}")
+            raise ValueError(
+                f"col_sums must be ({rows},) {self.dtype}, got "
+                f"{tuple(col_sums.shape)} {col_sums.dtype}"
+            )
         if not col_sums.flags["C_CONTIGUOUS"]:
             raise ValueError("col_sums must be C-contiguous")
 
@@ -361,7 +377,7 @@ def _distinct_columns(counts, cols, rng, chunk_elems=1 << 21):
     step = max(1, chunk_elems // max(cols, 1))
     for r0 in range(0, rows, step):
         r1 = min(rows, r0 + step)
-        indices[indptr[r0]:indptr[r1]] = _draw_chunk(counts[r0:r1], cols, rng)
+        indices[indptr[r0] : indptr[r1]] = _draw_chunk(counts[r0:r1], cols, rng)
     return indices, indptr.astype(np.int32)
 
 

@@ -27,16 +27,20 @@ from .errors import DataError
 EOS = "<eos>"
 UNK = "<unk>"
 SPLITS = ("train", "valid", "test")
-PTB_SOURCE = ("Mikolov's simple-examples.tgz (simple-examples/data/ptb.*.txt), "
-              "e.g. from https://www.fit.vutbr.cz/~imikolov/rnnlm/")
+PTB_SOURCE = (
+    "Mikolov's simple-examples.tgz (simple-examples/data/ptb.*.txt), "
+    "e.g. from https://www.fit.vutbr.cz/~imikolov/rnnlm/"
+)
 
 
 def split_path(data_dir: Path, split: str) -> Path:
     """The file of a split: ptb.<split>.txt or <split>.txt inside data_dir."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
-        raise DataError(f"data folder {data_dir} not found; get the Penn Treebank from "
-                        f"{PTB_SOURCE} and pass --data DIR or set SPARSELM_DATA")
+        raise DataError(
+            f"data folder {data_dir} not found; get the Penn Treebank from "
+            f"{PTB_SOURCE} and pass --data DIR or set SPARSELM_DATA"
+        )
     for name in (f"ptb.{split}.txt", f"{split}.txt"):
         if (data_dir / name).is_file():
             return data_dir / name
@@ -54,7 +58,7 @@ def read_lines(path: Path) -> list[list[str]]:
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise DataError(f"{path}, line {line}: not valid UTF-8 (byte offset {exc.start})") from None
-    if "\0" in text:                 # no text corpus has one, and a checkpoint cannot store it
+    if "\0" in text:  # no text corpus has one, and a checkpoint cannot store it
         line = text[: text.index("\0")].count("\n") + 1
         raise DataError(f"{path}, line {line}: contains a NUL character; is it a text file?")
     lines = [line.split() for line in text.splitlines()]
@@ -75,7 +79,7 @@ class Vocabulary:
             raise DataError("vocabulary has duplicate words")
 
     @classmethod
-    def from_lines(cls, lines: list[list[str]]) -> "Vocabulary":
+    def from_lines(cls, lines: list[list[str]]) -> Vocabulary:
         counts = Counter(w for tokens in lines for w in tokens)
         counts[EOS] += len(lines)
         return cls(sorted(counts, key=lambda w: (-counts[w], w)))
@@ -95,8 +99,10 @@ class Vocabulary:
             ids = [self.index.get(w, unk) for w in tokens]
             if unk is None and None in ids:
                 word = tokens[ids.index(None)]
-                raise DataError(f"{path}, line {number}: word {word!r} is not in the vocabulary "
-                                f"(which has no {UNK})")
+                raise DataError(
+                    f"{path}, line {number}: word {word!r} is not in the vocabulary "
+                    f"(which has no {UNK})"
+                )
             ids.append(self.index[EOS])
             out.append(np.asarray(ids, dtype=np.int32))
         return out
@@ -158,8 +164,10 @@ class StreamBatcher:
         steps = n - 1
         self.n_batches = steps // bptt if drop_last else -(-steps // bptt)
         if self.n_batches < 1:
-            raise DataError(f"split too short: {n} steps per stream with B={batch_size} is less "
-                            f"than one window of T={bptt}")
+            raise DataError(
+                f"split too short: {n} steps per stream with B={batch_size} is less "
+                f"than one window of T={bptt}"
+            )
 
     def __len__(self) -> int:
         return self.n_batches
@@ -167,7 +175,7 @@ class StreamBatcher:
     def batch(self, index: int) -> Batch:
         start = index * self.bptt
         stop = min(start + self.bptt, self.data.shape[0] - 1)
-        return Batch(self.data[start:stop], self.data[start + 1: stop + 1], None, reset=index == 0)
+        return Batch(self.data[start:stop], self.data[start + 1 : stop + 1], None, reset=index == 0)
 
     def batches(self, start: int = 0, epoch: int = 0):
         for index in range(start, self.n_batches):
@@ -177,10 +185,16 @@ class StreamBatcher:
 class SentenceBatcher:
     """One line per sample, similar lengths batched together, padded with a mask; state reset."""
 
-    def __init__(self, lines: list[np.ndarray], batch_size: int, eos: int, seed: int = 0,
-                 shuffle: bool = True):
+    def __init__(
+        self,
+        lines: list[np.ndarray],
+        batch_size: int,
+        eos: int,
+        seed: int = 0,
+        shuffle: bool = True,
+    ):
         order = sorted(range(len(lines)), key=lambda i: (len(lines[i]), i))
-        self.groups = [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+        self.groups = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
         self.lines, self.eos, self.seed, self.shuffle = lines, eos, seed, shuffle
 
     def __len__(self) -> int:
@@ -201,7 +215,7 @@ class SentenceBatcher:
         mask = np.zeros(inputs.shape, dtype=np.float32)
         for b, r in enumerate(rows):
             inputs[0, b] = self.eos
-            inputs[1: len(r), b] = r[:-1]
+            inputs[1 : len(r), b] = r[:-1]
             targets[: len(r), b] = r
             mask[: len(r), b] = 1.0
         return Batch(inputs, targets, mask, reset=True)
@@ -211,8 +225,15 @@ class SentenceBatcher:
             yield self.batch(group)
 
 
-def make_batcher(corpus: Corpus, split: str, batching: str, batch_size: int, bptt: int,
-                 seed: int = 0, train: bool = True):
+def make_batcher(
+    corpus: Corpus,
+    split: str,
+    batching: str,
+    batch_size: int,
+    bptt: int,
+    seed: int = 0,
+    train: bool = True,
+):
     """The batcher of one split for the configured batching; a DataError names the split's file."""
     if batching == "stream":
         try:

@@ -41,9 +41,17 @@ def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray, accumulate: bool = False
     fn = blas.sgemm if out.dtype == np.float32 else blas.dgemm
     bt, trans_b = _fortran_operand(b)
     at, trans_a = _fortran_operand(a)
-    res = fn(1.0, bt, at, beta=1.0 if accumulate else 0.0, c=out.T, trans_a=trans_b,
-             trans_b=trans_a, overwrite_c=1)
-    if not np.shares_memory(res, out):   # BLAS wrappers copy when they cannot write in place
+    res = fn(
+        1.0,
+        bt,
+        at,
+        beta=1.0 if accumulate else 0.0,
+        c=out.T,
+        trans_a=trans_b,
+        trans_b=trans_a,
+        overwrite_c=1,
+    )
+    if not np.shares_memory(res, out):  # BLAS wrappers copy when they cannot write in place
         out[...] = res.T
     return out
 
@@ -66,12 +74,12 @@ class DenseMatrix:
 
     def __init__(self, data, backend=None):
         if backend is None:
-            from .kernels import get_backend   # here: kernels.cpu_arrays imports this module
+            from .kernels import get_backend  # here: kernels.cpu_arrays imports this module
 
             backend = get_backend("cpu")
         self.data, self.shape, self.backend = data, tuple(data.shape), backend
 
-    def with_data(self, data) -> "DenseMatrix":
+    def with_data(self, data) -> DenseMatrix:
         return DenseMatrix(data, self.backend)
 
     @property
@@ -100,4 +108,3 @@ class DenseMatrix:
             other, x2, out2 = pair
             other.sddmm(dy, x2, out=out2, accumulate=accumulate)
         return self.backend.gemm(dy, x, out, accumulate, trans_a=True)
-

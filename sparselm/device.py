@@ -34,7 +34,7 @@ def is_device_array(a) -> bool:
         return False
     if hasattr(a, "__cuda_array_interface__"):
         return True
-    sim = sys.modules.get(_SIM_ARRAY_MODULE)     # loaded only if the simulator is in use
+    sim = sys.modules.get(_SIM_ARRAY_MODULE)  # loaded only if the simulator is in use
     return sim is not None and isinstance(a, sim.FakeCUDAArray)
 
 

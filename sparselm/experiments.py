@@ -41,15 +41,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 STUDY_DENSITIES = (0.0005, 0.001, 0.002, 0.005, 0.01)
-CONTROL_DENSITY = 1e-9   # the fan-in rule gives max(1, floor(d (I + H))) = 1 input per gate row
-DROPOUT = 0.5            # Zaremba's medium-model rate, for the dense baseline with dropout
+CONTROL_DENSITY = 1e-9  # the fan-in rule gives max(1, floor(d (I + H))) = 1 input per gate row
+DROPOUT = 0.5  # Zaremba's medium-model rate, for the dense baseline with dropout
 
 # The two optimisers compared in experiment 1 (decay_start comes from the scale).
 OPTIMISERS = {
-    "adam": dict(optimizer="adam", lr=5e-4, clip=5.0, loss_reduction="token", decay="step",
-                 decay_rate=0.5),
-    "sgd": dict(optimizer="sgd", lr=1.0, clip=5.0, loss_reduction="batch", decay="step",
-                decay_rate=0.5),
+    "adam": dict(
+        optimizer="adam", lr=5e-4, clip=5.0, loss_reduction="token", decay="step", decay_rate=0.5
+    ),
+    "sgd": dict(
+        optimizer="sgd", lr=1.0, clip=5.0, loss_reduction="batch", decay="step", decay_rate=0.5
+    ),
 }
 
 
@@ -72,8 +74,18 @@ class Scale:
 SCALES = {
     "study": Scale("study", emb=600, hidden=2500, density_factor=1, epochs=13, decay_start=4),
     "cpu": Scale("cpu", emb=60, hidden=250, density_factor=10, epochs=4, decay_start=2),
-    "smoke": Scale("smoke", emb=8, hidden=16, density_factor=50, epochs=1, decay_start=1, bptt=5,
-                   batch_size=4, log_every=5, eval_batch_size=4),
+    "smoke": Scale(
+        "smoke",
+        emb=8,
+        hidden=16,
+        density_factor=50,
+        epochs=1,
+        decay_start=1,
+        bptt=5,
+        batch_size=4,
+        log_every=5,
+        eval_batch_size=4,
+    ),
 }
 
 
@@ -89,6 +101,7 @@ class RunSpec:
 
     def make_config(self):
         from .config import make_config
+
         return make_config(self.preset, **self.config)
 
 
@@ -106,11 +119,18 @@ def density_label(density: float) -> str:
 
 def base_config(scale: Scale, optimiser: str, epochs=None, max_steps=None) -> dict:
     """Overrides of the "study" preset shared by every run of a grid at this scale."""
-    cfg = dict(emb=scale.emb, hidden=scale.hidden, bptt=scale.bptt, batch_size=scale.batch_size,
-               epochs=epochs or scale.epochs, decay_start=scale.decay_start,
-               log_every=scale.log_every, eval_batch_size=scale.eval_batch_size,
-               **OPTIMISERS[optimiser])
-    if max_steps:     # a short run still logs ~10 points, so its curves have a shape
+    cfg = dict(
+        emb=scale.emb,
+        hidden=scale.hidden,
+        bptt=scale.bptt,
+        batch_size=scale.batch_size,
+        epochs=epochs or scale.epochs,
+        decay_start=scale.decay_start,
+        log_every=scale.log_every,
+        eval_batch_size=scale.eval_batch_size,
+        **OPTIMISERS[optimiser],
+    )
+    if max_steps:  # a short run still logs ~10 points, so its curves have a shape
         cfg.update(max_steps=max_steps, log_every=max(1, min(scale.log_every, max_steps // 10)))
     return cfg
 
@@ -121,12 +141,30 @@ def experiment1(scale: Scale, epochs=None, max_steps=None) -> list[RunSpec]:
     for opt in OPTIMISERS:
         base = base_config(scale, opt, epochs, max_steps)
         for d in scale_densities(scale) + [1.0]:
-            runs.append(RunSpec(f"{opt}-h{scale.hidden}-{density_label(d)}", "exp1", "density",
-                                {**base, "sparsity": d}))
-        runs.append(RunSpec(f"{opt}-h{scale.hidden}-dense-drop{DROPOUT:g}", "exp1", "dropout",
-                            {**base, "dropout": DROPOUT}))
-        runs.append(RunSpec(f"{opt}-h{scale.hidden}-fanin1", "exp1", "control",
-                            {**base, "sparsity": CONTROL_DENSITY}))
+            runs.append(
+                RunSpec(
+                    f"{opt}-h{scale.hidden}-{density_label(d)}",
+                    "exp1",
+                    "density",
+                    {**base, "sparsity": d},
+                )
+            )
+        runs.append(
+            RunSpec(
+                f"{opt}-h{scale.hidden}-dense-drop{DROPOUT:g}",
+                "exp1",
+                "dropout",
+                {**base, "dropout": DROPOUT},
+            )
+        )
+        runs.append(
+            RunSpec(
+                f"{opt}-h{scale.hidden}-fanin1",
+                "exp1",
+                "control",
+                {**base, "sparsity": CONTROL_DENSITY},
+            )
+        )
     return runs
 
 
@@ -152,8 +190,14 @@ def experiment2(scale: Scale, epochs=None, max_steps=None) -> list[RunSpec]:
         group = "control" if d <= CONTROL_DENSITY else "fixed-nnz"
         for output in ("factorized", "softmax"):
             short = "fact" if output == "factorized" else "softmax"
-            runs.append(RunSpec(f"adam-h{hidden}-{density_label(d)}-{short}", "exp2", group,
-                                {**base, "hidden": hidden, "sparsity": d, "output": output}))
+            runs.append(
+                RunSpec(
+                    f"adam-h{hidden}-{density_label(d)}-{short}",
+                    "exp2",
+                    group,
+                    {**base, "hidden": hidden, "sparsity": d, "output": output},
+                )
+            )
     return runs
 
 
@@ -163,6 +207,7 @@ EXPERIMENTS = {"exp1": experiment1, "exp2": experiment2}
 def experiment_runs(name: str, scale: str = "cpu", epochs=None, max_steps=None) -> list[RunSpec]:
     """The RunSpecs of experiment `name` ("exp1" | "exp2") at `scale` (study | cpu | smoke)."""
     from .errors import ConfigError
+
     if name not in EXPERIMENTS:
         raise ConfigError(f"unknown experiment {name!r}; choose one of {', '.join(EXPERIMENTS)}")
     if scale not in SCALES:
@@ -176,13 +221,19 @@ def sweep_runs(preset: str, grid: dict, fixed: dict | None = None) -> list[RunSp
     Each run is named by its grid values, e.g. "hidden100-sparsity0.01".
     """
     import itertools
+
     fields = list(grid)
     runs = []
     for values in itertools.product(*(grid[f] for f in fields)):
-        name = "-".join(f"{f}{v:g}" if isinstance(v, float) else f"{f}{v}"
-                        for f, v in zip(fields, values)) or preset
-        runs.append(RunSpec(name, "sweep", "grid", {**(fixed or {}), **dict(zip(fields, values))},
-                            preset))
+        name = (
+            "-".join(
+                f"{f}{v:g}" if isinstance(v, float) else f"{f}{v}" for f, v in zip(fields, values)
+            )
+            or preset
+        )
+        runs.append(
+            RunSpec(name, "sweep", "grid", {**(fixed or {}), **dict(zip(fields, values))}, preset)
+        )
     return runs
 
 
@@ -204,15 +255,16 @@ def read_events(folder: Path) -> list[dict]:
 
 
 def run_status(folder: Path) -> str:
-    """"done" (a test event is logged), "partial" (last.h5 without test event) or "new"."""
+    """ "done" (a test event is logged), "partial" (last.h5 without test event) or "new"."""
     folder = Path(folder)
     if any(e.get("event") == "test" for e in read_events(folder)):
         return "done"
     return "partial" if (folder / "last.h5").exists() else "new"
 
 
-def _record_invocation(folder: Path, spec: RunSpec, action: str, seconds: float,
-                       error: str | None) -> None:
+def _record_invocation(
+    folder: Path, spec: RunSpec, action: str, seconds: float, error: str | None
+) -> None:
     """Append this invocation to <run>/experiment.json; wall_s sums all invocations' seconds."""
     path = folder / "experiment.json"
     info = json.loads(path.read_text()) if path.exists() and action != "trained" else {}
@@ -230,6 +282,7 @@ def run_one(spec: RunSpec, out: str, data: str, quiet: bool = True) -> dict:
     """
     from .errors import SparseLMError
     from .train import Interrupted, train
+
     folder = Path(out) / spec.name
     status = run_status(folder)
     if status == "done":
@@ -237,8 +290,14 @@ def run_one(spec: RunSpec, out: str, data: str, quiet: bool = True) -> dict:
     action, error = ("resumed" if status == "partial" else "trained"), None
     start = time.perf_counter()
     try:
-        train(spec.make_config(), folder, Path(data), resume=status == "partial",
-              overwrite=status == "new", quiet=quiet)
+        train(
+            spec.make_config(),
+            folder,
+            Path(data),
+            resume=status == "partial",
+            overwrite=status == "new",
+            quiet=quiet,
+        )
     except Interrupted as exc:
         action, error = "interrupted", str(exc)
     except (SparseLMError, ArithmeticError, MemoryError) as exc:
@@ -252,13 +311,24 @@ def run_one(spec: RunSpec, out: str, data: str, quiet: bool = True) -> dict:
 def _set_thread_env(threads: int) -> None:
     """Size Numba's and BLAS's pools; effective only before they start (a fresh worker process)."""
     if threads:
-        for var in ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
-                    "MKL_NUM_THREADS"):
+        for var in (
+            "NUMBA_NUM_THREADS",
+            "OPENBLAS_NUM_THREADS",
+            "OMP_NUM_THREADS",
+            "MKL_NUM_THREADS",
+        ):
             os.environ[var] = str(threads)
 
 
-def run_grid(specs: list[RunSpec], out, data, jobs: int = 1, scheduler: str | None = None,
-             threads: int = 0, report=print) -> list[dict]:
+def run_grid(
+    specs: list[RunSpec],
+    out,
+    data,
+    jobs: int = 1,
+    scheduler: str | None = None,
+    threads: int = 0,
+    report=print,
+) -> list[dict]:
     """Run every spec: in this process (jobs=1), in `jobs` local processes, or on the Dask
     cluster at `scheduler`. report(line) is called once per finished run. Returns the results."""
     out, data = Path(out).resolve(), Path(data).resolve()
@@ -286,9 +356,11 @@ def _run_processes(specs, out: Path, data: Path, jobs: int, threads: int, report
     cores // jobs) before it imports Numba, so the jobs do not oversubscribe the cores."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
+
     threads = threads or max(1, (os.cpu_count() or 1) // jobs)
-    pool = ProcessPoolExecutor(jobs, multiprocessing.get_context("spawn"), _set_thread_env,
-                               (threads,))
+    pool = ProcessPoolExecutor(
+        jobs, multiprocessing.get_context("spawn"), _set_thread_env, (threads,)
+    )
     results = []
     try:
         futures = [pool.submit(run_one, spec, str(out), str(data)) for spec in specs]
@@ -304,19 +376,30 @@ def _run_dask(specs, out: Path, data: Path, address: str, report) -> list[dict]:
     """Submit each run as one task to the Dask scheduler at `address`. Workers must see `out`
     and `data` at the same paths (a shared file system)."""
     from .errors import ConfigError
+
     try:
         from dask.distributed import Client, as_completed
     except ImportError:
-        raise ConfigError('--scheduler needs dask.distributed: pip install "sparselm[dist]"'
-                          ) from None
+        raise ConfigError(
+            '--scheduler needs dask.distributed: pip install "sparselm[dist]"'
+        ) from None
     try:
         client = Client(address, timeout="20s")
     except (OSError, TimeoutError) as exc:
         raise ConfigError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
     results = []
     with client:
-        futures = [client.submit(run_one, spec, str(out), str(data), pure=False,
-                                 key=f"sparselm-{spec.name}-{time.time_ns()}") for spec in specs]
+        futures = [
+            client.submit(
+                run_one,
+                spec,
+                str(out),
+                str(data),
+                pure=False,
+                key=f"sparselm-{spec.name}-{time.time_ns()}",
+            )
+            for spec in specs
+        ]
         for future in as_completed(futures):
             results.append(future.result())
             report(_result_line(results[-1]))
@@ -324,14 +407,34 @@ def _run_dask(specs, out: Path, data: Path, address: str, report) -> list[dict]:
 
 
 # -- the results table ----------------------------------------------------------------------------
-COLUMNS = ("name", "experiment", "group", "status", "optimizer", "output", "hidden", "emb",
-           "density", "dropout", "gate_nonzeros", "total_parameters", "epochs", "steps",
-           "train_ppl", "best_valid_ppl", "test_ppl", "tokens_per_s", "train_s", "wall_s")
+COLUMNS = (
+    "name",
+    "experiment",
+    "group",
+    "status",
+    "optimizer",
+    "output",
+    "hidden",
+    "emb",
+    "density",
+    "dropout",
+    "gate_nonzeros",
+    "total_parameters",
+    "epochs",
+    "steps",
+    "train_ppl",
+    "best_valid_ppl",
+    "test_ppl",
+    "tokens_per_s",
+    "train_s",
+    "wall_s",
+)
 
 
 def vocab_size(data) -> int:
     """V of the corpus in `data`: the vocabulary training builds from its train split."""
     from .data import Vocabulary, read_lines, split_path
+
     return len(Vocabulary.from_lines(read_lines(split_path(Path(data), "train"))))
 
 
@@ -345,33 +448,56 @@ def result_row(spec: RunSpec, folder: Path, vocab: int) -> dict:
     experiment.json); parameter counts recomputed from its config.json as training draws them."""
     from .config import TrainConfig
     from .counting import count_from_config
+
     folder = Path(folder)
     events = read_events(folder)
-    cfg = (TrainConfig.from_dict(json.loads((folder / "config.json").read_text()))
-           if (folder / "config.json").exists() else spec.make_config())
+    cfg = (
+        TrainConfig.from_dict(json.loads((folder / "config.json").read_text()))
+        if (folder / "config.json").exists()
+        else spec.make_config()
+    )
     totals = count_from_config(cfg, vocab)["totals"]
     train, test = _last(events, "train"), _last(events, "test")
     valid = [e["ppl"] for e in events if e.get("event") == "valid" and e.get("ppl") is not None]
     last = events[-1] if events else {}
-    wall = (json.loads((folder / "experiment.json").read_text()).get("wall_s")
-            if (folder / "experiment.json").exists() else None)
+    wall = (
+        json.loads((folder / "experiment.json").read_text()).get("wall_s")
+        if (folder / "experiment.json").exists()
+        else None
+    )
     elapsed = last.get("elapsed")
-    return {"name": spec.name, "experiment": spec.experiment, "group": spec.group,
-            "status": run_status(folder), "optimizer": cfg.optimizer, "output": cfg.output,
-            "hidden": cfg.hidden, "emb": cfg.emb, "density": cfg.sparsity, "dropout": cfg.dropout,
-            "gate_nonzeros": totals["gate_nonzeros"],
-            "total_parameters": totals["total_parameters"], "epochs": last.get("epoch"),
-            "steps": last.get("step"), "train_ppl": train.get("ppl"),
-            "best_valid_ppl": min(valid) if valid else None, "test_ppl": test.get("ppl"),
-            "tokens_per_s": (last["tokens"] / elapsed) if elapsed and last.get("tokens") else None,
-            "train_s": elapsed, "wall_s": wall}
+    return {
+        "name": spec.name,
+        "experiment": spec.experiment,
+        "group": spec.group,
+        "status": run_status(folder),
+        "optimizer": cfg.optimizer,
+        "output": cfg.output,
+        "hidden": cfg.hidden,
+        "emb": cfg.emb,
+        "density": cfg.sparsity,
+        "dropout": cfg.dropout,
+        "gate_nonzeros": totals["gate_nonzeros"],
+        "total_parameters": totals["total_parameters"],
+        "epochs": last.get("epoch"),
+        "steps": last.get("step"),
+        "train_ppl": train.get("ppl"),
+        "best_valid_ppl": min(valid) if valid else None,
+        "test_ppl": test.get("ppl"),
+        "tokens_per_s": (last["tokens"] / elapsed) if elapsed and last.get("tokens") else None,
+        "train_s": elapsed,
+        "wall_s": wall,
+    }
 
 
 def collect_results(specs: list[RunSpec], out, data) -> list[dict]:
     """The table rows of every spec whose folder exists under out, in grid order."""
     vocab = vocab_size(data)
-    return [result_row(spec, Path(out) / spec.name, vocab) for spec in specs
-            if (Path(out) / spec.name).is_dir()]
+    return [
+        result_row(spec, Path(out) / spec.name, vocab)
+        for spec in specs
+        if (Path(out) / spec.name).is_dir()
+    ]
 
 
 def _cell(value) -> str:
@@ -389,6 +515,7 @@ def _cell(value) -> str:
 def write_csv(rows: list[dict], path: Path) -> Path:
     """results.csv: every column, numbers at full precision."""
     import csv
+
     with open(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, COLUMNS)
         writer.writeheader()
@@ -397,20 +524,35 @@ def write_csv(rows: list[dict], path: Path) -> Path:
     return path
 
 
-MD_COLUMNS = ("name", "status", "hidden", "density", "output", "dropout", "gate_nonzeros",
-              "total_parameters", "epochs", "train_ppl", "best_valid_ppl", "test_ppl",
-              "tokens_per_s", "wall_s")
+MD_COLUMNS = (
+    "name",
+    "status",
+    "hidden",
+    "density",
+    "output",
+    "dropout",
+    "gate_nonzeros",
+    "total_parameters",
+    "epochs",
+    "train_ppl",
+    "best_valid_ppl",
+    "test_ppl",
+    "tokens_per_s",
+    "wall_s",
+)
 
 
 def write_markdown(rows: list[dict], path: Path, title: str) -> Path:
     """results.md: a readable table (rounded) of the main columns; results.csv has them all."""
-    lines = [f"# {title}", "", "| " + " | ".join(MD_COLUMNS) + " |",
-             "|" + "---|" * len(MD_COLUMNS)]
+    lines = [f"# {title}", "", "| " + " | ".join(MD_COLUMNS) + " |", "|" + "---|" * len(MD_COLUMNS)]
     for row in rows:
         lines.append("| " + " | ".join(_cell(row[k]) for k in MD_COLUMNS) + " |")
-    lines += ["", "status: done = test event logged; partial = stopped early (max-steps or "
-              "interrupted), resumable; epochs = completed epochs or fraction; wall_s = seconds "
-              "of all invocations, evaluation included; train_s (csv) excludes evaluation."]
+    lines += [
+        "",
+        "status: done = test event logged; partial = stopped early (max-steps or "
+        "interrupted), resumable; epochs = completed epochs or fraction; wall_s = seconds "
+        "of all invocations, evaluation included; train_s (csv) excludes evaluation.",
+    ]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -418,12 +560,20 @@ def write_markdown(rows: list[dict], path: Path, title: str) -> Path:
 def write_results(specs: list[RunSpec], out, data, title: str) -> dict:
     """results.csv, results.md and curves.png in out; returns {"rows", "csv", "md", "png"}."""
     from .plots import plot_curves
+
     out = Path(out)
     rows = collect_results(specs, out, data)
-    paths = {"rows": rows, "csv": write_csv(rows, out / "results.csv"),
-             "md": write_markdown(rows, out / "results.md", title), "png": None}
-    plotted = [r["name"] for r in rows if any(e.get("event") == "train"
-                                               for e in read_events(out / r["name"]))]
+    paths = {
+        "rows": rows,
+        "csv": write_csv(rows, out / "results.csv"),
+        "md": write_markdown(rows, out / "results.md", title),
+        "png": None,
+    }
+    plotted = [
+        r["name"]
+        for r in rows
+        if any(e.get("event") == "train" for e in read_events(out / r["name"]))
+    ]
     if plotted:
         paths["png"] = plot_curves([out / n for n in plotted], out / "curves.png", labels=plotted)
     return paths

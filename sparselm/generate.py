@@ -8,8 +8,9 @@ from .data import EOS, Vocabulary
 from .errors import DataError
 
 
-def sample_text(model, vocab: Vocabulary, words: int, temperature: float, prompt: str = "",
-                seed: int = 0) -> str:
+def sample_text(
+    model, vocab: Vocabulary, words: int, temperature: float, prompt: str = "", seed: int = 0
+) -> str:
     """Feed the prompt (or <eos>), then draw `words` words from softmax(logits / temperature)."""
     rng = np.random.default_rng(seed)
     unknown = [w for w in prompt.split() if w not in vocab.index]

@@ -22,7 +22,7 @@ def softmax_forward(h, weight, bias, targets, row_weights, ws: Workspace, grad: 
     n, nv = h.shape[0], weight.shape[0]
     be = ws.be
     logits = ws.get("logits", (n, nv), h.dtype)
-    be.gemm(h, weight, logits, trans_b=True)    # the bias is added inside the fused kernel
+    be.gemm(h, weight, logits, trans_b=True)  # the bias is added inside the fused kernel
     nll = ws.get("nll", (n,), np.float64)
     dbias = ws.zeros("dbias_out", (nv,), h.dtype)
     be.softmax_xent(logits, bias, targets, row_weights, nll, dbias, grad)

@@ -60,23 +60,24 @@ def lstm_layer_forward(x, h0, c0, w_x, w_h, bias, ws: Workspace, tag: str):
     tanh_c = ws.get(tag + "tanh_c", (steps, nb, nh), dtype)
     be.copy(hs[0], h0)
     be.copy(cs[0], c0)
-    if isinstance(w_h, CSRMatrix):      # the whole recurrence in one call (kernels.cpu_lstm)
-        be.csr_lstm_forward(x, w_x.product_arrays(x), w_h.product_arrays(x), bias, hs, cs, gates,
-                            tanh_c)
+    if isinstance(w_h, CSRMatrix):  # the whole recurrence in one call (kernels.cpu_lstm)
+        be.csr_lstm_forward(
+            x, w_x.product_arrays(x), w_h.product_arrays(x), bias, hs, cs, gates, tanh_c
+        )
     else:
         gx = ws.get(tag + "gx", (steps, nb, ng), dtype)
         w_x.matmul(x.reshape(steps * nb, ni), out=gx.reshape(steps * nb, ng))
         rec = ws.get(tag + "rec", (nb, ng), dtype)
         for t in range(steps):
             w_h.matmul(hs[t], out=rec)
-            be.lstm_cell_forward(gx[t], rec, bias, cs[t], gates[t], cs[t + 1], tanh_c[t],
-                                 hs[t + 1])
+            be.lstm_cell_forward(gx[t], rec, bias, cs[t], gates[t], cs[t + 1], tanh_c[t], hs[t + 1])
     cache = (x, hs, cs, gates, tanh_c)
     return hs[1:], (hs[steps], cs[steps]), cache
 
 
-def lstm_layer_backward(dout, dh_last, dc_last, cache, w_x, w_h, dw_x, dw_h, dbias,
-                        ws: Workspace, tag: str):
+def lstm_layer_backward(
+    dout, dh_last, dc_last, cache, w_x, w_h, dw_x, dw_h, dbias, ws: Workspace, tag: str
+):
     """Backward through the window (equations in the module docstring).
 
     dout: (T, B, H) gradient reaching each h_t from above; dh_last, dc_last: (B, H) gradient
@@ -92,24 +93,41 @@ def lstm_layer_backward(dout, dh_last, dc_last, cache, w_x, w_h, dw_x, dw_h, dbi
     dgates = ws.get(tag + "dgates", (steps, nb, 4 * nh), dtype)
     dx = ws.get(tag + "dx", (steps, nb, ni), dtype)
     dh_rec = ws.get(tag + "dh_rec", (nb, nh), dtype)
-    dc = ws.get(tag + "dc", (2, nb, nh), dtype)   # ping-pong: dc_t in, dc_{t-1} out
+    dc = ws.get(tag + "dc", (2, nb, nh), dtype)  # ping-pong: dc_t in, dc_{t-1} out
     _copy_or_zero(be, dh_rec, dh_last)
     _copy_or_zero(be, dc[steps % 2], dc_last)
     da = dgates.reshape(steps * nb, 4 * nh)
-    if isinstance(w_h, CSRMatrix):      # the recurrence and dx in one call (kernels.cpu_lstm)
+    if isinstance(w_h, CSRMatrix):  # the recurrence and dx in one call (kernels.cpu_lstm)
         dh0, dc0 = ws.get(tag + "dh0", (nb, nh), dtype), ws.get(tag + "dc0", (nb, nh), dtype)
-        be.csr_lstm_backward(dout, dh_rec, dc[steps % 2], gates, cs, tanh_c,
-                             w_x.transpose_arrays(dout), w_h.transpose_arrays(dout), dgates, dx,
-                             dh0, dc0)
+        be.csr_lstm_backward(
+            dout,
+            dh_rec,
+            dc[steps % 2],
+            gates,
+            cs,
+            tanh_c,
+            w_x.transpose_arrays(dout),
+            w_h.transpose_arrays(dout),
+            dgates,
+            dx,
+            dh0,
+            dc0,
+        )
     else:
         for t in range(steps - 1, -1, -1):
-            be.lstm_cell_backward(dout[t], dh_rec, dc[(t + 1) % 2], gates[t], cs[t], tanh_c[t],
-                                  dgates[t], dc[t % 2])
+            be.lstm_cell_backward(
+                dout[t], dh_rec, dc[(t + 1) % 2], gates[t], cs[t], tanh_c[t], dgates[t], dc[t % 2]
+            )
             w_h.matmul_t(dgates[t], out=dh_rec)
         dh0, dc0 = dh_rec, dc[0]
         w_x.matmul_t(da, out=dx.reshape(steps * nb, ni))
-    w_h.sddmm(da, hs[:-1].reshape(steps * nb, nh), out=dw_h, col_sums=dbias,
-              pair=(w_x, x.reshape(steps * nb, ni), dw_x))
+    w_h.sddmm(
+        da,
+        hs[:-1].reshape(steps * nb, nh),
+        out=dw_h,
+        col_sums=dbias,
+        pair=(w_x, x.reshape(steps * nb, ni), dw_x),
+    )
     return dx, dh0, dc0
 
 

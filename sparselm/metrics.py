@@ -21,8 +21,10 @@ class MetricsLog:
         self.path = Path(path)
 
     def write(self, record: dict) -> None:
-        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                 for k, v in record.items()}
+        clean = {
+            k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+            for k, v in record.items()
+        }
         with self.path.open("a") as fh:
             fh.write(json.dumps(clean) + "\n")
 
@@ -37,8 +39,10 @@ class Progress:
         self._fields = {}
         if enabled and sys.stderr.isatty():
             from tqdm import tqdm
-            self.bar = tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True,
-                            leave=False)
+
+            self.bar = tqdm(
+                total=total, initial=initial, desc=desc, dynamic_ncols=True, leave=False
+            )
 
     def update(self, n: int = 1) -> None:
         self.count += n

@@ -28,18 +28,18 @@ from .dense import DenseMatrix
 from .kernels import get_backend
 from .loss import softmax_backward, softmax_forward
 from .lstm import lstm_layer_backward, lstm_layer_forward
-from .output import factorized_backward, factorized_forward, factorized_logits, output_shapes
 from .optim import RowSparse
+from .output import factorized_backward, factorized_forward, factorized_logits, output_shapes
 from .params import ParamSet
 from .workspace import Workspace
 
 
 @dataclass
 class ForwardResult:
-    loss: float          # the differentiated objective: sum_n row_weight_n * nll_n
-    nll_sum: float       # summed NLL of the real (unmasked) tokens
-    n_tokens: int        # number of real tokens predicted
-    state: list          # [(h, c)] per layer, (B, H) copies on the backend: the carried state
+    loss: float  # the differentiated objective: sum_n row_weight_n * nll_n
+    nll_sum: float  # summed NLL of the real (unmasked) tokens
+    n_tokens: int  # number of real tokens predicted
+    state: list  # [(h, c)] per layer, (B, H) copies on the backend: the carried state
     cache: tuple | None
 
 
@@ -73,8 +73,9 @@ def build_patterns(cfg: TrainConfig, rng) -> dict:
         indices, indptr = build_mask(cfg.mask, rows, n_in + cfg.hidden, cfg.sparsity, rng)
         for name, part in zip(("w_x", "w_h"), split_columns(indices, indptr, n_in)):
             shape = gate_shape(cfg, f"lstm.{layer}.{name}")
-            patterns[f"lstm.{layer}.{name}"] = CSRMatrix(np.zeros(len(part[0]), dtype), *part,
-                                                         shape)
+            patterns[f"lstm.{layer}.{name}"] = CSRMatrix(
+                np.zeros(len(part[0]), dtype), *part, shape
+            )
     return patterns
 
 
@@ -92,8 +93,14 @@ def split_columns(indices, indptr, at: int):
 class LanguageModel:
     """Parameters, gradients and the hand-written forward and backward of the whole model."""
 
-    def __init__(self, cfg: TrainConfig, vocab_size: int, params: dict | None = None,
-                 patterns: dict | None = None, backend=None):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        vocab_size: int,
+        params: dict | None = None,
+        patterns: dict | None = None,
+        backend=None,
+    ):
         """params: name -> host array (a checkpoint's), or None to initialise from cfg.seed;
         backend: kernels.Backend the model runs on (default the CPU)."""
         self.cfg, self.vocab_size = cfg, vocab_size
@@ -108,10 +115,11 @@ class LanguageModel:
             host.load(params)
         self.params = host if self.be.name == "cpu" else host.to_backend(self.be)
         self.grads = self.params.zeros_like()
-        self.weights = {name: self._operator(name, self.params[name])
-                        for name in gate_names(cfg.layers)}
+        self.weights = {
+            name: self._operator(name, self.params[name]) for name in gate_names(cfg.layers)
+        }
         self.ws = Workspace(self.be)
-        self.sparse_grads: RowSparse | None = None    # set by backward()
+        self.sparse_grads: RowSparse | None = None  # set by backward()
         self.host_ws = self.ws if self.be.name == "cpu" else Workspace(get_backend("cpu"))
 
     # -- construction -------------------------------------------------------------------------
@@ -134,8 +142,9 @@ class LanguageModel:
         for name, arr in params.items():
             if name in self.patterns:
                 rows, cols = self.gate_shape(name)
-                arr[...] = init_values(arr.size, rows, cols, self.cfg.init, self.cfg.init_scale,
-                                       rng, self.dtype)
+                arr[...] = init_values(
+                    arr.size, rows, cols, self.cfg.init, self.cfg.init_scale, rng, self.dtype
+                )
             else:
                 arr[...] = rng.uniform(-self.cfg.init_scale, self.cfg.init_scale, arr.shape)
 
@@ -143,7 +152,7 @@ class LanguageModel:
         p = self.patterns.get(name)
         if p is None:
             return DenseMatrix(values, self.be)
-        if isinstance(p, CSRMatrix):       # built here: reuse its transpose pattern
+        if isinstance(p, CSRMatrix):  # built here: reuse its transpose pattern
             return p.with_data(values)
         return CSRMatrix(values, p.indices, p.indptr, tuple(p.shape))
 
@@ -162,8 +171,7 @@ class LanguageModel:
         """[(h, c)] host arrays (a checkpoint's) as this model's dtype on its backend."""
         if state is None:
             return None
-        return [tuple(self.be.to_device(np.asarray(a, self.dtype)) for a in pair)
-                for pair in state]
+        return [tuple(self.be.to_device(np.asarray(a, self.dtype)) for a in pair) for pair in state]
 
     def _clone(self, a):
         out = self.be.empty(a.shape, a.dtype)
@@ -189,20 +197,34 @@ class LanguageModel:
         targets, row_w_dev = be.to_device(batch.targets.reshape(n)), be.to_device(row_w)
         if self.cfg.output == "factorized":
             nll, out_cache = factorized_forward(
-                x.reshape(n, self.cfg.hidden), p["softmax.row_weight"], p["softmax.col_weight"],
-                p["softmax.bias"], targets, row_w_dev, self.ws, grad=train)
+                x.reshape(n, self.cfg.hidden),
+                p["softmax.row_weight"],
+                p["softmax.col_weight"],
+                p["softmax.bias"],
+                targets,
+                row_w_dev,
+                self.ws,
+                grad=train,
+            )
         else:
-            nll, out_cache = softmax_forward(x.reshape(n, self.cfg.hidden), p["softmax.weight"],
-                                             p["softmax.bias"], targets, row_w_dev, self.ws,
-                                             grad=train)
+            nll, out_cache = softmax_forward(
+                x.reshape(n, self.cfg.hidden),
+                p["softmax.weight"],
+                p["softmax.bias"],
+                targets,
+                row_w_dev,
+                self.ws,
+                grad=train,
+            )
         nll = be.to_host(nll)
         real = nll if batch.mask is None else nll * batch.mask.reshape(n)
         cache = None
-        if train:   # the words of the batch: the embedding gradient's only non-zero rows
+        if train:  # the words of the batch: the embedding gradient's only non-zero rows
             words = be.to_device(np.unique(batch.inputs).astype(np.int32))
             cache = (ids, words, steps, masks, layer_caches, out_cache)
-        return ForwardResult(float(np.dot(nll, row_w)), float(real.sum()), batch.n_tokens,
-                             new_state, cache)
+        return ForwardResult(
+            float(np.dot(nll, row_w)), float(real.sum()), batch.n_tokens, new_state, cache
+        )
 
     def hidden_forward(self, ids, steps: int, state=None, rng=None, train: bool = False):
         """Embedding and LSTM layers. ids: (T*B,) int32 on the backend, time-major; state:
@@ -223,8 +245,15 @@ class LanguageModel:
         layer_caches, new_state = [], []
         for layer in range(c.layers):
             out, (h, cc), cache = lstm_layer_forward(
-                x, state[layer][0], state[layer][1], self.weights[f"lstm.{layer}.w_x"],
-                self.weights[f"lstm.{layer}.w_h"], p[f"lstm.{layer}.bias"], ws, f"l{layer}.")
+                x,
+                state[layer][0],
+                state[layer][1],
+                self.weights[f"lstm.{layer}.w_x"],
+                self.weights[f"lstm.{layer}.w_h"],
+                p[f"lstm.{layer}.bias"],
+                ws,
+                f"l{layer}.",
+            )
             layer_caches.append(cache)
             new_state.append((self._clone(h), self._clone(cc)))
             x = self._dropout(out, drop, rng, masks, f"drop{layer + 1}")
@@ -235,13 +264,15 @@ class LanguageModel:
         float, new state."""
         if self.be.name != "cpu":
             raise ValueError("logits() runs on the CPU backend; load the model with device cpu")
-        top, new_state, _, _ = self.hidden_forward(np.ascontiguousarray(inputs).reshape(-1),
-                                                   inputs.shape[0], state)
+        top, new_state, _, _ = self.hidden_forward(
+            np.ascontiguousarray(inputs).reshape(-1), inputs.shape[0], state
+        )
         flat = top.reshape(-1, self.cfg.hidden)
         if self.cfg.output == "factorized":
             p = self.params
-            return factorized_logits(flat, p["softmax.row_weight"], p["softmax.col_weight"],
-                                     p["softmax.bias"]), new_state
+            return factorized_logits(
+                flat, p["softmax.row_weight"], p["softmax.col_weight"], p["softmax.bias"]
+            ), new_state
         return flat @ self.params["softmax.weight"].T + self.params["softmax.bias"], new_state
 
     def _dropout(self, x, rate, rng, masks, name):
@@ -291,21 +322,37 @@ class LanguageModel:
         be.fill(g["embedding.weight"], 0)
         nb = ids.shape[0] // steps
         if c.output == "factorized":
-            d = factorized_backward(out_cache, p["softmax.row_weight"], p["softmax.col_weight"],
-                                    g["softmax.row_weight"], g["softmax.col_weight"],
-                                    g["softmax.bias"], ws)
+            d = factorized_backward(
+                out_cache,
+                p["softmax.row_weight"],
+                p["softmax.col_weight"],
+                g["softmax.row_weight"],
+                g["softmax.col_weight"],
+                g["softmax.bias"],
+                ws,
+            )
         else:
-            d = softmax_backward(out_cache, p["softmax.weight"], g["softmax.weight"],
-                                 g["softmax.bias"], ws)
+            d = softmax_backward(
+                out_cache, p["softmax.weight"], g["softmax.weight"], g["softmax.bias"], ws
+            )
         d = d.reshape(steps, nb, c.hidden)
         state_grads = [None] * c.layers
         for layer in range(c.layers - 1, -1, -1):
             if masks:
                 be.mul(d, masks[layer + 1], d)
             dx, dh0, dc0 = lstm_layer_backward(
-                d, None, None, layer_caches[layer], self.weights[f"lstm.{layer}.w_x"],
-                self.weights[f"lstm.{layer}.w_h"], g[f"lstm.{layer}.w_x"],
-                g[f"lstm.{layer}.w_h"], g[f"lstm.{layer}.bias"], ws, f"l{layer}.")
+                d,
+                None,
+                None,
+                layer_caches[layer],
+                self.weights[f"lstm.{layer}.w_x"],
+                self.weights[f"lstm.{layer}.w_h"],
+                g[f"lstm.{layer}.w_x"],
+                g[f"lstm.{layer}.w_h"],
+                g[f"lstm.{layer}.bias"],
+                ws,
+                f"l{layer}.",
+            )
             state_grads[layer] = (self._clone(dh0), self._clone(dc0))
             d = dx
         if masks:

@@ -51,6 +51,7 @@ def clip_scale(norm: float, clip: float) -> float:
 class RowSparse:
     """flat[start:stop] of the gradient, read as (rows_total, width), is zero outside `rows`:
     (U,) int32 distinct row numbers, on the optimiser's backend."""
+
     start: int
     stop: int
     width: int
@@ -67,10 +68,11 @@ class Optimizer:
         self.steps = 0
         names = {"sgd": ["momentum"] if cfg.momentum > 0 else [], "adam": ["adam_m", "adam_v"]}
         self.state = {name: self.be.zeros(size, np.dtype(dtype)) for name in names[cfg.optimizer]}
-        self.ws = Workspace(self.be)        # the row-sparse path's small buffers
+        self.ws = Workspace(self.be)  # the row-sparse path's small buffers
 
-    def step(self, params: np.ndarray, grads: np.ndarray, lr: float,
-             sparse: RowSparse | None = None) -> tuple[float, bool]:
+    def step(
+        self, params: np.ndarray, grads: np.ndarray, lr: float, sparse: RowSparse | None = None
+    ) -> tuple[float, bool]:
         """Clip and apply one update. params, grads: (P,). Returns (gradient norm, applied).
 
         sparse: a block of grads known to be zero outside some rows (same result, less reading).
@@ -91,13 +93,23 @@ class Optimizer:
             be.sgd_update(params, grads, velocity, lr, scale, self.cfg.momentum)
         else:
             c = self.cfg
-            be.adam_update(params, grads, self.state["adam_m"], self.state["adam_v"], lr, scale,
-                        c.beta1, c.beta2, c.eps, self.steps)
+            be.adam_update(
+                params,
+                grads,
+                self.state["adam_m"],
+                self.state["adam_v"],
+                lr,
+                scale,
+                c.beta1,
+                c.beta2,
+                c.eps,
+                self.steps,
+            )
         return norm, True
 
     def _gather_rows(self, grads, sparse: RowSparse):
         """The block's non-zero rows: (U, width) on the backend (a reused buffer)."""
-        block = grads[sparse.start:sparse.stop].reshape(-1, sparse.width)
+        block = grads[sparse.start : sparse.stop].reshape(-1, sparse.width)
         rows = self.ws.rows("grad_rows", sparse.rows.shape[0], sparse.width, grads.dtype)
         self.be.gather(block, sparse.rows, rows)
         return rows
@@ -105,7 +117,7 @@ class Optimizer:
     def _sum_squares(self, grads, sparse: RowSparse | None, rows) -> float:
         if sparse is None:
             return self.be.sum_squares(grads)
-        parts = (grads[:sparse.start], grads[sparse.stop:], rows.reshape(-1))
+        parts = (grads[: sparse.start], grads[sparse.stop :], rows.reshape(-1))
         return sum(self.be.sum_squares(part) for part in parts)
 
     def _sgd_sparse(self, params, grads, lr, scale, sparse: RowSparse, rows) -> None:
@@ -118,8 +130,8 @@ class Optimizer:
         be.fill(delta, 0)
         flat_rows = rows.reshape(-1)
         be.sgd_update(delta.reshape(-1), flat_rows, flat_rows, lr, scale, 0.0)
-        block = params[sparse.start:sparse.stop].reshape(-1, sparse.width)
-        be.embedding_backward(sparse.rows, delta, block)        # block[rows[u]] += delta[u]
+        block = params[sparse.start : sparse.stop].reshape(-1, sparse.width)
+        be.embedding_backward(sparse.rows, delta, block)  # block[rows[u]] += delta[u]
 
     def host_state(self) -> dict[str, np.ndarray]:
         """name -> (P,) NumPy array (copies when the state lives on a device)."""

@@ -45,8 +45,11 @@ def output_shapes(output: str, hidden: int, vocab_size: int) -> dict:
     """
     if output == "factorized":
         side = grid_side(hidden)
-        return {"softmax.row_weight": (vocab_size, side), "softmax.col_weight": (vocab_size, side),
-                "softmax.bias": (vocab_size,)}
+        return {
+            "softmax.row_weight": (vocab_size, side),
+            "softmax.col_weight": (vocab_size, side),
+            "softmax.bias": (vocab_size,),
+        }
     return {"softmax.weight": (vocab_size, hidden), "softmax.bias": (vocab_size,)}
 
 
@@ -63,8 +66,9 @@ def factorized_logits(h, row_weight, col_weight, bias, out=None) -> np.ndarray:
     return out
 
 
-def factorized_forward(h, row_weight, col_weight, bias, targets, row_weights, ws: Workspace,
-                       grad: bool):
+def factorized_forward(
+    h, row_weight, col_weight, bias, targets, row_weights, ws: Workspace, grad: bool
+):
     """Per-row NLL of the targets, and what the backward needs.
 
     h: (N, H) with H = S*S; row_weight, col_weight: (V, S); bias: (V,); targets: (N,) int32;
@@ -83,12 +87,13 @@ def factorized_forward(h, row_weight, col_weight, bias, targets, row_weights, ws
     be.gemm(cols, col_weight, logits, accumulate=True, trans_b=True)
     nll = ws.get("nll", (n,), np.float64)
     dbias = ws.zeros("dbias_out", (nv,), h.dtype)
-    be.softmax_xent(logits, bias, targets, row_weights, nll, dbias, grad)   # adds the bias
+    be.softmax_xent(logits, bias, targets, row_weights, nll, dbias, grad)  # adds the bias
     return nll, (h, rows, cols, logits, dbias)
 
 
-def factorized_backward(cache, row_weight, col_weight, drow_weight, dcol_weight, dbias,
-                        ws: Workspace):
+def factorized_backward(
+    cache, row_weight, col_weight, drow_weight, dcol_weight, dbias, ws: Workspace
+):
     """Write dA, dB: (V, S) and dbias: (V,); return dh: (N, H).
 
     dh[n, i*S + j] = (D A)[n, i] + (D B)[n, j] (the backend's grid_outer_add).

@@ -26,15 +26,18 @@ class ParamSet:
         sizes = [math.prod(shape) for shape in self.shapes.values()]
         total = int(sum(sizes))
         if flat is None:
-            flat = (np.zeros(total, dtype=dtype) if self.backend is None
-                    else self.backend.zeros(total, np.dtype(dtype)))
+            flat = (
+                np.zeros(total, dtype=dtype)
+                if self.backend is None
+                else self.backend.zeros(total, np.dtype(dtype))
+            )
         if tuple(flat.shape) != (total,) or flat.dtype != np.dtype(dtype):
             raise ValueError(f"flat buffer must be ({total},) {np.dtype(dtype)}")
         self.flat = flat
         self.arrays: dict = {}
         offset = 0
         for (name, shape), size in zip(self.shapes.items(), sizes):
-            self.arrays[name] = flat[offset: offset + size].reshape(shape)
+            self.arrays[name] = flat[offset : offset + size].reshape(shape)
             offset += size
 
     @property
@@ -59,10 +62,10 @@ class ParamSet:
     def items(self):
         return self.arrays.items()
 
-    def zeros_like(self) -> "ParamSet":
+    def zeros_like(self) -> ParamSet:
         return ParamSet(self.shapes, self.dtype, backend=self.backend)
 
-    def to_backend(self, backend) -> "ParamSet":
+    def to_backend(self, backend) -> ParamSet:
         """The same values in a ParamSet on `backend` (one copy of the flat buffer)."""
         out = ParamSet(self.shapes, self.dtype, backend=backend)
         backend.copy(out.flat, self.host_flat())

@@ -70,17 +70,19 @@ def weight_stats(params: dict, patterns: dict, threshold: float = 0.07) -> list[
         absv = np.abs(vals.astype(np.float64, copy=False))
         size = int(shape[0]) * int(shape[1])
         nnz = int(vals.size) if is_csr else int(np.count_nonzero(vals))
-        stats.append({
-            "name": name,
-            "kind": "csr" if is_csr else "dense",
-            "shape": [int(shape[0]), int(shape[1])],
-            "size": size,
-            "nnz": nnz,
-            "density": nnz / size if size else 0.0,
-            "mean_abs": float(absv.mean()) if absv.size else 0.0,
-            "share_below": float(np.mean(absv < threshold)) if absv.size else 0.0,
-            "threshold": float(threshold),
-        })
+        stats.append(
+            {
+                "name": name,
+                "kind": "csr" if is_csr else "dense",
+                "shape": [int(shape[0]), int(shape[1])],
+                "size": size,
+                "nnz": nnz,
+                "density": nnz / size if size else 0.0,
+                "mean_abs": float(absv.mean()) if absv.size else 0.0,
+                "share_below": float(np.mean(absv < threshold)) if absv.size else 0.0,
+                "threshold": float(threshold),
+            }
+        )
     return stats
 
 
@@ -106,8 +108,11 @@ def block_mean_abs_dense(w: np.ndarray, max_cells: int = MAX_CELLS) -> np.ndarra
     bc, _ = _blocking(w.shape[1], max_cells)
     absw = np.abs(np.asarray(w, dtype=np.float64))
     # reduceat sums each run of rows/cols starting at the block offsets, edge blocks included
-    sums = np.add.reduceat(np.add.reduceat(absw, np.arange(0, w.shape[0], br), axis=0),
-                           np.arange(0, w.shape[1], bc), axis=1)
+    sums = np.add.reduceat(
+        np.add.reduceat(absw, np.arange(0, w.shape[0], br), axis=0),
+        np.arange(0, w.shape[1], bc),
+        axis=1,
+    )
     return sums / _cells_per_block(w.shape, br, bc)
 
 
@@ -122,8 +127,13 @@ def _block_sums_csr(weights, indices, indptr, shape, max_cells):
     return sums, br, bc
 
 
-def block_mean_abs_csr(data: np.ndarray, indices: np.ndarray, indptr: np.ndarray, shape: tuple,
-                       max_cells: int = MAX_CELLS) -> np.ndarray:
+def block_mean_abs_csr(
+    data: np.ndarray,
+    indices: np.ndarray,
+    indptr: np.ndarray,
+    shape: tuple,
+    max_cells: int = MAX_CELLS,
+) -> np.ndarray:
     """Mean |w| over blocks of a CSR (R, C) matrix, zeros included -> (nr, nc) float64.
 
     data (N,) float, indices (N,) int, indptr (R+1,) int. Equals block_mean_abs_dense of the
@@ -134,8 +144,9 @@ def block_mean_abs_csr(data: np.ndarray, indices: np.ndarray, indptr: np.ndarray
     return sums / _cells_per_block(shape, br, bc)
 
 
-def block_density_csr(indices: np.ndarray, indptr: np.ndarray, shape: tuple,
-                      max_cells: int = MAX_CELLS) -> np.ndarray:
+def block_density_csr(
+    indices: np.ndarray, indptr: np.ndarray, shape: tuple, max_cells: int = MAX_CELLS
+) -> np.ndarray:
     """Fraction of stored entries per block of a CSR (R, C) pattern -> (nr, nc) float64.
 
     indices (N,) int, indptr (R+1,) int. With blocks of one cell this is the exact 0/1 pattern.
@@ -166,9 +177,17 @@ def _hist_panel(ax, values: np.ndarray, threshold: float, title: str) -> None:
         ax.axvline(x, color="tab:orange", ls="--", lw=1.0, zorder=3)
     share = float(np.mean(np.abs(values) < threshold)) if values.size else 0.0
     ax.set_ylim(0, ax.get_ylim()[1] * 1.15)  # headroom so the share label never hides a bar
-    ax.text(0.02, 0.97, f"|w| < {threshold:g}: {share:.1%}", transform=ax.transAxes,
-            va="top", ha="left", fontsize=9, zorder=4,
-            bbox=dict(boxstyle="round", fc="white", ec="0.7", alpha=0.9))
+    ax.text(
+        0.02,
+        0.97,
+        f"|w| < {threshold:g}: {share:.1%}",
+        transform=ax.transAxes,
+        va="top",
+        ha="left",
+        fontsize=9,
+        zorder=4,
+        bbox=dict(boxstyle="round", fc="white", ec="0.7", alpha=0.9),
+    )
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.xaxis.set_major_locator(MaxNLocator(nbins=6))  # keeps tick labels apart in small panels
     ax.set_xlabel("weight value")
@@ -184,9 +203,18 @@ def _mark_gates(ax, name: str, rows: int) -> None:
     for k, gate in enumerate(GATES):
         if k:
             ax.axhline(k * h, color="red", lw=1.0)
-        ax.text(0.01, (k + 0.5) * h, gate, color="red", fontsize=10, fontweight="bold",
-                va="center", ha="left", transform=ax.get_yaxis_transform(),
-                bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.8))
+        ax.text(
+            0.01,
+            (k + 0.5) * h,
+            gate,
+            color="red",
+            fontsize=10,
+            fontweight="bold",
+            va="center",
+            ha="left",
+            transform=ax.get_yaxis_transform(),
+            bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.8),
+        )
 
 
 def _image_panel(fig, ax, img: np.ndarray, shape: tuple, title: str, cmap: str, label: str):
@@ -195,14 +223,25 @@ def _image_panel(fig, ax, img: np.ndarray, shape: tuple, title: str, cmap: str, 
     vmax = float(np.percentile(img, 99.5)) if img.size > 1000 else None
     vmax = vmax if vmax and vmax < float(img.max()) else None
     # extent in matrix indices keeps the axes (and the gate lines) in real row/column numbers
-    im = ax.imshow(img, cmap=cmap, aspect="auto", interpolation="nearest", vmax=vmax,
-                   extent=(0, shape[1], shape[0], 0))
+    im = ax.imshow(
+        img,
+        cmap=cmap,
+        aspect="auto",
+        interpolation="nearest",
+        vmax=vmax,
+        extent=(0, shape[1], shape[0], 0),
+    )
     ax.set_xlabel("column (input index)")
     ax.set_ylabel("row (output index)")
     ax.set_title(title, fontsize=10)
     clipped = vmax is not None
-    fig.colorbar(im, ax=ax, label=label + (" (clipped at 99.5th pct)" if clipped else ""),
-                 shrink=0.9, extend="max" if clipped else "neither")
+    fig.colorbar(
+        im,
+        ax=ax,
+        label=label + (" (clipped at 99.5th pct)" if clipped else ""),
+        shrink=0.9,
+        extend="max" if clipped else "neither",
+    )
 
 
 def _heatmap_note(shape: tuple) -> str:
@@ -225,8 +264,11 @@ def _fanin_panel(ax, indptr: np.ndarray) -> None:
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("fan-in (non-zeros per row)")
     ax.set_ylabel("rows")
-    ax.set_title(f"fan-in: min {fanin.min()}, mean {fanin.mean():.2f}, max {fanin.max()}, "
-                 f"empty rows {int(np.sum(fanin == 0))}", fontsize=10)
+    ax.set_title(
+        f"fan-in: min {fanin.min()}, mean {fanin.mean():.2f}, max {fanin.max()}, "
+        f"empty rows {int(np.sum(fanin == 0))}",
+        fontsize=10,
+    )
 
 
 def _matrix_figure(name, params, patterns, stat, threshold, title):
@@ -236,8 +278,11 @@ def _matrix_figure(name, params, patterns, stat, threshold, title):
     axes = fig.subplots(2 if is_csr else 1, 2, squeeze=False).ravel()
     shape = tuple(stat["shape"])
     head = (f"{title}: " if title else "") + f"{name}  {shape[0]}x{shape[1]}  "
-    fig.suptitle(head + f"nnz {stat['nnz']:,}  density {stat['density']:.4g}  "
-                 f"mean |w| {stat['mean_abs']:.4g}", fontsize=12)
+    fig.suptitle(
+        head + f"nnz {stat['nnz']:,}  density {stat['density']:.4g}  "
+        f"mean |w| {stat['mean_abs']:.4g}",
+        fontsize=12,
+    )
     vals, _, _ = _stored_values(name, params, patterns)
     _hist_panel(axes[0], vals, threshold, "stored non-zero values" if is_csr else "all values")
     if is_csr:
@@ -249,8 +294,15 @@ def _matrix_figure(name, params, patterns, stat, threshold, title):
     _mark_gates(axes[1], name, shape[0])
     if is_csr:
         dens = block_density_csr(indices, indptr, shape)
-        _image_panel(fig, axes[2], dens, shape, "sparsity pattern" + _heatmap_note(shape),
-                     "Greys", "share of stored entries")
+        _image_panel(
+            fig,
+            axes[2],
+            dens,
+            shape,
+            "sparsity pattern" + _heatmap_note(shape),
+            "Greys",
+            "share of stored entries",
+        )
         _mark_gates(axes[2], name, shape[0])
         _fanin_panel(axes[3], indptr)
     return fig
@@ -279,8 +331,9 @@ def _file_name(name: str) -> str:
     return name.replace("/", "_").replace("\\", "_") + ".png"
 
 
-def plot_weights(params: dict, patterns: dict, out_dir: Path, threshold: float = 0.07,
-                 title: str = "") -> list[Path]:
+def plot_weights(
+    params: dict, patterns: dict, out_dir: Path, threshold: float = 0.07, title: str = ""
+) -> list[Path]:
     """Write one PNG per 2-D weight matrix and `summary.png` into out_dir; return their paths.
 
     params: name -> array; dense weights (R, C), CSR weights as their data (N,) with
@@ -406,8 +459,9 @@ def _unique_labels(runs: list[Path], cfgs: list[dict], labels: list[str] | None)
 
 def _plot_run(axes, events: dict, color) -> None:
     """Draw one run on the four panels: loss/ppl against epoch/tokens."""
-    for ax, (xkey, ykey) in zip(axes, [("epoch", "loss"), ("tokens", "loss"),
-                                       ("epoch", "ppl"), ("tokens", "ppl")]):
+    for ax, (xkey, ykey) in zip(
+        axes, [("epoch", "loss"), ("tokens", "loss"), ("epoch", "ppl"), ("tokens", "ppl")]
+    ):
         x, y = _series(events.get("train", []), xkey, ykey)
         ax.plot(x, y, color=color, lw=0.8, alpha=0.55)
         x, y = _series(events.get("valid", []), xkey, ykey)
@@ -419,10 +473,15 @@ def _plot_run(axes, events: dict, color) -> None:
 def _style_curve_axes(axes) -> None:
     from matplotlib.ticker import EngFormatter
 
-    for ax, (xlabel, ylabel) in zip(axes, [("epoch", "loss (NLL per token)"),
-                                           ("tokens seen", "loss (NLL per token)"),
-                                           ("epoch", "perplexity"),
-                                           ("tokens seen", "perplexity")]):
+    for ax, (xlabel, ylabel) in zip(
+        axes,
+        [
+            ("epoch", "loss (NLL per token)"),
+            ("tokens seen", "loss (NLL per token)"),
+            ("epoch", "perplexity"),
+            ("tokens seen", "perplexity"),
+        ],
+    ):
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3, which="both")
@@ -438,6 +497,7 @@ def _run_colors(n: int) -> list:
     if n <= 10:
         return [f"C{k}" for k in range(n)]
     from matplotlib import colormaps
+
     cmap = colormaps["turbo"]
     return [cmap(k / (n - 1)) for k in range(n)]
 
@@ -447,9 +507,11 @@ def _curve_legend(fig, colors, labels) -> None:
     from matplotlib.lines import Line2D
 
     handles = [Line2D([], [], color=c, lw=2.5) for c in colors]
-    handles += [Line2D([], [], color="0.3", lw=0.8, alpha=0.7),
-                Line2D([], [], color="0.3", lw=1.8, marker="o", ms=4),
-                Line2D([], [], color="0.3", ls="none", marker="*", ms=12, mec="black", mew=0.6)]
+    handles += [
+        Line2D([], [], color="0.3", lw=0.8, alpha=0.7),
+        Line2D([], [], color="0.3", lw=1.8, marker="o", ms=4),
+        Line2D([], [], color="0.3", ls="none", marker="*", ms=12, mec="black", mew=0.6),
+    ]
     names = list(labels) + ["train", "valid", "test"]
     fig.legend(handles, names, loc="outside lower center", ncols=min(4, len(names)), fontsize=9)
 

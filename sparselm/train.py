@@ -67,35 +67,42 @@ class RunFolderError(ConfigError):
 class RunState:
     """Where the run is: what resume restores besides parameters and optimiser state."""
 
-    step: int = 0                 # optimiser steps done (rejected steps included)
-    epoch: int = 0                # current epoch (0-based)
-    cursor: int = 0               # batches of this epoch already done
-    tokens: int = 0               # training tokens seen
+    step: int = 0  # optimiser steps done (rejected steps included)
+    epoch: int = 0  # current epoch (0-based)
+    cursor: int = 0  # batches of this epoch already done
+    tokens: int = 0  # training tokens seen
     best_valid: float = math.inf  # lowest validation loss per token
-    skipped: int = 0              # steps rejected for a non-finite loss or gradient
-    elapsed: float = 0.0          # training seconds before this process
+    skipped: int = 0  # steps rejected for a non-finite loss or gradient
+    elapsed: float = 0.0  # training seconds before this process
     rng: dict = field(default_factory=dict)
-    log_nll: float = 0.0          # summed NLL and tokens of the steps not yet in a "train" line:
-    log_tokens: int = 0           # a resume in the middle of a window logs the same mean
+    log_nll: float = 0.0  # summed NLL and tokens of the steps not yet in a "train" line:
+    log_tokens: int = 0  # a resume in the middle of a window logs the same mean
 
 
 # -- model and checkpoint glue -------------------------------------------------------------------
-def model_checkpoint(model: LanguageModel, vocab: Vocabulary, optimizer=None, run=None,
-                     carried=None) -> Checkpoint:
+def model_checkpoint(
+    model: LanguageModel, vocab: Vocabulary, optimizer=None, run=None, carried=None
+) -> Checkpoint:
     """The Checkpoint of a model (and optimiser, run state, carried [(h, c)] (B, H) per layer)."""
-    patterns = {name: CSRPattern(p.indices, p.indptr, tuple(p.shape))
-                for name, p in model.patterns.items()}
+    patterns = {
+        name: CSRPattern(p.indices, p.indptr, tuple(p.shape)) for name, p in model.patterns.items()
+    }
     state = {}
     if carried is not None:
         carried = model.state_to_host(carried)
-        state["hidden"] = np.stack([np.stack(hc) for hc in carried])     # (L, 2, B, H)
+        state["hidden"] = np.stack([np.stack(hc) for hc in carried])  # (L, 2, B, H)
     progress = {} if run is None else {k: v for k, v in run.__dict__.items()}
     if run is not None and not math.isfinite(run.best_valid):
         progress["best_valid"] = None
-    return Checkpoint(config=model.cfg.to_dict(), vocab=list(vocab.words),
-                      params=model.params.to_host(), patterns=patterns,
-                      optimizer={} if optimizer is None else optimizer.host_state(),
-                      progress=progress, state=state)
+    return Checkpoint(
+        config=model.cfg.to_dict(),
+        vocab=list(vocab.words),
+        params=model.params.to_host(),
+        patterns=patterns,
+        optimizer={} if optimizer is None else optimizer.host_state(),
+        progress=progress,
+        state=state,
+    )
 
 
 def expected_shapes(cfg: TrainConfig, vocab_size: int) -> dict:
@@ -127,8 +134,9 @@ def _model_from(ckpt: Checkpoint, path, overrides: dict | None, backend=None):
         raise CheckpointError(f"{path}: invalid config: {exc}") from None
     _check_shapes(ckpt, expected_shapes(cfg, len(ckpt.vocab)), path)
     vocab = Vocabulary(ckpt.vocab)
-    return LanguageModel(cfg, len(vocab), params=ckpt.params, patterns=ckpt.patterns,
-                         backend=backend), vocab
+    return LanguageModel(
+        cfg, len(vocab), params=ckpt.params, patterns=ckpt.patterns, backend=backend
+    ), vocab
 
 
 def _check_shapes(ckpt: Checkpoint, shapes: dict, path) -> None:
@@ -146,16 +154,18 @@ def _all_finite(flat: np.ndarray) -> bool:
 
 
 # -- evaluation ----------------------------------------------------------------------------------
-def evaluate(model: LanguageModel, corpus: Corpus, split: str, progress: bool = False,
-             stop=None) -> dict | None:
+def evaluate(
+    model: LanguageModel, corpus: Corpus, split: str, progress: bool = False, stop=None
+) -> dict | None:
     """Mean NLL per predicted token and perplexity of a split, counted exactly over all batches.
 
     stop: optional callable checked between batches; when it returns true the evaluation is
     abandoned and None is returned (a signal must not wait for a whole split).
     """
     cfg = model.cfg
-    batcher = make_batcher(corpus, split, cfg.batching, cfg.eval_batch_size, cfg.bptt,
-                           seed=cfg.seed, train=False)
+    batcher = make_batcher(
+        corpus, split, cfg.batching, cfg.eval_batch_size, cfg.bptt, seed=cfg.seed, train=False
+    )
     total, count, state = 0.0, 0, None
     bar = Progress(len(batcher), f"eval {split}", enabled=progress)
     start = time.perf_counter()
@@ -171,8 +181,12 @@ def evaluate(model: LanguageModel, corpus: Corpus, split: str, progress: bool = 
     bar.close()
     loss = total / max(count, 1)
     seconds = time.perf_counter() - start
-    return {"loss": loss, "ppl": math.exp(min(loss, 700.0)), "tokens": count,
-            "tokens_per_s": count / max(seconds, 1e-9)}
+    return {
+        "loss": loss,
+        "ppl": math.exp(min(loss, 700.0)),
+        "tokens": count,
+        "tokens_per_s": count / max(seconds, 1e-9),
+    }
 
 
 # -- signals -------------------------------------------------------------------------------------
@@ -195,7 +209,7 @@ class SignalGuard:
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
                 self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:        # not the main thread: leave the signals alone
+            except ValueError:  # not the main thread: leave the signals alone
                 pass
         if self._old:
             self._old_hook, sys.unraisablehook = sys.unraisablehook, self._unraisable
@@ -203,11 +217,11 @@ class SignalGuard:
 
     def _unraisable(self, info):
         if self.signum and issubclass(info.exc_type, KeyboardInterrupt):
-            return                    # our second-signal interrupt, swallowed by a finaliser
+            return  # our second-signal interrupt, swallowed by a finaliser
         self._old_hook(info)
 
     def _handle(self, signum, frame):
-        if self.signum:               # second Ctrl-C: stop right away
+        if self.signum:  # second Ctrl-C: stop right away
             raise KeyboardInterrupt
         self.signum = signum
 
@@ -228,8 +242,15 @@ class Trainer:
     The folder is locked (flock on .lock) from construction until train() returns or close().
     """
 
-    def __init__(self, cfg: TrainConfig, out: Path, data_dir: Path, resume: bool = False,
-                 overwrite: bool = False, quiet: bool = False):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        out: Path,
+        data_dir: Path,
+        resume: bool = False,
+        overwrite: bool = False,
+        quiet: bool = False,
+    ):
         self.cfg, self.out, self.data_dir, self.quiet = cfg, Path(out), Path(data_dir), quiet
         self._lock = claim_run_folder(self.out, resume, overwrite)
         try:
@@ -240,7 +261,7 @@ class Trainer:
 
     def _setup(self, resume: bool, overwrite: bool) -> None:
         """Load (or build) everything, checking data and options, before touching the folder."""
-        self.device_notes = []            # said when training starts, not before a setup error
+        self.device_notes = []  # said when training starts, not before a setup error
         self.backend = resolve_device(self.cfg.device, self.device_notes.append)
         ckpt = vocab = None
         if resume:
@@ -250,19 +271,26 @@ class Trainer:
             self.cfg = self.model.cfg
         cfg = self.cfg
         self.corpus = load_corpus(self.data_dir, vocab=vocab)
-        self.batcher = make_batcher(self.corpus, "train", cfg.batching, cfg.batch_size, cfg.bptt,
-                                    seed=cfg.seed, train=True)
-        for split in ("valid", "test"):   # too short for the eval batch: fail now, not in an hour
-            make_batcher(self.corpus, split, cfg.batching, cfg.eval_batch_size, cfg.bptt,
-                         seed=cfg.seed, train=False)
+        self.batcher = make_batcher(
+            self.corpus, "train", cfg.batching, cfg.batch_size, cfg.bptt, seed=cfg.seed, train=True
+        )
+        for split in ("valid", "test"):  # too short for the eval batch: fail now, not in an hour
+            make_batcher(
+                self.corpus,
+                split,
+                cfg.batching,
+                cfg.eval_batch_size,
+                cfg.bptt,
+                seed=cfg.seed,
+                train=False,
+            )
         if not resume:
             self.model = LanguageModel(cfg, len(self.corpus.vocab), backend=self.backend)
-        self.optimizer = Optimizer(cfg, self.model.params.flat.size, self.model.dtype,
-                                   self.backend)
+        self.optimizer = Optimizer(cfg, self.model.params.flat.size, self.model.dtype, self.backend)
         self.run = RunState()
         self.rng = np.random.default_rng([cfg.seed, 1])
         self.carried = None
-        self.saved_step = None            # step of the last.h5 this run can fall back to
+        self.saved_step = None  # step of the last.h5 this run can fall back to
         self.skips_in_a_row = 0
         if ckpt:
             self._restore(ckpt)
@@ -299,16 +327,23 @@ class Trainer:
         """Write the run's state atomically to out/name; the previous file survives any failure."""
         path = self.out / name
         if not _all_finite(self.model.params.host_flat()):
-            raise NonFiniteError(f"not saving {path}: the parameters became non-finite by step "
-                                 f"{self.run.step} (an update overflowed: is --lr too large?); "
-                                 f"{self._fallback()}")
+            raise NonFiniteError(
+                f"not saving {path}: the parameters became non-finite by step "
+                f"{self.run.step} (an update overflowed: is --lr too large?); "
+                f"{self._fallback()}"
+            )
         self.run.rng = self.rng.bit_generator.state
         try:
-            save_checkpoint(path, model_checkpoint(self.model, self.corpus.vocab,
-                                                   self.optimizer, self.run, self.carried))
+            save_checkpoint(
+                path,
+                model_checkpoint(
+                    self.model, self.corpus.vocab, self.optimizer, self.run, self.carried
+                ),
+            )
         except CheckpointError as exc:
-            raise CheckpointError(f"{exc}; training stopped at step {self.run.step}; "
-                                  f"{self._fallback()}") from None
+            raise CheckpointError(
+                f"{exc}; training stopped at step {self.run.step}; {self._fallback()}"
+            ) from None
         if name == "last.h5":
             self.saved_step = self.run.step
 
@@ -332,9 +367,11 @@ class Trainer:
             self.say(note)
         cfg, run = self.cfg, self.run
         steps_per_epoch = len(self.batcher)
-        self.say(f"training {cfg.preset}: {self.model.params.flat.size:,} parameters, "
-                 f"{steps_per_epoch} steps/epoch, {cfg.epochs} epochs on {self.backend.name} "
-                 f"({self.backend.detail}) -> {self.out}")
+        self.say(
+            f"training {cfg.preset}: {self.model.params.flat.size:,} parameters, "
+            f"{steps_per_epoch} steps/epoch, {cfg.epochs} epochs on {self.backend.name} "
+            f"({self.backend.detail}) -> {self.out}"
+        )
         while run.epoch < cfg.epochs and not self._done():
             self._train_epoch(guard, steps_per_epoch)
             if guard.signum or self._done() and run.cursor < steps_per_epoch:
@@ -344,9 +381,12 @@ class Trainer:
         self.save()
         summary = None if guard.signum else self._finish(guard)
         if summary is None:
-            raise Interrupted(f"interrupted ({signal.Signals(guard.signum).name}) at step "
-                              f"{run.step}; saved {self.out / 'last.h5'}; resume with: "
-                              f"{resume_command(self.cfg, self.out, self.data_dir)}", guard.signum)
+            raise Interrupted(
+                f"interrupted ({signal.Signals(guard.signum).name}) at step "
+                f"{run.step}; saved {self.out / 'last.h5'}; resume with: "
+                f"{resume_command(self.cfg, self.out, self.data_dir)}",
+                guard.signum,
+            )
         return summary
 
     def _done(self) -> bool:
@@ -354,8 +394,12 @@ class Trainer:
 
     def _train_epoch(self, guard: SignalGuard, steps_per_epoch: int) -> None:
         cfg, run = self.cfg, self.run
-        bar = Progress(steps_per_epoch, f"epoch {run.epoch + 1}/{cfg.epochs}",
-                       initial=run.cursor, enabled=not self.quiet)
+        bar = Progress(
+            steps_per_epoch,
+            f"epoch {run.epoch + 1}/{cfg.epochs}",
+            initial=run.cursor,
+            enabled=not self.quiet,
+        )
         window_start = t0 = time.perf_counter()
         for batch in self.batcher.batches(start=run.cursor, epoch=run.epoch):
             if guard.signum or self._done():
@@ -365,13 +409,19 @@ class Trainer:
             run.step += 1
             run.cursor += 1
             run.tokens += res.n_tokens
-            if applied:                   # a rejected batch's NaN must not poison the window
+            if applied:  # a rejected batch's NaN must not poison the window
                 run.log_nll += res.nll_sum
                 run.log_tokens += res.n_tokens
             bar.update(1)
             if run.step % cfg.log_every == 0 or run.cursor == steps_per_epoch:
-                self._log_train(window_start, lr, norm, bar, steps_per_epoch,
-                                run.elapsed + time.perf_counter() - t0)
+                self._log_train(
+                    window_start,
+                    lr,
+                    norm,
+                    bar,
+                    steps_per_epoch,
+                    run.elapsed + time.perf_counter() - t0,
+                )
                 window_start = time.perf_counter()
             if run.step % cfg.save_every == 0:
                 run.elapsed += time.perf_counter() - t0
@@ -391,8 +441,9 @@ class Trainer:
             self._nonfinite(res.loss, math.nan)
             return res, math.nan, False
         self.model.backward(res.cache)
-        norm, applied = self.optimizer.step(self.model.params.flat, self.model.grads.flat, lr,
-                                            self.model.sparse_grads)
+        norm, applied = self.optimizer.step(
+            self.model.params.flat, self.model.grads.flat, lr, self.model.sparse_grads
+        )
         if not applied:
             self._nonfinite(res.loss, norm)
             return res, norm, False
@@ -405,22 +456,30 @@ class Trainer:
         step = self.run.step + 1
         what = "loss" if not math.isfinite(loss) else "gradient norm"
         self._log({"event": "nonfinite", "step": step, "loss": loss, "grad_norm": norm})
-        message = (f"non-finite {what} at step {step} (loss {loss}, grad norm {norm}); the step "
-                   "was rejected")
+        message = (
+            f"non-finite {what} at step {step} (loss {loss}, grad norm {norm}); the step "
+            "was rejected"
+        )
         if not _all_finite(self.model.params.host_flat()):
             # Only an update can do this (an overflow, e.g. lr far too large); it cannot be undone
             # in memory, so skipping would only reject every later step too.
-            raise NonFiniteError(f"{message}, but the parameters are already non-finite (an "
-                                 f"earlier update overflowed: is --lr too large?); "
-                                 f"{self._fallback()}")
+            raise NonFiniteError(
+                f"{message}, but the parameters are already non-finite (an "
+                f"earlier update overflowed: is --lr too large?); "
+                f"{self._fallback()}"
+            )
         if self.cfg.on_nonfinite == "stop":
-            raise NonFiniteError(f"{message} and the parameters are unchanged; stopping "
-                                 f"(--on-nonfinite stop); {self._fallback()}")
+            raise NonFiniteError(
+                f"{message} and the parameters are unchanged; stopping "
+                f"(--on-nonfinite stop); {self._fallback()}"
+            )
         self.skips_in_a_row += 1
         if self.skips_in_a_row >= MAX_SKIPS_IN_A_ROW:
-            raise NonFiniteError(f"{message}; {self.skips_in_a_row} steps in a row were "
-                                 f"non-finite, so the model has diverged; stopping; "
-                                 f"{self._fallback()}")
+            raise NonFiniteError(
+                f"{message}; {self.skips_in_a_row} steps in a row were "
+                f"non-finite, so the model has diverged; stopping; "
+                f"{self._fallback()}"
+            )
         self.run.skipped += 1
         print(f"warning: {message}; skipping it (--on-nonfinite skip)", file=sys.stderr, flush=True)
 
@@ -428,8 +487,9 @@ class Trainer:
         try:
             self.log.write(record)
         except OSError as exc:
-            raise RunFolderError(f"cannot write {self.log.path}: {exc.strerror or exc}; "
-                                 f"{self._fallback()}") from None
+            raise RunFolderError(
+                f"cannot write {self.log.path}: {exc.strerror or exc}; {self._fallback()}"
+            ) from None
 
     def _log_train(self, window_start, lr, norm, bar, steps_per_epoch, elapsed) -> None:
         run = self.run
@@ -437,13 +497,22 @@ class Trainer:
             return
         loss = run.log_nll / run.log_tokens
         speed = run.log_tokens / max(time.perf_counter() - window_start, 1e-9)
-        record = {"event": "train", "step": run.step, "epoch": run.epoch + run.cursor /
-                  steps_per_epoch, "tokens": run.tokens, "lr": lr, "loss": loss,
-                  "ppl": math.exp(min(loss, 700.0)), "grad_norm": norm, "tokens_per_s": speed,
-                  "elapsed": elapsed}
+        record = {
+            "event": "train",
+            "step": run.step,
+            "epoch": run.epoch + run.cursor / steps_per_epoch,
+            "tokens": run.tokens,
+            "lr": lr,
+            "loss": loss,
+            "ppl": math.exp(min(loss, 700.0)),
+            "grad_norm": norm,
+            "tokens_per_s": speed,
+            "elapsed": elapsed,
+        }
         self._log(record)
-        bar.show(loss=f"{loss:.3f}", ppl=f"{record['ppl']:.1f}", tok_s=f"{speed:,.0f}",
-                 lr=f"{lr:.3g}")
+        bar.show(
+            loss=f"{loss:.3f}", ppl=f"{record['ppl']:.1f}", tok_s=f"{speed:,.0f}", lr=f"{lr:.3g}"
+        )
         run.log_nll, run.log_tokens = 0.0, 0
 
     def _end_epoch(self, guard: SignalGuard) -> bool:
@@ -452,16 +521,24 @@ class Trainer:
         result = evaluate(self.model, self.corpus, "valid", stop=guard.stopping)
         if result is None:
             return False
-        self._log({"event": "valid", "step": run.step, "epoch": run.epoch + 1,
-                   "tokens": run.tokens, "loss": result["loss"], "ppl": result["ppl"],
-                   "elapsed": run.elapsed})
+        self._log(
+            {
+                "event": "valid",
+                "step": run.step,
+                "epoch": run.epoch + 1,
+                "tokens": run.tokens,
+                "loss": result["loss"],
+                "ppl": result["ppl"],
+                "elapsed": run.elapsed,
+            }
+        )
         self.say(f"epoch {run.epoch + 1}: valid ppl {result['ppl']:.2f}")
         run.epoch += 1
         run.cursor = 0
         self.carried = None
         if result["loss"] < run.best_valid:
             run.best_valid = result["loss"]
-            self.save("best.h5")      # before last.h5: a kill in between redoes this epoch end
+            self.save("best.h5")  # before last.h5: a kill in between redoes this epoch end
         self.save()
         return True
 
@@ -469,16 +546,31 @@ class Trainer:
         """The summary, with test and valid perplexity after the last epoch; None on a signal."""
         run = self.run
         best = math.exp(run.best_valid) if math.isfinite(run.best_valid) else None
-        summary = {"step": run.step, "epoch": run.epoch, "tokens": run.tokens,
-                   "skipped": run.skipped, "elapsed": run.elapsed, "best_valid_ppl": best}
+        summary = {
+            "step": run.step,
+            "epoch": run.epoch,
+            "tokens": run.tokens,
+            "skipped": run.skipped,
+            "elapsed": run.elapsed,
+            "best_valid_ppl": best,
+        }
         if run.epoch >= self.cfg.epochs:
             test = evaluate(self.model, self.corpus, "test", stop=guard.stopping)
             valid = evaluate(self.model, self.corpus, "valid", stop=guard.stopping)
             if test is None or valid is None:
                 return None
-            self._log({"event": "test", "step": run.step, "epoch": run.epoch,
-                       "tokens": run.tokens, "loss": test["loss"], "ppl": test["ppl"],
-                       "valid_ppl": valid["ppl"], "elapsed": run.elapsed})
+            self._log(
+                {
+                    "event": "test",
+                    "step": run.step,
+                    "epoch": run.epoch,
+                    "tokens": run.tokens,
+                    "loss": test["loss"],
+                    "ppl": test["ppl"],
+                    "valid_ppl": valid["ppl"],
+                    "elapsed": run.elapsed,
+                }
+            )
             summary.update(test_ppl=test["ppl"], valid_ppl=valid["ppl"])
             self.say(f"done: valid ppl {valid['ppl']:.2f}, test ppl {test['ppl']:.2f}")
         return summary
@@ -497,8 +589,10 @@ def resumed_fields(requested: TrainConfig, saved: dict) -> dict:
     requested preset, else the checkpoint's, so that a bare `--resume` of a run of any preset
     continues with that run's own length and logging cadence.
     """
-    fields = {name: getattr(requested, name)
-              for name in ("max_steps", "threads", "device", "on_nonfinite")}
+    fields = {
+        name: getattr(requested, name)
+        for name in ("max_steps", "threads", "device", "on_nonfinite")
+    }
     try:
         default = make_config(requested.preset)
     except ConfigError:
@@ -512,8 +606,11 @@ def resumed_fields(requested: TrainConfig, saved: dict) -> dict:
 def resume_command(cfg: TrainConfig, out: Path, data_dir: Path) -> str:
     """The command line that continues this run exactly."""
     words = ["sparselm", "train", "--out", str(out), "--data", str(data_dir), "--resume"]
-    for flag, name, default in (("--max-steps", "max_steps", 0), ("--threads", "threads", 0),
-                                ("--device", "device", "auto")):
+    for flag, name, default in (
+        ("--max-steps", "max_steps", 0),
+        ("--threads", "threads", 0),
+        ("--device", "device", "auto"),
+    ):
         if getattr(cfg, name) != default:
             words += [flag, str(getattr(cfg, name))]
     return " ".join(shlex.quote(w) for w in words)
@@ -564,8 +661,9 @@ def claim_run_folder(out: Path, resume: bool, overwrite: bool):
         probe.unlink()
         lock = open(out / ".lock", "a")
     except OSError as exc:
-        raise RunFolderError(f"output folder {out} is not writable: "
-                             f"{exc.strerror or exc}") from None
+        raise RunFolderError(
+            f"output folder {out} is not writable: {exc.strerror or exc}"
+        ) from None
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         check_run_folder(out, resume, overwrite)
@@ -581,12 +679,16 @@ def check_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
     """Refuse a folder holding another run unless resuming or overwriting."""
     has_run = any((out / name).exists() for name in ("config.json", "last.h5"))
     if resume and not (out / "last.h5").exists():
-        hint = ("it stopped before its first save; start it again with --overwrite"
-                if has_run else "no run there")
+        hint = (
+            "it stopped before its first save; start it again with --overwrite"
+            if has_run
+            else "no run there"
+        )
         raise RunFolderError(f"--resume: {out / 'last.h5'} not found ({hint})")
     if has_run and not (resume or overwrite):
-        raise RunFolderError(f"{out} already holds a run; use --resume to continue it or "
-                             f"--overwrite to start over")
+        raise RunFolderError(
+            f"{out} already holds a run; use --resume to continue it or --overwrite to start over"
+        )
 
 
 def clear_run(out: Path) -> None:
@@ -629,7 +731,9 @@ def resolve_device(device: str, say):
     otherwise falls back to the CPU, saying so once (through `say`).
     """
     import warnings
+
     from .kernels import get_backend
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         backend = get_backend(device)

@@ -17,6 +17,7 @@ class Workspace:
     def __init__(self, backend=None):
         if backend is None:
             from .kernels import get_backend
+
             backend = get_backend("cpu")
         self.be = backend
         self._buffers: dict = {}

@@ -67,14 +67,26 @@ def kernel_backend(request, monkeypatch) -> KernelBackend:
     blocks, so every kernel runs several blocks, its grid-stride loop and its boundary checks)."""
     if request.param == "cpu":
         import numpy as np
+
         from sparselm.kernels import cpu, cpu_arrays, cpu_csr
+
         return KernelBackend("cpu", cpu, cpu_csr, cpu_arrays, np.array, np.empty, np.asarray)
     from sparselm.device import cuda_status, simulator_enabled
+
     usable, detail = cuda_status()
     if not usable:
         pytest.skip(f"CUDA unavailable: {detail}")
     from sparselm.kernels import cuda
+
     monkeypatch.setattr(cuda, "THREADS_PER_BLOCK", 8)
     monkeypatch.setattr(cuda, "MAX_BLOCKS", 3)
-    return KernelBackend("cuda", cuda, cuda, cuda, cuda.to_device, cuda.empty,
-                         lambda a: a.copy_to_host(), simulated=simulator_enabled())
+    return KernelBackend(
+        "cuda",
+        cuda,
+        cuda,
+        cuda,
+        cuda.to_device,
+        cuda.empty,
+        lambda a: a.copy_to_host(),
+        simulated=simulator_enabled(),
+    )

@@ -6,7 +6,6 @@ and every backward pass against central finite differences.
 
 import numpy as np
 
-
 # --- CSR products (sparselm.kernels.cpu_csr); W (R, C) given as data, indices, indptr ---------
 
 
@@ -43,18 +42,25 @@ def lstm_cell_forward_ref(gx, r, c_prev):
     """Returns gates (B, G) [i, f, g, o] activated, c, tanh_c, h (B, H)."""
     a = (gx + r).astype(np.float64)
     nh = a.shape[1] // 4
-    i, f, o = sigmoid(a[:, :nh]), sigmoid(a[:, nh:2 * nh]), sigmoid(a[:, 3 * nh:])
-    g = np.tanh(a[:, 2 * nh:3 * nh])
+    i, f, o = sigmoid(a[:, :nh]), sigmoid(a[:, nh : 2 * nh]), sigmoid(a[:, 3 * nh :])
+    g = np.tanh(a[:, 2 * nh : 3 * nh])
     c = f * c_prev + i * g
     return np.concatenate([i, f, g, o], axis=1), c, np.tanh(c), o * np.tanh(c)
 
 
 def lstm_cell_backward_ref(dh, dc, gates, c_prev, tanh_c):
     nh = gates.shape[1] // 4
-    i, f, g, o = (gates[:, k * nh:(k + 1) * nh] for k in range(4))
-    dct = dc + dh * o * (1 - tanh_c ** 2)
-    da = np.concatenate([dct * g * i * (1 - i), dct * c_prev * f * (1 - f),
-                         dct * i * (1 - g ** 2), dh * tanh_c * o * (1 - o)], axis=1)
+    i, f, g, o = (gates[:, k * nh : (k + 1) * nh] for k in range(4))
+    dct = dc + dh * o * (1 - tanh_c**2)
+    da = np.concatenate(
+        [
+            dct * g * i * (1 - i),
+            dct * c_prev * f * (1 - f),
+            dct * i * (1 - g**2),
+            dh * tanh_c * o * (1 - o),
+        ],
+        axis=1,
+    )
     return da, dct * f
 
 
@@ -93,5 +99,5 @@ def adam_update_ref(p, g, m, v, lr, scale, beta1, beta2, eps, step):
     g = scale * g
     m = beta1 * m + (1 - beta1) * g
     v = beta2 * v + (1 - beta2) * g * g
-    m_hat, v_hat = m / (1 - beta1 ** step), v / (1 - beta2 ** step)
+    m_hat, v_hat = m / (1 - beta1**step), v / (1 - beta2**step)
     return p - lr * m_hat / (np.sqrt(v_hat) + eps), m, v

@@ -43,8 +43,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _load_fuzz_module():
-    spec = importlib.util.spec_from_file_location("fuzz_checkpoint",
-                                                  REPO / "scripts" / "fuzz_checkpoint.py")
+    spec = importlib.util.spec_from_file_location(
+        "fuzz_checkpoint", REPO / "scripts" / "fuzz_checkpoint.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -52,8 +53,14 @@ def _load_fuzz_module():
 
 fuzz = _load_fuzz_module()
 base_checkpoint = fuzz.base_checkpoint
-SHAPES = {"embedding.weight": (6, 4), "lstm.0.w_x": (12, 4), "lstm.0.w_h": (12, 3),
-          "lstm.0.bias": (12,), "softmax.weight": (6, 3), "softmax.bias": (6,)}
+SHAPES = {
+    "embedding.weight": (6, 4),
+    "lstm.0.w_x": (12, 4),
+    "lstm.0.w_h": (12, 3),
+    "lstm.0.bias": (12,),
+    "softmax.weight": (6, 3),
+    "softmax.bias": (6,),
+}
 
 
 def assert_same(a: Checkpoint, b: Checkpoint) -> None:
@@ -117,10 +124,15 @@ def test_round_trip_minimal_and_overwrite(tmp_path):
 
 
 def test_round_trip_odd_shapes_and_layouts(tmp_path):
-    params = {"scalar": np.array(3.0), "empty": np.zeros((0, 3)),
-              "transposed": np.arange(12.0).reshape(3, 4).T, "strided": np.arange(10.0)[::3]}
-    ckpt = Checkpoint(config={}, vocab=["x"], params=params, patterns={},
-                      state={"hidden": np.zeros((2, 0))})
+    params = {
+        "scalar": np.array(3.0),
+        "empty": np.zeros((0, 3)),
+        "transposed": np.arange(12.0).reshape(3, 4).T,
+        "strided": np.arange(10.0)[::3],
+    }
+    ckpt = Checkpoint(
+        config={}, vocab=["x"], params=params, patterns={}, state={"hidden": np.zeros((2, 0))}
+    )
     save_checkpoint(tmp_path / "c.h5", ckpt)
     assert_same(ckpt, load_checkpoint(tmp_path / "c.h5"))
 
@@ -155,8 +167,11 @@ def test_file_replaced_between_check_and_parse_is_read_again(saved, monkeypatch)
 
 def test_numpy_values_in_progress_become_plain_json(tmp_path):
     ckpt = base_checkpoint()
-    ckpt.progress = {"step": np.int64(5), "loss": np.float32(2.5),
-                     "key": np.arange(3, dtype=np.uint32)}
+    ckpt.progress = {
+        "step": np.int64(5),
+        "loss": np.float32(2.5),
+        "key": np.arange(3, dtype=np.uint32),
+    }
     save_checkpoint(tmp_path / "c.h5", ckpt)
     assert load_checkpoint(tmp_path / "c.h5").progress == {"step": 5, "loss": 2.5, "key": [0, 1, 2]}
 
@@ -164,8 +179,9 @@ def test_numpy_values_in_progress_become_plain_json(tmp_path):
 words = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"), min_size=1)
 
 
-@settings(max_examples=25, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(vocab=st.lists(words, unique=True, max_size=20))
 def test_any_unicode_vocab_round_trips(tmp_path, vocab):
     ckpt = Checkpoint(config={"v": len(vocab)}, vocab=vocab, params={}, patterns={})
@@ -215,10 +231,17 @@ BAD_INPUT = {
     "config list": lambda: _mutated(config=[1]),
     "progress too big": lambda: _mutated(progress={"x": "y" * 70_000}),
     "optimizer 2-D": lambda: _mutated(optimizer={"momentum": np.zeros((2, 2), np.float32)}),
-    "pattern of unknown": lambda: _mutated(patterns={
-        **base_checkpoint().patterns, "nope": base_checkpoint().patterns["lstm.0.w_x"]}),
-    "unsorted pattern": lambda: _mutated(patterns={**base_checkpoint().patterns, "lstm.0.w_x":
-        CSRPattern(np.array([1, 0] * 12, np.int32), np.arange(0, 25, 2, dtype=np.int32), (12, 4))}),
+    "pattern of unknown": lambda: _mutated(
+        patterns={**base_checkpoint().patterns, "nope": base_checkpoint().patterns["lstm.0.w_x"]}
+    ),
+    "unsorted pattern": lambda: _mutated(
+        patterns={
+            **base_checkpoint().patterns,
+            "lstm.0.w_x": CSRPattern(
+                np.array([1, 0] * 12, np.int32), np.arange(0, 25, 2, dtype=np.int32), (12, 4)
+            ),
+        }
+    ),
 }
 
 
@@ -241,14 +264,18 @@ def _write_then_fail(exc):
     def fake(group, arrays):  # writes part of the file, then fails like a real write would
         group.create_dataset("partial", data=np.zeros(1000))
         raise exc
+
     return fake
 
 
-@pytest.mark.parametrize("exc, expected", [
-    (ValueError("boom"), ValueError),  # a bug: propagates unchanged
-    (KeyboardInterrupt(), KeyboardInterrupt),
-    (RuntimeError("Unable to create dataset"), CheckpointError),
-])
+@pytest.mark.parametrize(
+    "exc, expected",
+    [
+        (ValueError("boom"), ValueError),  # a bug: propagates unchanged
+        (KeyboardInterrupt(), KeyboardInterrupt),
+        (RuntimeError("Unable to create dataset"), CheckpointError),
+    ],
+)
 def test_failed_save_leaves_old_file_and_no_temp(saved, monkeypatch, exc, expected):
     before = saved.read_bytes()
     monkeypatch.setattr(ckmod, "_write_arrays", _write_then_fail(exc))
@@ -281,9 +308,16 @@ def test_full_disk_is_a_one_line_checkpoint_error(saved, monkeypatch, where):
     if where == "fsync":
         monkeypatch.setattr(ckmod.os, "fsync", _enospc)
     else:  # HDF5 puts errno 28 in its message, not on the exception
-        monkeypatch.setattr(ckmod, "_write_arrays", _write_then_fail(OSError(
-            "Can't synchronously write data (file write failed: errno = 28, "
-            "error message = 'No space left on device')")))
+        monkeypatch.setattr(
+            ckmod,
+            "_write_arrays",
+            _write_then_fail(
+                OSError(
+                    "Can't synchronously write data (file write failed: errno = 28, "
+                    "error message = 'No space left on device')"
+                )
+            ),
+        )
     with pytest.raises(CheckpointError) as info:
         save_checkpoint(saved, base_checkpoint())
     assert str(info.value) == f"cannot save checkpoint {saved}: no space left on device"
@@ -333,8 +367,11 @@ def test_sigkill_during_repeated_saves_never_corrupts(tmp_path):
     rng = random.Random(1)
     orphans = 0
     for _ in range(6):
-        child = subprocess.Popen([sys.executable, "-c", KILL_CHILD, str(path), str(REPO)],
-                                 stdout=subprocess.PIPE, text=True)
+        child = subprocess.Popen(
+            [sys.executable, "-c", KILL_CHILD, str(path), str(REPO)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         child.stdout.readline()  # at least one complete save exists
         time.sleep(rng.uniform(0.0, 0.25))
         child.send_signal(signal.SIGKILL)
@@ -367,15 +404,22 @@ def test_directory_and_fifo_are_not_checkpoints(tmp_path):
     one_line_error(fifo, "not a regular file")  # and does not block waiting for a writer
 
 
-@pytest.mark.parametrize("content, match", [
-    (b"", "empty file"),
-    (b"hello world\n" * 100, "not a sparselm checkpoint"),
-    (b"sparselm checkpoint\nformat_version 1\n", "not a sparselm checkpoint"),
-    (b"sparselm checkpoint\nformat_version 2\n".ljust(HEADER_SIZE, b"\0") + b"x" * 100,
-     "format version 2 by a newer sparselm; this sparselm .* reads format version 1"),
-    (b"sparselm checkpoint\nformat_version 1\npayload_bytes x\n".ljust(HEADER_SIZE, b"\0"),
-     "malformed sparselm header"),
-])
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        (b"", "empty file"),
+        (b"hello world\n" * 100, "not a sparselm checkpoint"),
+        (b"sparselm checkpoint\nformat_version 1\n", "not a sparselm checkpoint"),
+        (
+            b"sparselm checkpoint\nformat_version 2\n".ljust(HEADER_SIZE, b"\0") + b"x" * 100,
+            "format version 2 by a newer sparselm; this sparselm .* reads format version 1",
+        ),
+        (
+            b"sparselm checkpoint\nformat_version 1\npayload_bytes x\n".ljust(HEADER_SIZE, b"\0"),
+            "malformed sparselm header",
+        ),
+    ],
+)
 def test_not_a_checkpoint(tmp_path, content, match):
     path = tmp_path / "c.h5"
     path.write_bytes(content)
@@ -447,6 +491,7 @@ def link(name, target):
     def edit(f):
         del f[name]
         f[name] = target
+
     return edit
 
 
@@ -454,6 +499,7 @@ def regroup(name):
     def edit(f):
         del f[name]
         f.create_group(name)
+
     return edit
 
 
@@ -466,12 +512,16 @@ STRUCTURE = {
     "format version attr": (set_attr("/", "format_version", 3), "format version 3 by a newer"),
     "no format": (del_attr("/", "format"), "lacks the attribute 'format'"),
     "missing param": (delete(BIAS), r"missing member\(s\) in /params"),
-    "extra param": (lambda f: f.create_dataset("params/extra", data=np.zeros(2, F4)),
-                    r"unexpected member\(s\) in /params: \['extra'\]"),
+    "extra param": (
+        lambda f: f.create_dataset("params/extra", data=np.zeros(2, F4)),
+        r"unexpected member\(s\) in /params: \['extra'\]",
+    ),
     "extra root group": (lambda f: f.create_group("more"), "unexpected member"),
     "missing optimizer": (delete("optimizer"), r"missing member\(s\) in the root"),
-    "order repeats": (set_attr("params", "order", text(b'["softmax.bias", "softmax.bias"]')),
-                      "repeats a name"),
+    "order repeats": (
+        set_attr("params", "order", text(b'["softmax.bias", "softmax.bias"]')),
+        "repeats a name",
+    ),
     "order not list": (set_attr("params", "order", text(b'{"a": 1}')), "not a JSON list"),
     "int param": (put(BIAS, data=np.zeros(6, np.int32)), "dtype int32, expected float32 or"),
     "float16 param": (put(BIAS, data=np.zeros(6, np.float16)), "dtype float16"),
@@ -495,8 +545,10 @@ STRUCTURE = {
     "vocab empty word": (put("vocab", data=text(b'["a", ""]')), "not a non-empty string"),
     "vocab not json": (put("vocab", data=text(b'["a", ')), "not valid JSON"),
     "vocab bad utf8": (put("vocab", data=text(b'["\xff"]')), "not valid UTF-8"),
-    "vocab vlen": (put("vocab", data=np.array(["a"], dtype=h5py.string_dtype())),
-                   "expected one fixed-length string"),
+    "vocab vlen": (
+        put("vocab", data=np.array(["a"], dtype=h5py.string_dtype())),
+        "expected one fixed-length string",
+    ),
     "config list": (set_attr("/", "config", text(b"[1]")), "not a JSON dict"),
     "config not json": (set_attr("/", "config", text(b"{")), "not valid JSON"),
     "config deep": (set_attr("/", "config", text(b"[" * 30000 + b"]" * 30000)), "not valid JSON"),
@@ -508,8 +560,10 @@ STRUCTURE = {
     "no dataspace": (put(BIAS, data=h5py.Empty("f4")), "no dataspace"),
     "soft link": (link(BIAS, h5py.SoftLink("/params/lstm.0.bias")), "is a soft link"),
     "external link": (link("vocab", h5py.ExternalLink("/etc/passwd", "/x")), "external link"),
-    "external storage": (put(BIAS, shape=(6,), dtype="f4", external=[("/etc/hostname", 0, 24)]),
-                         "external storage"),
+    "external storage": (
+        put(BIAS, shape=(6,), dtype="f4", external=[("/etc/hostname", 0, 24)]),
+        "external storage",
+    ),
     "group for dataset": (regroup("state/hidden"), "must be a dataset"),
 }
 
@@ -541,17 +595,26 @@ def test_max_bytes_limits_a_valid_file(saved):
 
 
 def test_expected_shapes_names_must_match(saved):
-    one_line_error(saved, r"missing parameter\(s\) \['lstm.1.w_x'\]",
-                   expected_shapes={**SHAPES, "lstm.1.w_x": (12, 3)})
+    one_line_error(
+        saved,
+        r"missing parameter\(s\) \['lstm.1.w_x'\]",
+        expected_shapes={**SHAPES, "lstm.1.w_x": (12, 3)},
+    )
     fewer = {k: v for k, v in SHAPES.items() if k != "softmax.bias"}
     one_line_error(saved, r"unexpected parameter\(s\) \['softmax.bias'\]", expected_shapes=fewer)
 
 
 def test_expected_shapes_mismatch(saved):
-    one_line_error(saved, r"lstm.0.w_x has shape \(12, 4\), expected \(12, 5\)",
-                   expected_shapes={**SHAPES, "lstm.0.w_x": (12, 5)})
-    one_line_error(saved, r"softmax.bias has shape \(6,\), expected \(7,\)",
-                   expected_shapes={**SHAPES, "softmax.bias": (7,)})
+    one_line_error(
+        saved,
+        r"lstm.0.w_x has shape \(12, 4\), expected \(12, 5\)",
+        expected_shapes={**SHAPES, "lstm.0.w_x": (12, 5)},
+    )
+    one_line_error(
+        saved,
+        r"softmax.bias has shape \(6,\), expected \(7,\)",
+        expected_shapes={**SHAPES, "softmax.bias": (7,)},
+    )
 
 
 def test_read_config_checks_the_file_too(saved, tmp_path):
@@ -576,13 +639,18 @@ def fuzz_server():
     server.close()
 
 
-@settings(max_examples=150, deadline=timedelta(seconds=30), derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150,
+    deadline=timedelta(seconds=30),
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(case=st.integers(0, 2**40))
 def test_fuzzed_files_load_or_raise_checkpoint_error(fuzz_server, case):
     result = fuzz_server.run(case)
     assert result["outcome"] in ("loaded", "rejected"), (
-        f"{result} (reproduce: python scripts/fuzz_checkpoint.py --replay {case})")
+        f"{result} (reproduce: python scripts/fuzz_checkpoint.py --replay {case})"
+    )
 
 
 def test_fuzz_engine_accepts_an_undamaged_file(tmp_path):

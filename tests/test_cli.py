@@ -25,9 +25,23 @@ def ptb_slice(ptb_path, tmp_path_factory):
 @pytest.fixture(scope="module")
 def teach_run(ptb_slice, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "teach"
-    result = CliRunner().invoke(main, ["train", "--preset", "teach", "--data", str(ptb_slice),
-                                       "--out", str(out), "--quiet", "--hidden", "64",
-                                       "--emb", "64"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "--preset",
+            "teach",
+            "--data",
+            str(ptb_slice),
+            "--out",
+            str(out),
+            "--quiet",
+            "--hidden",
+            "64",
+            "--emb",
+            "64",
+        ],
+    )
     assert result.exit_code == 0, result.output
     return out, json.loads(result.output.strip().splitlines()[-1])
 
@@ -43,18 +57,32 @@ def test_train_teach_end_to_end(teach_run):
 
 def test_evaluate_json(teach_run, ptb_slice):
     out, summary = teach_run
-    result = CliRunner().invoke(main, ["evaluate", str(out / "last.h5"), "--data",
-                                       str(ptb_slice), "--split", "test", "--json"])
+    result = CliRunner().invoke(
+        main,
+        ["evaluate", str(out / "last.h5"), "--data", str(ptb_slice), "--split", "test", "--json"],
+    )
     assert result.exit_code == 0, result.output
     record = json.loads(result.output)
-    assert record["split"] == "test" and record["ppl"] == pytest.approx(summary["test_ppl"],
-                                                                         rel=1e-9)
+    assert record["split"] == "test" and record["ppl"] == pytest.approx(
+        summary["test_ppl"], rel=1e-9
+    )
 
 
 def test_generate(teach_run):
     out, _ = teach_run
-    result = CliRunner().invoke(main, ["generate", str(out / "last.h5"), "--words", "12",
-                                       "--prompt", "the company", "--temperature", "0.7"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "generate",
+            str(out / "last.h5"),
+            "--words",
+            "12",
+            "--prompt",
+            "the company",
+            "--temperature",
+            "0.7",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert result.output.startswith("the company") and len(result.output.split()) >= 10
 
@@ -66,14 +94,17 @@ def test_info_counts(teach_run):
     assert json.loads(result.output)["totals"]["embedding"] > 0
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["train", "--sparsity", "0"], "--sparsity"),
-    (["train", "--hidden", "0"], "--hidden must be >= 1"),
-    (["train", "--lr", "-1"], "--lr must be a positive number"),
-    (["train", "--data", "/nonexistent/ptb"], "data folder /nonexistent/ptb not found"),
-    (["evaluate", "/nonexistent.h5"], "not found"),
-    (["generate", "/nonexistent.h5"], "not found"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["train", "--sparsity", "0"], "--sparsity"),
+        (["train", "--hidden", "0"], "--hidden must be >= 1"),
+        (["train", "--lr", "-1"], "--lr must be a positive number"),
+        (["train", "--data", "/nonexistent/ptb"], "data folder /nonexistent/ptb not found"),
+        (["evaluate", "/nonexistent.h5"], "not found"),
+        (["generate", "/nonexistent.h5"], "not found"),
+    ],
+)
 def test_user_mistakes_are_one_line(args, needle, tmp_path):
     if args[0] == "train":
         args = args + ["--out", str(tmp_path / "run")]
@@ -93,9 +124,16 @@ def test_corrupt_checkpoint_is_one_line(tmp_path):
 
 def test_help_is_fast_and_imports_no_numba():
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", "import sys; from sparselm.cli import main; "
-                           "sys.argv=['sparselm','--help']\ntry: main()\nexcept SystemExit: pass\n"
-                           "assert 'numba' not in sys.modules and 'numpy' not in sys.modules"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from sparselm.cli import main; "
+            "sys.argv=['sparselm','--help']\ntry: main()\nexcept SystemExit: pass\n"
+            "assert 'numba' not in sys.modules and 'numpy' not in sys.modules",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "train" in proc.stdout and time.perf_counter() - start < 5

@@ -11,8 +11,14 @@ from sparselm.counting import count_from_config
 
 # density -> gate weights + gate biases. The study's table prints 95k for 0.001 and 810k for 0.01;
 # its own rule (fan-in floor(d (I + H)) per gate row) gives 100k and 830k, which we print.
-TABLE_1 = {1.0: 81_020_000, 0.005: 420_000, 0.002: 180_000, 0.0005: 50_000,
-           0.001: 100_000, 0.01: 830_000}
+TABLE_1 = {
+    1.0: 81_020_000,
+    0.005: 420_000,
+    0.002: 180_000,
+    0.0005: 50_000,
+    0.001: 100_000,
+    0.01: 830_000,
+}
 
 
 @pytest.mark.parametrize("density,expected", sorted(TABLE_1.items()))
@@ -23,8 +29,9 @@ def test_table_1(density, expected):
 
 
 def test_info_cli_from_flags():
-    result = CliRunner().invoke(main, ["info", "--preset", "study", "--sparsity", "0.0005",
-                                       "--json"])
+    result = CliRunner().invoke(
+        main, ["info", "--preset", "study", "--sparsity", "0.0005", "--json"]
+    )
     assert result.exit_code == 0, result.output
     totals = json.loads(result.output)["totals"]
     assert totals["gate_nonzeros"] == 50_000

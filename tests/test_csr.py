@@ -25,13 +25,16 @@ def assert_sorted_unique_rows(indices, indptr, cols):
 # --- masks ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("rows,cols,density,k", [
-    (50, 1500, 0.0005, 1),  # floor(0.75) = 0 -> at least one input
-    (40, 2500, 0.01, 25),  # 0.01 * 2500 must not round down to 24
-    (30, 100, 0.29, 29),  # 0.29 * 100 = 28.999999999999996 in floating point
-    (20, 650, 0.1, 65),
-    (10, 7, 1.0, 7),
-])
+@pytest.mark.parametrize(
+    "rows,cols,density,k",
+    [
+        (50, 1500, 0.0005, 1),  # floor(0.75) = 0 -> at least one input
+        (40, 2500, 0.01, 25),  # 0.01 * 2500 must not round down to 24
+        (30, 100, 0.29, 29),  # 0.29 * 100 = 28.999999999999996 in floating point
+        (20, 650, 0.1, 65),
+        (10, 7, 1.0, 7),
+    ],
+)
 def test_fanin_exact_counts(rows, cols, density, k):
     indices, indptr = fanin_mask(rows, cols, density, np.random.default_rng(0))
     assert np.all(np.diff(indptr) == k)  # every row the same fan-in, none empty
@@ -49,8 +52,10 @@ def test_fanin_columns_are_uniform():
     assert np.all(np.abs(counts - 900) < 5 * math.sqrt(3000 * 0.3 * 0.7))
 
 
-@pytest.mark.parametrize("rows,cols,density", [(200, 300, 0.01), (50, 40, 0.5), (7, 9, 1.0),
-                                               (1000, 1000, 1e-7), (30, 20, 0.999)])
+@pytest.mark.parametrize(
+    "rows,cols,density",
+    [(200, 300, 0.01), (50, 40, 0.5), (7, 9, 1.0), (1000, 1000, 1e-7), (30, 20, 0.999)],
+)
 def test_uniform_exact_count(rows, cols, density):
     indices, indptr = uniform_mask(rows, cols, density, np.random.default_rng(2))
     assert indptr[-1] == max(1, round(density * rows * cols))
@@ -137,8 +142,9 @@ BAD = {
 
 @pytest.mark.parametrize("indices,indptr,shape", GOOD)
 def test_validate_accepts(indices, indptr, shape):
-    validate_csr_pattern(np.asarray(indices, dtype=getattr(indices, "dtype", np.int32)),
-                         np.asarray(indptr), shape)
+    validate_csr_pattern(
+        np.asarray(indices, dtype=getattr(indices, "dtype", np.int32)), np.asarray(indptr), shape
+    )
 
 
 @pytest.mark.parametrize("problem", list(BAD))
@@ -194,12 +200,12 @@ def test_data_view_into_flat_buffer_stays_a_view():
     rng = np.random.default_rng(9)
     indices, indptr = fanin_mask(30, 20, 0.2, rng)
     flat = np.zeros(5 + indices.size + 7, np.float32)
-    view = flat[5:5 + indices.size]
+    view = flat[5 : 5 + indices.size]
     w = CSRMatrix(view, indices, indptr, (30, 20))
     assert w.data is view and np.shares_memory(w.data, flat)
     x = rng.standard_normal((3, 20)).astype(np.float32)
     assert not w.matmul(x).any()
-    flat[5:5 + indices.size] = 1.0  # the optimizer's in-place update
+    flat[5 : 5 + indices.size] = 1.0  # the optimizer's in-place update
     w.with_data(w.data).data[0] = 2.0
     assert flat[5] == 2.0
     np.testing.assert_allclose(w.matmul(x), x @ w.to_dense().T, rtol=1e-6)
@@ -207,10 +213,12 @@ def test_data_view_into_flat_buffer_stays_a_view():
 
 def test_constructor_rejects_bad_data():
     indices, indptr = fanin_mask(4, 6, 0.5, np.random.default_rng(0))
-    for data, word in [(np.zeros(indices.size + 1), "shape"),
-                       (np.zeros(indices.size, np.int32), "float32 or float64"),
-                       (np.zeros(2 * indices.size)[::2], "C-contiguous"),
-                       ([0.0] * indices.size, "array")]:
+    for data, word in [
+        (np.zeros(indices.size + 1), "shape"),
+        (np.zeros(indices.size, np.int32), "float32 or float64"),
+        (np.zeros(2 * indices.size)[::2], "C-contiguous"),
+        ([0.0] * indices.size, "array"),
+    ]:
         with pytest.raises(ValueError, match=word):
             CSRMatrix(data, indices, indptr, (4, 6))
     with pytest.raises(ValueError, match="unsorted"):

@@ -14,22 +14,24 @@ import json
 
 import numpy as np
 import pytest
+from test_gradients import B, E, H, L, T, V, random_batch, random_state
 
 from sparselm.config import make_config
 from sparselm.kernels import get_backend
 from sparselm.model import LanguageModel
 from sparselm.optim import Optimizer
 from sparselm.train import train
-from test_gradients import B, E, H, L, T, V, random_batch, random_state
 
 
 @pytest.fixture
 def cuda_backend(monkeypatch):
     from sparselm.device import cuda_status, simulator_enabled
+
     usable, detail = cuda_status()
     if not usable:
         pytest.skip(f"CUDA unavailable: {detail}")
     from sparselm.kernels import cuda
+
     if simulator_enabled():
         monkeypatch.setattr(cuda, "THREADS_PER_BLOCK", 32)
         monkeypatch.setattr(cuda, "MAX_BLOCKS", 1)
@@ -40,6 +42,7 @@ def cuda_backend(monkeypatch):
 def host_gemm(a, b, out, accumulate=False, trans_a=False, trans_b=False):
     """kernels.cuda.gemm's contract, computed on the host (simulator only, see above)."""
     from sparselm.kernels import cuda
+
     a, b = cuda.to_host(a), cuda.to_host(b)
     result = (a.T if trans_a else a) @ (b.T if trans_b else b)
     if accumulate:
@@ -53,11 +56,12 @@ def tiny_cfg(**overrides):
     return make_config("small", **{**base, **overrides})
 
 
-VARIANTS = {   # each runs every kind of operation at least once: dense/CSR, dropout, optimisers
+VARIANTS = {  # each runs every kind of operation at least once: dense/CSR, dropout, optimisers
     "dense-sgd": dict(),
     "csr-momentum-dropout": dict(sparsity=0.4, momentum=0.9, dropout=0.3),
-    "csr-adam-factorized": dict(sparsity=0.4, optimizer="adam", lr=0.01, output="factorized",
-                                loss_reduction="token"),
+    "csr-adam-factorized": dict(
+        sparsity=0.4, optimizer="adam", lr=0.01, output="factorized", loss_reduction="token"
+    ),
 }
 
 
@@ -89,7 +93,7 @@ def test_three_steps_match_cpu(cuda_backend, variant):
     atol = {"losses": 2e-6, "norms": 2e-6, "params": 1e-4 if "adam" in variant else 2e-6}
     for what, a, b in zip(("losses", "norms", "params"), cpu, gpu):
         np.testing.assert_allclose(b, a, rtol=2e-5, atol=atol[what], err_msg=what)
-    assert cpu[0][2] != cpu[0][0]      # the steps did change the model
+    assert cpu[0][2] != cpu[0][0]  # the steps did change the model
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -108,8 +112,9 @@ def test_float64_gradients_equal_cpu(cuda_backend, variant):
     (loss_c, grads_c, state_c), (loss_g, grads_g, state_g) = results
     assert loss_g == pytest.approx(loss_c, rel=1e-12)
     for name in grads_c:
-        np.testing.assert_allclose(grads_g[name], grads_c[name], rtol=1e-10, atol=1e-13,
-                                   err_msg=name)
+        np.testing.assert_allclose(
+            grads_g[name], grads_c[name], rtol=1e-10, atol=1e-13, err_msg=name
+        )
     for (dh_c, dc_c), (dh_g, dc_g) in zip(state_c, state_g):
         np.testing.assert_allclose(dh_g, dh_c, rtol=1e-10, atol=1e-13)
         np.testing.assert_allclose(dc_g, dc_c, rtol=1e-10, atol=1e-13)
@@ -127,16 +132,15 @@ def test_float64_finite_differences_on_device(cuda_backend):
     state = model.state_to_device(random_state(model, rng))
     model.backward(model.forward(batch, state, None).cache)
     grads = model.grads.to_host()
-    host = model.params.to_host()        # edited on the host, copied to the device per loss
+    host = model.params.to_host()  # edited on the host, copied to the device per loss
 
     def loss():
         model.params.load(host)
         return model.forward(batch, state, None, train=False).loss
 
-    for name in ("embedding.weight", "lstm.0.w_x", "lstm.1.w_h", "lstm.1.bias",
-                 "softmax.weight"):
+    for name in ("embedding.weight", "lstm.0.w_x", "lstm.1.w_h", "lstm.1.bias", "softmax.weight"):
         flat, g = host[name].reshape(-1), grads[name].reshape(-1)
-        k = int(np.argmax(np.abs(g)))    # the largest entry: resolvable to 1e-6 relative
+        k = int(np.argmax(np.abs(g)))  # the largest entry: resolvable to 1e-6 relative
         old, eps = flat[k], 1e-5
         flat[k] = old + eps
         up = loss()
@@ -153,16 +157,43 @@ def train_losses(run):
 
 
 @pytest.mark.parametrize("first,second", [("cuda", "cpu"), ("cpu", "cuda")])
-def test_checkpoint_resumes_on_the_other_backend(cuda_backend, tiny_corpus, tmp_path, first,
-                                                 second):
-    cfg = dict(emb=4, hidden=4, bptt=4, batch_size=3, epochs=1, log_every=1, eval_batch_size=3,
-               seed=2, sparsity=0.5, optimizer="sgd", momentum=0.5, dropout=0.2)
-    full = train(make_config("small", **cfg, max_steps=5, device="cpu"), tmp_path / "full",
-                 tiny_corpus, quiet=True)
-    train(make_config("small", **cfg, max_steps=3, device=first), tmp_path / "part", tiny_corpus,
-          quiet=True)
-    resumed = train(make_config("small", **cfg, max_steps=5, device=second), tmp_path / "part",
-                    tiny_corpus, resume=True, quiet=True)
-    np.testing.assert_allclose(train_losses(tmp_path / "part"), train_losses(tmp_path / "full"),
-                               rtol=1e-5)
+def test_checkpoint_resumes_on_the_other_backend(
+    cuda_backend, tiny_corpus, tmp_path, first, second
+):
+    cfg = dict(
+        emb=4,
+        hidden=4,
+        bptt=4,
+        batch_size=3,
+        epochs=1,
+        log_every=1,
+        eval_batch_size=3,
+        seed=2,
+        sparsity=0.5,
+        optimizer="sgd",
+        momentum=0.5,
+        dropout=0.2,
+    )
+    full = train(
+        make_config("small", **cfg, max_steps=5, device="cpu"),
+        tmp_path / "full",
+        tiny_corpus,
+        quiet=True,
+    )
+    train(
+        make_config("small", **cfg, max_steps=3, device=first),
+        tmp_path / "part",
+        tiny_corpus,
+        quiet=True,
+    )
+    resumed = train(
+        make_config("small", **cfg, max_steps=5, device=second),
+        tmp_path / "part",
+        tiny_corpus,
+        resume=True,
+        quiet=True,
+    )
+    np.testing.assert_allclose(
+        train_losses(tmp_path / "part"), train_losses(tmp_path / "full"), rtol=1e-5
+    )
     assert resumed["step"] == full["step"] == 5

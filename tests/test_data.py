@@ -3,8 +3,15 @@
 import numpy as np
 import pytest
 
-from sparselm.data import (EOS, UNK, SentenceBatcher, StreamBatcher, load_corpus,
-                           read_lines, split_path)
+from sparselm.data import (
+    EOS,
+    UNK,
+    SentenceBatcher,
+    StreamBatcher,
+    load_corpus,
+    read_lines,
+    split_path,
+)
 from sparselm.errors import DataError
 
 
@@ -18,7 +25,7 @@ def write_corpus(folder, train, valid="a b\n", test="b a\n", prefix="ptb."):
 def test_vocabulary_order_and_eos(tmp_path):
     corpus = load_corpus(write_corpus(tmp_path / "c", "b a b\nc b\n"))
     v = corpus.vocab
-    assert v.words[:2] == ["b", EOS]          # by frequency (b: 3, <eos>: 2), then alphabetical
+    assert v.words[:2] == ["b", EOS]  # by frequency (b: 3, <eos>: 2), then alphabetical
     assert sorted(v.words) == sorted(["a", "b", "c", EOS])
     ids = corpus.stream("train")
     assert [v.words[i] for i in ids] == ["b", "a", "b", EOS, "c", "b", EOS]
@@ -68,7 +75,7 @@ def test_stream_batches_align_and_cover():
     assert b0.inputs.shape == (5, 4) and b0.reset and not b1.reset
     np.testing.assert_array_equal(b0.inputs[:, 1], np.arange(25, 30))
     np.testing.assert_array_equal(b0.targets, b0.inputs + 1)
-    np.testing.assert_array_equal(b1.inputs[0], b0.inputs[-1] + 1)   # streams continue
+    np.testing.assert_array_equal(b1.inputs[0], b0.inputs[-1] + 1)  # streams continue
     full = StreamBatcher(ids, batch_size=4, bptt=5, drop_last=False)
     assert len(full) == 5 and full.batch(4).inputs.shape == (4, 4)
     assert sum(b.n_tokens for b in full.batches()) == 4 * 24
@@ -78,9 +85,9 @@ def test_sentence_batches_pad_and_mask():
     lines = [np.array(x, dtype=np.int32) for x in ([5, 6, 0], [7, 0], [5, 5, 5, 6, 0], [8, 0])]
     sb = SentenceBatcher(lines, batch_size=2, eos=0, seed=1, shuffle=False)
     assert len(sb) == 2
-    first = sb.batch(0)                       # the two shortest lines
+    first = sb.batch(0)  # the two shortest lines
     assert first.reset and first.inputs.shape == (2, 2)
-    np.testing.assert_array_equal(first.inputs[0], [0, 0])       # <eos> starts each sample
+    np.testing.assert_array_equal(first.inputs[0], [0, 0])  # <eos> starts each sample
     batches = [sb.batch(g) for g in range(2)]
     assert sum(b.n_tokens for b in batches) == sum(len(x) for x in lines)
     last = batches[1]
@@ -95,6 +102,9 @@ def test_ptb_counts(ptb_path):
     corpus = load_corpus(ptb_path)
     assert len(corpus.vocab) == 10000
     assert {s: corpus.n_tokens(s) for s in ("train", "valid", "test")} == {
-        "train": 929589, "valid": 73760, "test": 82430}
+        "train": 929589,
+        "valid": 73760,
+        "test": 82430,
+    }
     assert split_path(ptb_path, "train").name == "ptb.train.txt"
     assert len(read_lines(ptb_path / "ptb.valid.txt")) == 3370

@@ -9,20 +9,47 @@ from click.testing import CliRunner
 
 from sparselm.cli import main
 from sparselm.counting import count_from_config
-from sparselm.experiments import (SCALES, STUDY_DENSITIES, RunSpec, experiment_runs,
-                                  fixed_nnz_hidden, read_events, run_grid, run_status,
-                                  write_results)
+from sparselm.experiments import (
+    SCALES,
+    STUDY_DENSITIES,
+    RunSpec,
+    experiment_runs,
+    fixed_nnz_hidden,
+    read_events,
+    run_grid,
+    run_status,
+    write_results,
+)
 from sparselm.train import train
 
-TINY = dict(emb=8, hidden=9, layers=2, bptt=5, batch_size=4, epochs=2, log_every=2,
-            eval_batch_size=3, seed=5, optimizer="adam", lr=0.01, loss_reduction="token")
+TINY = dict(
+    emb=8,
+    hidden=9,
+    layers=2,
+    bptt=5,
+    batch_size=4,
+    epochs=2,
+    log_every=2,
+    eval_batch_size=3,
+    seed=5,
+    optimizer="adam",
+    lr=0.01,
+    loss_reduction="token",
+)
 
 
 def tiny_grid(**extra):
     """A 2x1 grid: two densities x one optimiser, factorised output on the sparse one."""
-    return [RunSpec("dense", "test", "grid", {**TINY, **extra}, "small"),
-            RunSpec("sparse", "test", "grid", {**TINY, **extra, "sparsity": 0.3,
-                                               "output": "factorized"}, "small")]
+    return [
+        RunSpec("dense", "test", "grid", {**TINY, **extra}, "small"),
+        RunSpec(
+            "sparse",
+            "test",
+            "grid",
+            {**TINY, **extra, "sparsity": 0.3, "output": "factorized"},
+            "small",
+        ),
+    ]
 
 
 def quiet(_line):
@@ -45,8 +72,9 @@ def test_runs_skips_and_table_matches_folders(tiny_corpus, tmp_path):
         test = [e for e in events if e["event"] == "test"][-1]
         assert row["test_ppl"] == test["ppl"]
         assert row["best_valid_ppl"] == min(e["ppl"] for e in events if e["event"] == "valid")
-        assert row["steps"] == test["step"] and row["tokens_per_s"] == test["tokens"] / \
-            test["elapsed"]
+        assert (
+            row["steps"] == test["step"] and row["tokens_per_s"] == test["tokens"] / test["elapsed"]
+        )
         cfg = next(s for s in tiny_grid() if s.name == row["name"]).make_config()
         assert row["gate_nonzeros"] == count_from_config(cfg, 14)["totals"]["gate_nonzeros"]
         assert row["wall_s"] > 0
@@ -73,36 +101,73 @@ def test_resumes_an_interrupted_run(tiny_corpus, tmp_path):
 
 def test_local_processes(tiny_corpus, tmp_path):
     lines = []
-    results = run_grid(tiny_grid(epochs=1), tmp_path / "grid", tiny_corpus, jobs=2, threads=1,
-                       report=lines.append)
+    results = run_grid(
+        tiny_grid(epochs=1), tmp_path / "grid", tiny_corpus, jobs=2, threads=1, report=lines.append
+    )
     assert sorted(r["action"] for r in results) == ["trained", "trained"] and len(lines) == 2
     assert all(run_status(tmp_path / "grid" / n) == "done" for n in ("dense", "sparse"))
 
 
 def test_dask_local_cluster(tiny_corpus, tmp_path):
     distributed = pytest.importorskip("dask.distributed")
-    with distributed.LocalCluster(n_workers=2, processes=False, threads_per_worker=1,
-                                  dashboard_address=None) as cluster:
-        results = run_grid(tiny_grid(epochs=1), tmp_path / "grid", tiny_corpus,
-                           scheduler=cluster.scheduler_address, report=quiet)
+    with distributed.LocalCluster(
+        n_workers=2, processes=False, threads_per_worker=1, dashboard_address=None
+    ) as cluster:
+        results = run_grid(
+            tiny_grid(epochs=1),
+            tmp_path / "grid",
+            tiny_corpus,
+            scheduler=cluster.scheduler_address,
+            report=quiet,
+        )
     assert sorted(r["action"] for r in results) == ["trained", "trained"]
     assert all(run_status(tmp_path / "grid" / n) == "done" for n in ("dense", "sparse"))
 
 
 def test_scheduler_without_dask_is_one_line(tiny_corpus, tmp_path, monkeypatch):
     import sys
-    monkeypatch.setitem(sys.modules, "dask.distributed", None)     # import fails
-    result = CliRunner().invoke(main, ["sweep", "--data", str(tiny_corpus), "--out",
-                                       str(tmp_path / "g"), "--set", "hidden=4",
-                                       "--scheduler", "tcp://127.0.0.1:1"])
+
+    monkeypatch.setitem(sys.modules, "dask.distributed", None)  # import fails
+    result = CliRunner().invoke(
+        main,
+        [
+            "sweep",
+            "--data",
+            str(tiny_corpus),
+            "--out",
+            str(tmp_path / "g"),
+            "--set",
+            "hidden=4",
+            "--scheduler",
+            "tcp://127.0.0.1:1",
+        ],
+    )
     assert result.exit_code == 1
     assert result.output.strip().splitlines()[-1].startswith("error: --scheduler needs dask")
 
 
 def test_sweep_cli_end_to_end(tiny_corpus, tmp_path):
-    args = ["sweep", "--preset", "small", "--data", str(tiny_corpus), "--out", str(tmp_path / "g"),
-            "--set", "hidden=4,9", "--set", "emb=8", "--set", "output=factorized",
-            "--set", "bptt=5", "--set", "batch_size=4", "--epochs", "1"]
+    args = [
+        "sweep",
+        "--preset",
+        "small",
+        "--data",
+        str(tiny_corpus),
+        "--out",
+        str(tmp_path / "g"),
+        "--set",
+        "hidden=4,9",
+        "--set",
+        "emb=8",
+        "--set",
+        "output=factorized",
+        "--set",
+        "bptt=5",
+        "--set",
+        "batch_size=4",
+        "--epochs",
+        "1",
+    ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     md = (tmp_path / "g" / "results.md").read_text()
@@ -120,7 +185,7 @@ def test_experiment_grids():
     exp2 = experiment_runs("exp2", "study")
     assert len(exp2) == 14 and {r.config["output"] for r in exp2} == {"factorized", "softmax"}
     for spec in exp2:
-        cfg = spec.make_config()                  # validates: factorised needs a square H
+        cfg = spec.make_config()  # validates: factorised needs a square H
         assert math.isqrt(cfg.hidden) ** 2 == cfg.hidden
     # H sqrt(d) constant, up to the rounding to a square
     sparse = [r.make_config() for r in exp2 if r.group == "fixed-nnz" and r.config["sparsity"] < 1]
@@ -133,8 +198,10 @@ def test_cpu_scale_keeps_the_study_fan_in():
     """floor(d (I + H)) of every gate row is the same at both scales (E, H / 10; d x 10)."""
     study, cpu = SCALES["study"], SCALES["cpu"]
     for d in STUDY_DENSITIES:
-        for n_in_study, n_in_cpu in ((study.emb + study.hidden, cpu.emb + cpu.hidden),
-                                     (2 * study.hidden, 2 * cpu.hidden)):
+        for n_in_study, n_in_cpu in (
+            (study.emb + study.hidden, cpu.emb + cpu.hidden),
+            (2 * study.hidden, 2 * cpu.hidden),
+        ):
             k = cpu.density_factor
             assert math.floor(d * n_in_study + 1e-9) == math.floor(d * k * n_in_cpu + 1e-9)
 
@@ -152,11 +219,14 @@ def test_documented_commands_parse(tmp_path, monkeypatch):
     import re
     import shlex
     from pathlib import Path
+
     doc = (Path(__file__).resolve().parent.parent / "docs" / "EXPERIMENTS.md").read_text()
     monkeypatch.chdir(tmp_path)
-    commands = [shlex.split(line, comments=True)
-                for block in re.findall(r"```bash\n(.*?)```", doc, flags=re.S)
-                for line in block.replace("\\\n", " ").splitlines()]
+    commands = [
+        shlex.split(line, comments=True)
+        for block in re.findall(r"```bash\n(.*?)```", doc, flags=re.S)
+        for line in block.replace("\\\n", " ").splitlines()
+    ]
     commands = [c for c in commands if c[:1] == ["sparselm"]]
     assert len(commands) >= 4
     for words in commands:

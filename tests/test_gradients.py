@@ -20,8 +20,18 @@ EPS = 1e-4
 
 
 def tiny_model(**overrides) -> LanguageModel:
-    cfg = make_config("small", emb=E, hidden=H, layers=L, bptt=T, batch_size=B, dtype="float64",
-                      init_scale=0.5, seed=3, **overrides)
+    cfg = make_config(
+        "small",
+        emb=E,
+        hidden=H,
+        layers=L,
+        bptt=T,
+        batch_size=B,
+        dtype="float64",
+        init_scale=0.5,
+        seed=3,
+        **overrides,
+    )
     return LanguageModel(cfg, V)
 
 
@@ -31,7 +41,7 @@ def random_batch(rng, masked: bool) -> Batch:
     mask = None
     if masked:
         mask = np.ones((T, B))
-        mask[T - 1, 0] = mask[T - 2:, 2] = 0.0     # ragged lengths, as sentence batching makes
+        mask[T - 1, 0] = mask[T - 2 :, 2] = 0.0  # ragged lengths, as sentence batching makes
     return Batch(inputs, targets, mask, reset=False)
 
 
@@ -83,8 +93,13 @@ def run_gradient_check(model, masked=False, seed=0):
         check_entries(array, grads[name], f, rng, name)
     for layer in range(L):
         for which in range(2):
-            check_entries(state[layer][which], state_grads[layer][which], f, rng,
-                          f"state {layer} {'hc'[which]}")
+            check_entries(
+                state[layer][which],
+                state_grads[layer][which],
+                f,
+                rng,
+                f"state {layer} {'hc'[which]}",
+            )
 
 
 @pytest.mark.parametrize("reduction", ["batch", "token"])
@@ -112,8 +127,9 @@ def test_sparse_uniform_mask():
 @pytest.mark.parametrize("reduction", ["batch", "token"])
 def test_factorized_output(reduction):
     # H = 4 = 2 x 2: the output layer sees h through its 2 row sums and 2 column sums.
-    run_gradient_check(tiny_model(output="factorized", loss_reduction=reduction, dropout=0.2),
-                       masked=True, seed=5)
+    run_gradient_check(
+        tiny_model(output="factorized", loss_reduction=reduction, dropout=0.2), masked=True, seed=5
+    )
 
 
 def test_factorized_output_sparse_gates():

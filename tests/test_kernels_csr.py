@@ -14,12 +14,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import naive
 import numpy as np
 import pytest
 
 from sparselm.csr import CSRMatrix, csr_random
 from sparselm.device import is_device_array
-import naive
 
 DTYPES = [np.float32, np.float64]
 # float32 on a GPU runs with fast math (FMA contraction): a few ulp, hence 2e-5
@@ -41,15 +41,17 @@ def assert_close(got, ref, dtype):
 def references(w, x, dy):
     """The three products of the host CSRMatrix w in float64: {name: (operands, reference)}."""
     args = (w.data, w.indices, w.indptr, w.shape)
-    return {"matmul": ((x,), naive.csr_matmul_ref(*args, x)),
-            "matmul_t": ((dy,), naive.csr_matmul_t_ref(*args, dy)),
-            "sddmm": ((dy, x), naive.csr_sddmm_ref(w.indices, w.indptr, w.shape, dy, x))}
+    return {
+        "matmul": ((x,), naive.csr_matmul_ref(*args, x)),
+        "matmul_t": ((dy,), naive.csr_matmul_t_ref(*args, dy)),
+        "sddmm": ((dy, x), naive.csr_sddmm_ref(w.indices, w.indptr, w.shape, dy, x)),
+    }
 
 
 def fortran(be, a):
     """a as an F-contiguous array on the backend (the backend's `dev` makes C-contiguous ones)."""
     if be.name == "cpu":
-        return np.array(a, order="F")          # a copy, even when a is F-contiguous already
+        return np.array(a, order="F")  # a copy, even when a is F-contiguous already
     from numba import cuda
 
     return cuda.to_device(np.array(a, order="F"))
@@ -77,7 +79,7 @@ def check_products(be, w, m, rng, accumulate=None, values_on_backend=False, feat
             res = getattr(matrix, name)(*args, out=out, accumulate=accumulate)
             assert res is out, name
             ref = ref + start if accumulate else ref
-        assert is_device_array(res) == (be.name == "cuda"), name    # ran on the operands' side
+        assert is_device_array(res) == (be.name == "cuda"), name  # ran on the operands' side
         got = be.host(res)
         assert got.shape == ref.shape and got.dtype == w.dtype, name
         assert_close(got, ref, w.dtype)
@@ -92,8 +94,9 @@ def from_dense(dense):
 
 
 def no_entries(rows, cols, dtype):
-    return CSRMatrix(np.zeros(0, dtype), np.zeros(0, np.int32), np.zeros(rows + 1, np.int32),
-                     (rows, cols))
+    return CSRMatrix(
+        np.zeros(0, dtype), np.zeros(0, np.int32), np.zeros(rows + 1, np.int32), (rows, cols)
+    )
 
 
 # name: ((R, C, density, M, mask) on the CPU, its tiny counterpart on the simulator). The CPU's
@@ -160,8 +163,8 @@ def test_empty_rows_and_columns(kernel_backend, dtype):
     rows, cols, m = pick(kernel_backend, (70, 30, 9), (9, 7, 4))
     dense = rng.standard_normal((rows, cols)).astype(dtype)
     dense[rng.random(dense.shape) < 0.5] = 0
-    dense[[0, rows // 2, rows // 2 + 1, rows - 1]] = 0   # empty rows: first, adjacent, last
-    dense[:, [0, cols // 2, cols - 1]] = 0                # empty columns: first, middle, last
+    dense[[0, rows // 2, rows // 2 + 1, rows - 1]] = 0  # empty rows: first, adjacent, last
+    dense[:, [0, cols // 2, cols - 1]] = 0  # empty columns: first, middle, last
     check_products(kernel_backend, from_dense(dense), m, rng)
 
 
@@ -189,7 +192,7 @@ def test_no_entries_zeroes_or_keeps_out(kernel_backend, dtype):
     for name, args, shape in [("matmul", (x,), (3, 5)), ("matmul_t", (dy,), (3, 4))]:
         out = be.dev(np.full(shape, np.nan, dtype))
         getattr(w, name)(*args, out=out)
-        assert not be.host(out).any(), name                 # overwritten with zeros
+        assert not be.host(out).any(), name  # overwritten with zeros
         kept = be.dev(np.full(shape, 2.0, dtype))
         getattr(w, name)(*args, out=kept, accumulate=True)
         assert (be.host(kept) == 2.0).all(), name
@@ -205,7 +208,7 @@ def test_zero_batch_rows(kernel_backend, dtype):
     assert be.host(w.matmul_t(dy)).shape == (0, 4)
     grad = be.dev(np.full(w.nnz, 3.0, dtype))
     w.sddmm(dy, x, out=grad)
-    assert not be.host(grad).any()                          # an empty sum is zero
+    assert not be.host(grad).any()  # an empty sum is zero
     kept = be.dev(np.full(w.nnz, 3.0, dtype))
     w.sddmm(dy, x, out=kept, accumulate=True)
     assert (be.host(kept) == 3.0).all()
@@ -226,10 +229,10 @@ def test_raw_kernels(kernel_backend, dtype, accumulate):
     starts = {name: rng.standard_normal(ref.shape).astype(dtype) for name, (_, ref) in refs.items()}
     outs = {name: be.dev(start) for name, start in starts.items()}
     data, indices, indptr, t_perm, t_indices, t_indptr = (
-        be.dev(a) for a in (w.data, w.indices, w.indptr, w.t_perm, w.t_indices, w.t_indptr))
+        be.dev(a) for a in (w.data, w.indices, w.indptr, w.t_perm, w.t_indices, w.t_indptr)
+    )
     be.csr.csr_matmul(data, indices, indptr, be.dev(x), outs["matmul"], accumulate)
-    be.csr.csr_matmul_t(data, t_perm, t_indices, t_indptr, be.dev(dy), outs["matmul_t"],
-                        accumulate)
+    be.csr.csr_matmul_t(data, t_perm, t_indices, t_indptr, be.dev(dy), outs["matmul_t"], accumulate)
     sums = be.dev(np.zeros(rows, dtype))
     be.csr.csr_sddmm(indices, indptr, be.dev(dy), be.dev(x), outs["sddmm"], accumulate, sums)
     assert_close(be.host(sums), dy.astype(np.float64).sum(axis=0), dtype)
@@ -251,7 +254,7 @@ def test_sddmm_column_sums(kernel_backend, dtype, m):
     rows, cols = pick(be, (70, 33), (9, 6))
     m = min(m, pick(be, m, 5))
     w = csr_random(rows, cols, 0.05, rng, mask="uniform", dtype=dtype, scale=1.0)
-    assert (np.diff(w.indptr) == 0).any()                     # some rows have no entries
+    assert (np.diff(w.indptr) == 0).any()  # some rows have no entries
     x = rng.standard_normal((m, cols)).astype(dtype)
     dy = rng.standard_normal((m, rows)).astype(dtype)
     sums = be.dev(np.full(rows, np.nan, dtype))
@@ -268,8 +271,9 @@ def test_sddmm_column_sums(kernel_backend, dtype, m):
     dense_sums = be.dev(np.full(rows, np.nan, dtype))
     dense2 = be.dev(np.zeros((rows, cols + 3), dtype))
     dense_of = lambda a: DenseMatrix(be.dev(a.to_dense()), get_backend(be.name))  # noqa: E731
-    dense_of(w).sddmm(be.dev(dy), be.dev(x), col_sums=dense_sums,
-                      pair=(dense_of(w2), be.dev(x2), dense2))
+    dense_of(w).sddmm(
+        be.dev(dy), be.dev(x), col_sums=dense_sums, pair=(dense_of(w2), be.dev(x2), dense2)
+    )
     assert_close(be.host(dense_sums), dy.astype(np.float64).sum(axis=0), dtype)
     assert_close(be.host(dense2), dy.astype(np.float64).T @ x2, dtype)
     with pytest.raises(ValueError, match="col_sums"):
@@ -284,19 +288,27 @@ def test_rejects_bad_operands(kernel_backend):
     x, wide, dy = (rng.standard_normal(s).astype(np.float32) for s in [(4, 6), (4, 12), (4, 10)])
     d = be.dev
 
-    def strided(a):     # a's values in a non-contiguous view on the backend (a device .T copies)
+    def strided(a):  # a's values in a non-contiguous view on the backend (a device .T copies)
         return d(np.repeat(a, 2, axis=1))[:, ::2]
 
     bad = {
-        "C-contiguous": [lambda: w.matmul(strided(x)), lambda: w.sddmm(d(dy), strided(x)),
-                         lambda: w.matmul_t(strided(dy)),
-                         lambda: w.matmul(d(x), out=strided(np.empty((4, 10), np.float32)))],
-        "dtype": [lambda: w.matmul(d(x.astype(np.float64))),
-                  lambda: w.sddmm(d(dy), d(x), out=be.empty(w.nnz, np.float64))],
-        "shape|rows|2-D": [lambda: w.matmul(d(wide)), lambda: w.matmul_t(d(dy[:, :9].copy())),
-                           lambda: w.matmul(d(x), out=be.empty((4, 9), np.float32)),
-                           lambda: w.sddmm(d(dy[:3].copy()), d(x)),
-                           lambda: w.matmul(d(np.ones(6, np.float32)))],
+        "C-contiguous": [
+            lambda: w.matmul(strided(x)),
+            lambda: w.sddmm(d(dy), strided(x)),
+            lambda: w.matmul_t(strided(dy)),
+            lambda: w.matmul(d(x), out=strided(np.empty((4, 10), np.float32))),
+        ],
+        "dtype": [
+            lambda: w.matmul(d(x.astype(np.float64))),
+            lambda: w.sddmm(d(dy), d(x), out=be.empty(w.nnz, np.float64)),
+        ],
+        "shape|rows|2-D": [
+            lambda: w.matmul(d(wide)),
+            lambda: w.matmul_t(d(dy[:, :9].copy())),
+            lambda: w.matmul(d(x), out=be.empty((4, 9), np.float32)),
+            lambda: w.sddmm(d(dy[:3].copy()), d(x)),
+            lambda: w.matmul(d(np.ones(6, np.float32))),
+        ],
     }
     for pattern, calls in bad.items():
         for call in calls:
@@ -309,8 +321,22 @@ def test_cpu_bench_quick_smoke():
     """CPU only: scripts/bench_kernels.py --quick (the CPU kernels' benchmark) runs end to end,
     a few seconds once kernels are cached."""
     script = Path(__file__).resolve().parent.parent / "scripts" / "bench_kernels.py"
-    res = subprocess.run([sys.executable, str(script), "--quick", "--reps", "1", "--target-ms",
-                          "0.2", "--threads", "1"], capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            "--quick",
+            "--reps",
+            "1",
+            "--target-ms",
+            "0.2",
+            "--threads",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     summary = json.loads(res.stdout.strip().splitlines()[-1])
     assert summary["benchmark"] == "csr_kernels" and summary["points"] == 2
@@ -327,8 +353,13 @@ def test_cpu_scatter_transpose_product(dtype, out_rows):
     from sparselm.kernels import cpu_csr
 
     rng = np.random.default_rng(12)
-    for rows, cols, density, m in ((70, 37, 0.2, 20), (9, 50, 0.3, 1), (130, 16, 0.5, 16),
-                                   (33, 41, 0.1, 40), (5, 3, 0.0, 3)):
+    for rows, cols, density, m in (
+        (70, 37, 0.2, 20),
+        (9, 50, 0.3, 1),
+        (130, 16, 0.5, 16),
+        (33, 41, 0.1, 40),
+        (5, 3, 0.0, 3),
+    ):
         dense = rng.standard_normal((rows, cols)).astype(dtype)
         dense[rng.random(dense.shape) >= density] = 0
         w = from_dense(dense)
@@ -375,16 +406,17 @@ def test_cpu_transpose_cols_pads_every_batch_edge(dtype):
             cpu_csr.transpose_cols(a, at, s0, s1, s0)
             want = np.zeros((s1 - s0, mp), dtype)
             want[:, :m] = a[:, s0:s1].T
-            np.testing.assert_array_equal(at[:s1 - s0], want, err_msg=f"m={m} cols {s0}:{s1}")
-            assert np.isnan(at[s1 - s0:]).all(), f"m={m}: wrote past the range"
+            np.testing.assert_array_equal(at[: s1 - s0], want, err_msg=f"m={m} cols {s0}:{s1}")
+            assert np.isnan(at[s1 - s0 :]).all(), f"m={m}: wrote past the range"
 
 
 def check_paired_sddmm(w, w2, x, x2, dy):
     """w.sddmm with column sums and w2 paired (x2 its operand), overwriting NaN-filled outputs
     then accumulating, against the float64 references."""
     dtype = w.dtype
-    ref, ref2 = (naive.csr_sddmm_ref(a.indices, a.indptr, a.shape, dy, b)
-                 for a, b in ((w, x), (w2, x2)))
+    ref, ref2 = (
+        naive.csr_sddmm_ref(a.indices, a.indptr, a.shape, dy, b) for a, b in ((w, x), (w2, x2))
+    )
     sums = np.full(w.shape[0], np.nan, dtype)
     out2 = np.full(w2.nnz, np.nan, dtype)
     grad = w.sddmm(dy, x, col_sums=sums, pair=(w2, x2, out2))
@@ -403,17 +435,24 @@ def test_cpu_products_every_form(dtype, form):
     task per thread, each transposing the operand itself; many tasks over one shared copy),
     on shapes asserted to take it, both output layouts, overwrite and accumulate."""
     from conftest import KernelBackend
+
     from sparselm.kernels import cpu_csr
 
     cpu = KernelBackend("cpu", None, cpu_csr, None, np.array, np.empty, np.asarray)
-    rows, cols, density, m = {"serial": (40, 30, 0.3, 5), "own x^T": (800, 300, 0.2, 20),
-                              "shared x^T": (400, 300, 0.2, 450)}[form]
+    rows, cols, density, m = {
+        "serial": (40, 30, 0.3, 5),
+        "own x^T": (800, 300, 0.2, 20),
+        "shared x^T": (400, 300, 0.2, 450),
+    }[form]
     rng = np.random.default_rng(17)
     w = csr_random(rows, cols, density, rng, mask="uniform", dtype=dtype)
-    for operand, width in ((np.empty((m, cols), dtype), rows), (np.empty((m, rows), dtype), cols)):
+    for operand, _width in ((np.empty((m, cols), dtype), rows), (np.empty((m, rows), dtype), cols)):
         small = cpu_csr._small(w.nnz, m, rows, cols)
         assert (small, cpu_csr._own_xt_pays(w.nnz * m, operand)) == {
-            "serial": (True, True), "own x^T": (False, True), "shared x^T": (False, False)}[form]
+            "serial": (True, True),
+            "own x^T": (False, True),
+            "shared x^T": (False, False),
+        }[form]
     for accumulate in (None, False, True):
         for feature_major in (False, True):
             check_products(cpu, w, m, rng, accumulate, feature_major=feature_major)
@@ -427,8 +466,11 @@ def test_cpu_sddmm_every_form(dtype, form):
     column sums, a paired second matrix (narrower x2), empty rows, overwrite and accumulate."""
     from sparselm.kernels import cpu_csr
 
-    rows, cols, density, m = {"serial": (40, 30, 0.3, 5), "own x^T": (800, 300, 0.1, 20),
-                              "shared x^T": (200, 300, 0.1, 450)}[form]
+    rows, cols, density, m = {
+        "serial": (40, 30, 0.3, 5),
+        "own x^T": (800, 300, 0.1, 20),
+        "shared x^T": (200, 300, 0.1, 450),
+    }[form]
     rng = np.random.default_rng(16)
     dense = rng.standard_normal((rows, cols)).astype(dtype)
     dense[rng.random(dense.shape) >= density] = 0
@@ -439,8 +481,9 @@ def test_cpu_sddmm_every_form(dtype, form):
     expected = ("serial", "own x^T", "shared x^T").index(form)
     assert cpu_csr._sddmm_form(w.nnz + w2.nnz, m, rows, x) == expected
     check_paired_sddmm(w, w2, x, x2, dy)
-    assert_close(w.sddmm(dy, x), naive.csr_sddmm_ref(w.indices, w.indptr, w.shape, dy, x),
-                 dtype)                                     # alone, no pair, no sums
+    assert_close(
+        w.sddmm(dy, x), naive.csr_sddmm_ref(w.indices, w.indptr, w.shape, dy, x), dtype
+    )  # alone, no pair, no sums
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -455,12 +498,13 @@ def test_cpu_sddmm_in_column_slices(dtype):
     rows, cols, m = 150, 300, 450
     dense = rng.standard_normal((rows, cols)).astype(dtype)
     dense[rng.random(dense.shape) >= 0.1] = 0
-    dense[[0, 70, 149]] = 0                                   # empty rows, one at each end
+    dense[[0, 70, 149]] = 0  # empty rows, one at each end
     w, w2 = from_dense(dense), from_dense(dense[:, :100].copy())
     x, x2 = (rng.standard_normal((m, c)).astype(dtype) for c in (cols, 100))
     dy = rng.standard_normal((m, rows)).astype(dtype)
     xt = cpu_csr._transposed(x)
-    assert cpu_csr._tiles_pay(xt, w.indptr) and not cpu_csr._tiles_pay(cpu_csr._transposed(x2),
-                                                                       w2.indptr)
+    assert cpu_csr._tiles_pay(xt, w.indptr) and not cpu_csr._tiles_pay(
+        cpu_csr._transposed(x2), w2.indptr
+    )
     assert rows % cpu_csr._TILE_ROWS and cols % cpu_csr._TILE_COLS
     check_paired_sddmm(w, w2, x, x2, dy)

@@ -52,7 +52,7 @@ def close(got, want, dtype, scale=1.0):
 def test_csr_pattern_copied_once_per_pattern(kc):
     w = csr_random(9, 6, 0.6, np.random.default_rng(1), "uniform", np.float64)
     pattern = kc.csr_pattern(w)
-    assert kc.csr_pattern(w.with_data(w.data * 2)) is pattern     # shared by with_data
+    assert kc.csr_pattern(w.with_data(w.data * 2)) is pattern  # shared by with_data
     host = (w.indices, w.indptr, w.t_indices, w.t_indptr, w.t_perm)
     for got, want in zip(pattern, host, strict=True):
         np.testing.assert_array_equal(got.copy_to_host(), want)
@@ -65,10 +65,9 @@ def test_csr_pattern_copied_once_per_pattern(kc):
 def test_softmax_without_grad_and_nan(kc):
     """Host arrays are accepted, and without grad the logits are left as they were."""
     logits = np.zeros((3, 4))
-    logits[2, 1] = np.nan                               # a NaN loss must stay visible
+    logits[2, 1] = np.nan  # a NaN loss must stay visible
     work, dbias, nll = kc.to_device(logits), kc.zeros(4, np.float64), kc.empty(3, np.float64)
-    kc.softmax_xent(work, np.zeros(4), np.array([0, 3, 2], np.int32), np.ones(3), nll, dbias,
-                    False)
+    kc.softmax_xent(work, np.zeros(4), np.array([0, 3, 2], np.int32), np.ones(3), nll, dbias, False)
     got = nll.copy_to_host()
     np.testing.assert_allclose(got[:2], np.log(4))
     assert np.isnan(got[2])
@@ -86,7 +85,7 @@ def test_gemm_larger_tile_and_edge_cases(kc, monkeypatch):
     kc.gemm(a, b, out)
     close(out, a @ b, np.float64)
     out = kc.to_device(np.full((2, 3), np.nan))
-    kc.gemm(kc.empty((2, 0), np.float64), kc.empty((0, 3), np.float64), out)    # K = 0
+    kc.gemm(kc.empty((2, 0), np.float64), kc.empty((0, 3), np.float64), out)  # K = 0
     assert not out.copy_to_host().any()
     with pytest.raises(ValueError, match="shapes do not match"):
         kc.gemm(a, b, kc.empty((6, 4), np.float64))
@@ -99,6 +98,7 @@ def test_gemm_routes_to_cupy_when_present(kc, monkeypatch, trans_a, trans_b):
     CuPy's views device memory: the result must land in `out`, transposes and accumulate
     included, and the tiled kernel must not run."""
     import types
+
     if not hasattr(kc.empty((1,), np.float64), "_ary"):
         pytest.skip("needs the simulator's arrays")
     calls = []
@@ -109,7 +109,7 @@ def test_gemm_routes_to_cupy_when_present(kc, monkeypatch, trans_a, trans_b):
 
     fake = types.SimpleNamespace(asarray=lambda arr: arr._ary, matmul=matmul)
     monkeypatch.setattr(kc, "_CUPY", [fake])
-    monkeypatch.setattr(kc, "_gemm_kernel", None)          # any use of the tiled path fails
+    monkeypatch.setattr(kc, "_gemm_kernel", None)  # any use of the tiled path fails
     rng = np.random.default_rng(11)
     a = rng.normal(size=(3, 4) if trans_a else (4, 3))
     b = rng.normal(size=(5, 3) if trans_b else (3, 5))
@@ -117,8 +117,9 @@ def test_gemm_routes_to_cupy_when_present(kc, monkeypatch, trans_a, trans_b):
     out = kc.empty((4, 5), np.float64)
     kc.gemm(kc.to_device(a), kc.to_device(b), out, trans_a=trans_a, trans_b=trans_b)
     close(out, want, np.float64)
-    kc.gemm(kc.to_device(a), kc.to_device(b), out, accumulate=True, trans_a=trans_a,
-            trans_b=trans_b)
+    kc.gemm(
+        kc.to_device(a), kc.to_device(b), out, accumulate=True, trans_a=trans_a, trans_b=trans_b
+    )
     close(out, 2 * want, np.float64)
     assert calls == [((4, 3), (3, 5))] * 2
 
@@ -126,6 +127,7 @@ def test_gemm_routes_to_cupy_when_present(kc, monkeypatch, trans_a, trans_b):
 def test_no_cupy_under_the_simulator(kc, monkeypatch):
     monkeypatch.setattr(kc, "_CUPY", [])
     from sparselm.device import simulator_enabled
+
     if not simulator_enabled():
         pytest.skip("a real GPU: CuPy may legitimately be used")
     assert kc.cupy_module() is None
@@ -205,9 +207,14 @@ def test_cuda_without_gpu_is_a_config_error(tmp_path):
         print("CLI", res.exit_code, len(out.splitlines()), "Traceback" in out, out)
     """)
     env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "0"}
-    res = subprocess.run([sys.executable, "-c", script, str(tmp_path / "run")], env=env,
-                         capture_output=True, text=True,
-                         timeout=120, cwd=os.path.dirname(os.path.dirname(__file__)))
+    res = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "run")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=os.path.dirname(os.path.dirname(__file__)),
+    )
     assert res.returncode == 0, res.stderr
     if "HAS-GPU" in res.stdout:
         pytest.skip("a real GPU is present")
@@ -231,8 +238,14 @@ def test_every_kernel_compiles_for_a_real_gpu():
         print("COMPILED", len(cuda.compile_all((9, 0))))
     """)
     env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "0"}
-    res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
-                         timeout=600, cwd=os.path.dirname(os.path.dirname(__file__)))
+    res = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=os.path.dirname(os.path.dirname(__file__)),
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     if "NO-NVVM" in res.stdout:
         pytest.skip(res.stdout.strip())

@@ -3,12 +3,12 @@ tests/naive.py, once per backend (the `kernel_backend` fixture: CPU, then CUDA o
 simulator or a real GPU), and the error bounds of the CPU's float32 approximations (float64 runs
 libm: exact)."""
 
+import naive
 import numpy as np
 import pytest
 from numba import njit
 
 from sparselm.kernels import cpu
-import naive
 
 TOL = {np.float32: dict(rtol=2e-5, atol=2e-6), np.float64: dict(rtol=1e-12, atol=1e-13)}
 DTYPES = [np.float32, np.float64]
@@ -40,8 +40,15 @@ def test_exp_approx_error_bound():
     logits = rng.uniform(-80, 0, (4, 5000)).astype(np.float32)
     logits[:, 0] = 0.0
     nll = np.empty(4)
-    cpu.softmax_xent(logits.copy(), np.zeros(5000, np.float32), np.zeros(4, np.int32),
-                     np.ones(4, np.float32), nll, np.zeros(5000, np.float32), False)
+    cpu.softmax_xent(
+        logits.copy(),
+        np.zeros(5000, np.float32),
+        np.zeros(4, np.int32),
+        np.ones(4, np.float32),
+        nll,
+        np.zeros(5000, np.float32),
+        False,
+    )
     ref = np.log(np.exp(logits.astype(np.float64)).sum(axis=1))
     assert np.abs(nll - ref).max() < 3e-7
 
@@ -55,11 +62,11 @@ def test_row_max_simd(dtype, nv):
     row, bias = rng.normal(0, 3, nv).astype(dtype), rng.normal(0, 1, nv).astype(dtype)
     for where in {0, nv // 2, nv - 1}:
         spiked = row.copy()
-        spiked[where] = 50.0                                # the maximum at every position
+        spiked[where] = 50.0  # the maximum at every position
         assert cpu._row_max(spiked, bias) == np.max(spiked + bias)
     assert cpu._row_max(row, bias) == np.max(row + bias)
     if nv > 1:
-        row[nv // 3] = np.nan                               # skipped (the NLL shows the NaN)
+        row[nv // 3] = np.nan  # skipped (the NLL shows the NaN)
         assert cpu._row_max(row, bias) == np.nanmax(row + bias)
 
 
@@ -84,9 +91,9 @@ def test_lstm_cell_backward(kernel_backend, dtype):
     be = kernel_backend
     rng = np.random.default_rng(1)
     nb, nh = 4, 7
-    gates, c, tanh_c, _ = naive.lstm_cell_forward_ref(rng.normal(size=(nb, 4 * nh)),
-                                                      rng.normal(size=(nb, 4 * nh)),
-                                                      rng.normal(size=(nb, nh)))
+    gates, c, tanh_c, _ = naive.lstm_cell_forward_ref(
+        rng.normal(size=(nb, 4 * nh)), rng.normal(size=(nb, 4 * nh)), rng.normal(size=(nb, nh))
+    )
     c_prev = rng.normal(size=(nb, nh))
     dh_out, dh_rec, dc = (rng.normal(size=(nb, nh)) for _ in range(3))
     args = [a.astype(dtype) for a in (dh_out, dh_rec, dc, gates, c_prev, tanh_c)]
@@ -109,25 +116,34 @@ def test_softmax_xent(kernel_backend, dtype, n, nv):
     bias = rng.normal(0, 1, nv).astype(dtype)
     targets = rng.integers(0, nv, n).astype(np.int32)
     weights = rng.uniform(0, 1, n).astype(dtype)
-    weights[0] = 0.0                                    # a masked row
+    weights[0] = 0.0  # a masked row
     want_nll, want_grad, want_db = naive.softmax_xent_ref(logits + bias, targets, weights)
     work, dbias, nll = be.dev(logits), be.dev(np.ones(nv, dtype)), be.empty(n, np.float64)
     be.k.softmax_xent(work, be.dev(bias), be.dev(targets), be.dev(weights), nll, dbias, True)
-    np.testing.assert_allclose(be.host(nll), want_nll,
-                               **(dict(rtol=1e-6, atol=1e-6) if dtype == np.float32
-                                  else dict(rtol=1e-12)))
+    np.testing.assert_allclose(
+        be.host(nll),
+        want_nll,
+        **(dict(rtol=1e-6, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12)),
+    )
     close(be, work, want_grad, dtype)
-    close(be, dbias, 1.0 + want_db, dtype)              # accumulates
+    close(be, dbias, 1.0 + want_db, dtype)  # accumulates
     np.testing.assert_array_equal(be.host(work)[0], 0.0)
 
 
 def test_softmax_without_grad_leaves_bias_grad(kernel_backend):
     be = kernel_backend
     logits = np.zeros((3, 4))
-    logits[2, 1] = np.nan                               # a NaN loss must stay visible
+    logits[2, 1] = np.nan  # a NaN loss must stay visible
     dbias, nll = be.dev(np.zeros(4)), be.empty(3, np.float64)
-    be.k.softmax_xent(be.dev(logits), be.dev(np.zeros(4)), be.dev(np.array([0, 3, 2], np.int32)),
-                      be.dev(np.ones(3)), nll, dbias, False)
+    be.k.softmax_xent(
+        be.dev(logits),
+        be.dev(np.zeros(4)),
+        be.dev(np.array([0, 3, 2], np.int32)),
+        be.dev(np.ones(3)),
+        nll,
+        dbias,
+        False,
+    )
     got = be.host(nll)
     np.testing.assert_allclose(got[:2], np.log(4))
     assert np.isnan(got[2])
@@ -152,8 +168,9 @@ def test_sum_squares(kernel_backend, dtype):
     x = np.random.default_rng(3).normal(size=1001).astype(dtype)
     # the CPU's float32 chunks sum in float32; the GPU and float64 sum in float64
     rel = 1e-6 if dtype == np.float32 and be.name == "cpu" else 1e-12
-    assert be.k.sum_squares(be.dev(x)) == pytest.approx(float((x.astype(np.float64) ** 2).sum()),
-                                                        rel=rel)
+    assert be.k.sum_squares(be.dev(x)) == pytest.approx(
+        float((x.astype(np.float64) ** 2).sum()), rel=rel
+    )
     assert be.k.sum_squares(be.empty(0, dtype)) == 0.0
 
 
@@ -185,12 +202,13 @@ def test_adam_update(kernel_backend, dtype):
 
 # -- array operations of the step (kernels/cpu_arrays.py and their CUDA namesakes) ----------------
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, False), (False, True),
-                                             (True, True)])
+@pytest.mark.parametrize(
+    "trans_a,trans_b", [(False, False), (True, False), (False, True), (True, True)]
+)
 def test_gemm(kernel_backend, dtype, trans_a, trans_b):
     kb, ops = kernel_backend, kernel_backend.arrays
     rng = np.random.default_rng(6)
-    m, k, n = 5, 3, 7                       # CUDA tile 2 (8 threads): edges in every dimension
+    m, k, n = 5, 3, 7  # CUDA tile 2 (8 threads): edges in every dimension
     a = rng.normal(size=(k, m) if trans_a else (m, k)).astype(dtype)
     b = rng.normal(size=(n, k) if trans_b else (k, n)).astype(dtype)
     want = (a.T if trans_a else a).astype(np.float64) @ (b.T if trans_b else b)
@@ -223,7 +241,7 @@ def test_copy_mul(kernel_backend, dtype):
     dst = kb.empty((2, 5, 7), dtype)
     ops.copy(dst, kb.dev(x))
     np.testing.assert_array_equal(kb.host(dst), x)
-    ops.mul(dst, kb.dev(y), dst)                      # in place, as the dropout backward does
+    ops.mul(dst, kb.dev(y), dst)  # in place, as the dropout backward does
     close(kb, dst, x.astype(np.float64) * y, dtype)
 
 

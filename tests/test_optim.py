@@ -45,17 +45,16 @@ def test_sgd_with_clip_and_momentum(dtype):
     cfg = make_config("small", clip=1.0, momentum=0.9)
     opt = Optimizer(cfg, 2, dtype)
     p = np.array([1.0, 2.0], dtype)
-    g = np.array([3.0, 4.0], dtype)             # norm 5 -> clipped to 1: [0.6, 0.8]
+    g = np.array([3.0, 4.0], dtype)  # norm 5 -> clipped to 1: [0.6, 0.8]
     norm, applied = opt.step(p, g, lr=0.5)
     assert applied and norm == pytest.approx(5.0)
     np.testing.assert_allclose(p, [1 - 0.3, 2 - 0.4], rtol=1e-6)
-    opt.step(p, g, lr=0.5)                      # v = 0.9 * [0.6, 0.8] + [0.6, 0.8]
+    opt.step(p, g, lr=0.5)  # v = 0.9 * [0.6, 0.8] + [0.6, 0.8]
     np.testing.assert_allclose(p, [0.7 - 0.5 * 1.14, 1.6 - 0.5 * 1.52], rtol=1e-6)
 
 
 def test_adam_two_steps():
-    cfg = make_config("small", optimizer="adam", clip=0.0, lr=0.1, beta1=0.9, beta2=0.999,
-                      eps=1e-8)
+    cfg = make_config("small", optimizer="adam", clip=0.0, lr=0.1, beta1=0.9, beta2=0.999, eps=1e-8)
     opt = Optimizer(cfg, 1, np.float64)
     p, g = np.array([1.0]), np.array([0.5])
     m = v = 0.0
@@ -64,12 +63,15 @@ def test_adam_two_steps():
         opt.step(p, g, 0.1)
         m = 0.9 * m + 0.1 * 0.5
         v = 0.999 * v + 0.001 * 0.25
-        expected -= 0.1 * (m / (1 - 0.9 ** t)) / (math.sqrt(v / (1 - 0.999 ** t)) + 1e-8)
+        expected -= 0.1 * (m / (1 - 0.9**t)) / (math.sqrt(v / (1 - 0.999**t)) + 1e-8)
         assert p[0] == pytest.approx(expected, rel=1e-9)
 
 
-@pytest.mark.parametrize("kind", [dict(), dict(momentum=0.9), dict(optimizer="adam", lr=0.01)],
-                         ids=["sgd", "momentum", "adam"])
+@pytest.mark.parametrize(
+    "kind",
+    [dict(), dict(momentum=0.9), dict(optimizer="adam", lr=0.01)],
+    ids=["sgd", "momentum", "adam"],
+)
 @pytest.mark.parametrize("clip", [0.0, 1.0])
 def test_row_sparse_step_equals_dense_step(kind, clip):
     """Telling the optimiser which rows of a block can be non-zero changes nothing but speed:
@@ -91,7 +93,7 @@ def test_row_sparse_step_equals_dense_step(kind, clip):
         results.append((norms, p))
     np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-12)
     np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-12, atol=1e-15)
-    assert clip == 0.0 or results[0][0][0] > clip              # the clip did act
+    assert clip == 0.0 or results[0][0][0] > clip  # the clip did act
 
 
 def test_workspace_rows_grow_and_are_reused():

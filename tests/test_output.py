@@ -17,8 +17,13 @@ from sparselm.counting import count_from_config
 from sparselm.data import Batch
 from sparselm.loss import softmax_backward, softmax_forward
 from sparselm.model import LanguageModel
-from sparselm.output import (factorized_backward, factorized_forward, factorized_logits,
-                             grid_side, output_shapes)
+from sparselm.output import (
+    factorized_backward,
+    factorized_forward,
+    factorized_logits,
+    grid_side,
+    output_shapes,
+)
 from sparselm.workspace import Workspace
 
 N, S, V = 7, 3, 11
@@ -45,7 +50,7 @@ def layer_inputs(dtype, seed=0):
     bias = rng.normal(0, 0.1, V).astype(dtype)
     targets = rng.integers(0, V, N).astype(np.int32)
     weights = rng.uniform(0.5, 1.5, N).astype(dtype)
-    weights[2] = 0.0                                   # a padded row
+    weights[2] = 0.0  # a padded row
     return h, a, b, bias, targets, weights
 
 
@@ -93,12 +98,26 @@ def test_gradients_overwrite():
 
 def test_every_output_gradient_entry_by_finite_differences():
     """All entries of A, B, bias in a tiny float64 model: |numeric - analytic| < 1e-7 max|g|."""
-    cfg = make_config("small", emb=5, hidden=9, layers=2, bptt=4, batch_size=3, dtype="float64",
-                      init_scale=0.5, seed=3, output="factorized")
+    cfg = make_config(
+        "small",
+        emb=5,
+        hidden=9,
+        layers=2,
+        bptt=4,
+        batch_size=3,
+        dtype="float64",
+        init_scale=0.5,
+        seed=3,
+        output="factorized",
+    )
     model = LanguageModel(cfg, V)
     rng = np.random.default_rng(4)
-    batch = Batch(rng.integers(0, V, (4, 3)).astype(np.int32),
-                  rng.integers(0, V, (4, 3)).astype(np.int32), None, reset=False)
+    batch = Batch(
+        rng.integers(0, V, (4, 3)).astype(np.int32),
+        rng.integers(0, V, (4, 3)).astype(np.int32),
+        None,
+        reset=False,
+    )
     model.backward(model.forward(batch, None, train=True).cache)
     eps = 1e-5
     for name in ("softmax.row_weight", "softmax.col_weight", "softmax.bias"):
@@ -126,8 +145,9 @@ def test_model_parameters_and_logits():
     logits, _ = model.logits(inputs)
     top, _, _, _ = model.hidden_forward(inputs.reshape(-1), inputs.shape[0])
     p = model.params
-    ref = reference_logits(top.reshape(-1, 16), p["softmax.row_weight"], p["softmax.col_weight"],
-                           p["softmax.bias"])
+    ref = reference_logits(
+        top.reshape(-1, 16), p["softmax.row_weight"], p["softmax.col_weight"], p["softmax.bias"]
+    )
     np.testing.assert_allclose(logits, ref, rtol=1e-12)
     # forward's NLL is the same distribution's
     batch = Batch(inputs, inputs[::-1].copy(), None, reset=True)
@@ -148,8 +168,9 @@ def test_counting_study_factorized():
     totals = counts["totals"]
     assert totals["softmax"] == 2 * 10000 * 50 + 10000
     assert totals["total_parameters"] == 6_000_000 + 100_000 + 1_010_000
-    result = CliRunner().invoke(main, ["info", "--preset", "study", "--output", "factorized",
-                                       "--json"])
+    result = CliRunner().invoke(
+        main, ["info", "--preset", "study", "--output", "factorized", "--json"]
+    )
     assert result.exit_code == 0, result.output
     names = [m["name"] for m in json.loads(result.output)["matrices"]]
     assert names[-3:] == ["softmax.row_weight", "softmax.col_weight", "softmax.bias"]
@@ -159,8 +180,20 @@ def test_counting_study_factorized():
 
 def test_trains_on_tiny_corpus(tiny_corpus, tmp_path):
     from sparselm.train import train
-    cfg = make_config("small", emb=8, hidden=9, layers=2, bptt=5, batch_size=4, epochs=2,
-                      log_every=1, eval_batch_size=3, output="factorized", seed=2)
+
+    cfg = make_config(
+        "small",
+        emb=8,
+        hidden=9,
+        layers=2,
+        bptt=5,
+        batch_size=4,
+        epochs=2,
+        log_every=1,
+        eval_batch_size=3,
+        output="factorized",
+        seed=2,
+    )
     summary = train(cfg, tmp_path / "run", tiny_corpus, quiet=True)
     assert np.isfinite(summary["test_ppl"]) and summary["test_ppl"] < 40
 
@@ -168,12 +201,27 @@ def test_trains_on_tiny_corpus(tiny_corpus, tmp_path):
 def test_checkpoint_reloads(tiny_corpus, tmp_path):
     """load_model (resume, evaluate, generate) must accept a factorised checkpoint."""
     from sparselm import train as train_module
-    cfg = make_config("small", emb=8, hidden=9, layers=1, bptt=5, batch_size=4, epochs=1,
-                      max_steps=2, output="factorized")
+
+    cfg = make_config(
+        "small",
+        emb=8,
+        hidden=9,
+        layers=1,
+        bptt=5,
+        batch_size=4,
+        epochs=1,
+        max_steps=2,
+        output="factorized",
+    )
     if "softmax.row_weight" not in train_module.expected_shapes(cfg, V):
-        pytest.xfail("sparselm/train.py expected_shapes() still lists softmax.weight; it should "
-                     "take the output layer's from sparselm.output.output_shapes()")
+        pytest.xfail(
+            "sparselm/train.py expected_shapes() still lists softmax.weight; it should "
+            "take the output layer's from sparselm.output.output_shapes()"
+        )
     train_module.train(cfg, tmp_path / "run", tiny_corpus, quiet=True)
     model, _, _ = train_module.load_model(tmp_path / "run" / "last.h5")
     assert [name for name, _ in model.params.items()][-3:] == [
-        "softmax.row_weight", "softmax.col_weight", "softmax.bias"]
+        "softmax.row_weight",
+        "softmax.col_weight",
+        "softmax.bias",
+    ]

@@ -17,21 +17,33 @@ def dense_to_csr(w):
     """(data (N,), pattern) of a dense (R, C) matrix: the stored entries are its non-zeros."""
     rows, cols = np.nonzero(w)
     indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=w.shape[0]))])
-    pat = SimpleNamespace(indices=cols.astype(np.int32), indptr=indptr.astype(np.int32),
-                          shape=w.shape)
+    pat = SimpleNamespace(
+        indices=cols.astype(np.int32), indptr=indptr.astype(np.int32), shape=w.shape
+    )
     return w[rows, cols].copy(), pat
 
 
 def tiny_params():
     """Dense embedding/softmax, a dense layer 0 and a CSR w_h in layer 1 with an empty row."""
     rng = np.random.default_rng(0)
-    u = lambda *s: rng.uniform(-0.1, 0.1, s).astype(np.float32)
+
+    def u(*s):
+        return rng.uniform(-0.1, 0.1, s).astype(np.float32)
+
     w_h = u(4 * H, H) * (rng.random((4 * H, H)) < 0.3)
     w_h[5] = 0.0  # an empty row: fan-in 0 must be drawn and counted
     data, pat = dense_to_csr(w_h)
-    params = {"embedding.weight": u(V, E), "lstm.0.w_x": u(4 * H, E), "lstm.0.w_h": u(4 * H, H),
-              "lstm.0.bias": u(4 * H), "lstm.1.w_x": u(4 * H, H), "lstm.1.w_h": data,
-              "lstm.1.bias": u(4 * H), "softmax.weight": u(V, H), "softmax.bias": u(V)}
+    params = {
+        "embedding.weight": u(V, E),
+        "lstm.0.w_x": u(4 * H, E),
+        "lstm.0.w_h": u(4 * H, H),
+        "lstm.0.bias": u(4 * H),
+        "lstm.1.w_x": u(4 * H, H),
+        "lstm.1.w_h": data,
+        "lstm.1.bias": u(4 * H),
+        "softmax.weight": u(V, H),
+        "softmax.bias": u(V),
+    }
     return params, {"lstm.1.w_h": pat}, w_h
 
 
@@ -46,8 +58,15 @@ def test_plot_weights_writes_one_png_per_matrix_and_summary(tmp_path):
     params, patterns, _ = tiny_params()
     paths = plots.plot_weights(params, patterns, tmp_path / "w", title="tiny")
     names = [p.name for p in paths]
-    assert names == ["embedding.weight.png", "lstm.0.w_x.png", "lstm.0.w_h.png", "lstm.1.w_x.png",
-                     "lstm.1.w_h.png", "softmax.weight.png", "summary.png"]
+    assert names == [
+        "embedding.weight.png",
+        "lstm.0.w_x.png",
+        "lstm.0.w_h.png",
+        "lstm.1.w_x.png",
+        "lstm.1.w_h.png",
+        "softmax.weight.png",
+        "summary.png",
+    ]
     for p in paths:
         assert_png(p)
 
@@ -59,9 +78,17 @@ def test_weight_stats_exact_on_hand_made_matrices():
     st = plots.weight_stats({"a.weight": w, "b": np.ones(3), "c.w": data}, {"c.w": pat}, 0.07)
     assert [s["name"] for s in st] == ["a.weight", "c.w"]  # the 1-D array is not a matrix
     a, c = st
-    assert a == {"name": "a.weight", "kind": "dense", "shape": [2, 3], "size": 6, "nnz": 4,
-                 "density": 4 / 6, "mean_abs": pytest.approx(0.41 / 6), "share_below": 4 / 6,
-                 "threshold": 0.07}
+    assert a == {
+        "name": "a.weight",
+        "kind": "dense",
+        "shape": [2, 3],
+        "size": 6,
+        "nnz": 4,
+        "density": 4 / 6,
+        "mean_abs": pytest.approx(0.41 / 6),
+        "share_below": 4 / 6,
+        "threshold": 0.07,
+    }
     # CSR: mean and share are over the 3 stored values, density over the 9 cells
     assert (c["kind"], c["shape"], c["size"], c["nnz"]) == ("csr", [3, 3], 9, 3)
     assert c["density"] == pytest.approx(3 / 9)
@@ -70,8 +97,9 @@ def test_weight_stats_exact_on_hand_made_matrices():
     json.dumps(st)  # plain Python numbers, ready for --json output
 
 
-@pytest.mark.parametrize("shape,max_cells", [((7, 5), 3), ((32, 8), 256), ((300, 530), 256),
-                                             ((13, 11), 4)])
+@pytest.mark.parametrize(
+    "shape,max_cells", [((7, 5), 3), ((32, 8), 256), ((300, 530), 256), ((13, 11), 4)]
+)
 def test_block_mean_abs_csr_equals_dense(shape, max_cells):
     rng = np.random.default_rng(1)
     w = rng.normal(size=shape) * (rng.random(shape) < 0.2)
@@ -115,24 +143,64 @@ def metric_lines(scale, n=40, steps_per_epoch=10, tokens_per_step=700):
     out = []
     for s in range(1, n + 1):
         loss = 6.5 * scale * np.exp(-s / 25) + 4.5
-        out.append(json.dumps({"event": "train", "step": s, "epoch": s / steps_per_epoch,
-                               "tokens": s * tokens_per_step, "lr": 1.0, "loss": loss,
-                               "ppl": float(np.exp(loss)), "tokens_per_s": 1e4, "elapsed": s}))
+        out.append(
+            json.dumps(
+                {
+                    "event": "train",
+                    "step": s,
+                    "epoch": s / steps_per_epoch,
+                    "tokens": s * tokens_per_step,
+                    "lr": 1.0,
+                    "loss": loss,
+                    "ppl": float(np.exp(loss)),
+                    "tokens_per_s": 1e4,
+                    "elapsed": s,
+                }
+            )
+        )
         if s % steps_per_epoch == 0:
             vl = loss + 0.1
-            out.append(json.dumps({"event": "valid", "step": s, "epoch": s / steps_per_epoch,
-                                   "tokens": s * tokens_per_step, "loss": vl,
-                                   "ppl": float(np.exp(vl)), "elapsed": s}))
-    out.append(json.dumps({"event": "test", "step": n, "epoch": n / steps_per_epoch,
-                           "tokens": n * tokens_per_step, "loss": 4.7, "elapsed": n}))
+            out.append(
+                json.dumps(
+                    {
+                        "event": "valid",
+                        "step": s,
+                        "epoch": s / steps_per_epoch,
+                        "tokens": s * tokens_per_step,
+                        "loss": vl,
+                        "ppl": float(np.exp(vl)),
+                        "elapsed": s,
+                    }
+                )
+            )
+    out.append(
+        json.dumps(
+            {
+                "event": "test",
+                "step": n,
+                "epoch": n / steps_per_epoch,
+                "tokens": n * tokens_per_step,
+                "loss": 4.7,
+                "elapsed": n,
+            }
+        )
+    )
     return out
 
 
 def test_plot_curves_two_runs_with_corrupt_and_unknown_lines(tmp_path):
-    a = write_run(tmp_path / "a", {"hidden": 1500, "sparsity": 0.0005, "dropout": 0.5,
-                                   "optimizer": "sgd", "lr": 1.0}, metric_lines(1.0))
-    extra = ["", json.dumps({"event": "checkpoint", "path": "x"}), "[1, 2]", "not json",
-             '{"event": "train", "step": 41, "epo']  # cut off mid-write by a killed run
+    a = write_run(
+        tmp_path / "a",
+        {"hidden": 1500, "sparsity": 0.0005, "dropout": 0.5, "optimizer": "sgd", "lr": 1.0},
+        metric_lines(1.0),
+    )
+    extra = [
+        "",
+        json.dumps({"event": "checkpoint", "path": "x"}),
+        "[1, 2]",
+        "not json",
+        '{"event": "train", "step": 41, "epo',
+    ]  # cut off mid-write by a killed run
     b = write_run(tmp_path / "b", {"hidden": 200, "preset": "small"}, metric_lines(0.8) + extra)
     out = plots.plot_curves([a, b], tmp_path / "fig" / "curves.png")
     assert out == tmp_path / "fig" / "curves.png"
@@ -162,8 +230,16 @@ def test_plot_curves_missing_run_or_metrics_is_a_user_error(tmp_path):
 
 
 def test_label_from_config():
-    cfg = {"hidden": 1500, "emb": 1500, "layers": 2, "sparsity": 0.0005, "dropout": 0.5,
-           "optimizer": "sgd", "lr": 1.0, "preset": "large"}
+    cfg = {
+        "hidden": 1500,
+        "emb": 1500,
+        "layers": 2,
+        "sparsity": 0.0005,
+        "dropout": 0.5,
+        "optimizer": "sgd",
+        "lr": 1.0,
+        "preset": "large",
+    }
     assert plots.label_from_config(cfg) == "H=1500 d=0.0005 drop=0.5 sgd"
     assert plots.label_from_config({"hidden": 200, "layers": 3}) == "H=200 L=3"
     assert plots.label_from_config({"preset": "teach"}) == "teach"
@@ -178,5 +254,6 @@ def test_identical_configs_get_distinct_labels(tmp_path):
 
 def test_run_colours_stay_distinct_beyond_ten_runs():
     from sparselm.plots import _run_colors
+
     assert len({str(c) for c in _run_colors(16)}) == 16
     assert _run_colors(2) == ["C0", "C1"]

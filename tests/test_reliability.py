@@ -39,12 +39,30 @@ from sparselm.train import RUN_FILES, SignalGuard, train
 REPO = Path(__file__).resolve().parent.parent
 # A tiny model that saves after every step: most of its time is spent saving, so random kills
 # often land inside a save. Dropout and momentum make the RNG and optimiser state matter.
-MODEL = ["--quiet", "--emb", "8", "--hidden", "8", "--bptt", "5", "--batch-size", "4",
-         "--seed", "5", "--dropout", "0.3", "--momentum", "0.5", "--log-every", "1",
-         "--save-every", "1"]
+MODEL = [
+    "--quiet",
+    "--emb",
+    "8",
+    "--hidden",
+    "8",
+    "--bptt",
+    "5",
+    "--batch-size",
+    "4",
+    "--seed",
+    "5",
+    "--dropout",
+    "0.3",
+    "--momentum",
+    "0.5",
+    "--log-every",
+    "1",
+    "--save-every",
+    "1",
+]
 KILLS = int(os.environ.get("SPARSELM_KILL_TRIALS", "5"))
-EPOCHS = max(32, 4 * KILLS)     # 15 steps an epoch: the signals and kills never reach the end,
-                                # even when a loaded machine delays the sender
+EPOCHS = max(32, 4 * KILLS)  # 15 steps an epoch: the signals and kills never reach the end,
+# even when a loaded machine delays the sender
 CHAIN = MODEL + ["--epochs", str(EPOCHS), "--threads", "1"]
 
 
@@ -80,8 +98,9 @@ def cli(*args) -> list[str]:
 
 
 def launch(command: list[str]) -> subprocess.Popen:
-    return subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    return subprocess.Popen(
+        command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def inode(path: Path):
@@ -122,8 +141,13 @@ def test_signals_and_kills_then_resume_equal_uninterrupted(tiny_corpus, tmp_path
     """SIGINT, SIGTERM, a double SIGINT and SIGKILLs at random moments, each followed by a
     resume: the run ends with exactly the losses and parameters of an uninterrupted one."""
     ref, run = tmp_path / "ref", tmp_path / "run"
-    done = subprocess.run(cli("train", "--data", tiny_corpus, "--out", ref, *CHAIN), cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        cli("train", "--data", tiny_corpus, "--out", ref, *CHAIN),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     train_cmd = cli("train", "--data", tiny_corpus, "--out", run, *CHAIN)
 
@@ -134,13 +158,16 @@ def test_signals_and_kills_then_resume_equal_uninterrupted(tiny_corpus, tmp_path
     _interrupt(train_cmd + ["--resume"], run, [signal.SIGINT, signal.SIGINT], 130)
     _kill_trials(train_cmd, run, KILLS)
 
-    final = subprocess.run(train_cmd + ["--resume"], cwd=REPO, capture_output=True, text=True,
-                           timeout=300)
+    final = subprocess.run(
+        train_cmd + ["--resume"], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
     assert final.returncode == 0, final.stderr
     assert losses(run) == losses(ref)
     assert [r["epoch"] for r in events(run, "valid")] == list(range(1, EPOCHS + 1))
-    assert len(events(run, "test")) == 1 and events(run, "test")[0]["ppl"] == \
-        events(ref, "test")[0]["ppl"]
+    assert (
+        len(events(run, "test")) == 1
+        and events(run, "test")[0]["ppl"] == events(ref, "test")[0]["ppl"]
+    )
     a, b = load_checkpoint(ref / "last.h5").params, load_checkpoint(run / "last.h5").params
     assert all(np.array_equal(a[name], b[name]) for name in a)
     assert temporaries(run) == []
@@ -161,12 +188,12 @@ def test_second_signal_inside_a_finaliser_is_not_reported(monkeypatch):
             raise self.error
 
     with SignalGuard() as guard:
-        Finalised(KeyboardInterrupt())          # before any signal: still reported
-        guard.signum = signal.SIGINT            # a first signal arrived
-        Finalised(KeyboardInterrupt())          # the second one, inside a finaliser: dropped
-        Finalised(ValueError("boom"))           # anything else: reported
+        Finalised(KeyboardInterrupt())  # before any signal: still reported
+        guard.signum = signal.SIGINT  # a first signal arrived
+        Finalised(KeyboardInterrupt())  # the second one, inside a finaliser: dropped
+        Finalised(ValueError("boom"))  # anything else: reported
     assert seen == [KeyboardInterrupt, ValueError]
-    assert sys.unraisablehook != guard._unraisable          # restored on exit
+    assert sys.unraisablehook != guard._unraisable  # restored on exit
 
 
 def _interrupt(command, run: Path, signals, code: int) -> list[str]:
@@ -180,11 +207,11 @@ def _interrupt(command, run: Path, signals, code: int) -> list[str]:
         time.sleep(0.001)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == code, err
-    lines = err.strip().splitlines()          # progress lines, if not --quiet, then the error
+    lines = err.strip().splitlines()  # progress lines, if not --quiet, then the error
     assert "Traceback" not in err and lines[-1].startswith("error: interrupted"), err
-    step = saved_step(run)          # loads: the file is whole
+    step = saved_step(run)  # loads: the file is whole
     assert step >= before
-    if len(signals) == 1:           # a clean stop saves exactly the last logged step
+    if len(signals) == 1:  # a clean stop saves exactly the last logged step
         assert step == max(r["step"] for r in events(run, "train"))
         return lines[-1].split("resume with: ")[1].split()
     return []
@@ -204,7 +231,7 @@ def _kill_trials(command, run: Path, trials: int) -> None:
             time.sleep(rng.uniform(0.0, 0.2))
         proc.kill()
         proc.communicate(timeout=60)
-        after = saved_step(run)         # loads: the file is whole
+        after = saved_step(run)  # loads: the file is whole
         assert after is None and before is None or after >= (before or 0)
         seen["no new save"] += inode(run / "last.h5") == first
         # checkpoint.py names its temporary files .<name>.<pid>-<hex>.tmp
@@ -214,8 +241,18 @@ def _kill_trials(command, run: Path, trials: int) -> None:
 
 # -- 2. numerical faults -------------------------------------------------------------------------
 def tiny(**overrides):
-    base = dict(emb=8, hidden=8, bptt=5, batch_size=4, epochs=2, log_every=1, save_every=1,
-                eval_batch_size=3, seed=5, momentum=0.5)
+    base = dict(
+        emb=8,
+        hidden=8,
+        bptt=5,
+        batch_size=4,
+        epochs=2,
+        log_every=1,
+        save_every=1,
+        eval_batch_size=3,
+        seed=5,
+        momentum=0.5,
+    )
     return make_config("small", **{**base, **overrides})
 
 
@@ -247,8 +284,9 @@ def test_nonfinite_stop_keeps_last_good_checkpoint(tiny_corpus, tmp_path, monkey
     train(tiny(max_steps=5), clean, tiny_corpus, quiet=True)
     poison(monkeypatch, 6, "loss")
     run = tmp_path / "run"
-    result = invoke("train", "--data", tiny_corpus, "--out", run, "--max-steps", 12, *MODEL,
-                    "--dropout", "0")       # the last of a repeated option wins
+    result = invoke(
+        "train", "--data", tiny_corpus, "--out", run, "--max-steps", 12, *MODEL, "--dropout", "0"
+    )  # the last of a repeated option wins
     one_line_error(result, "non-finite loss at step 6")
     assert f"{run / 'last.h5'} holds step 5" in result.output
     a, b = load_checkpoint(clean / "last.h5"), load_checkpoint(run / "last.h5")
@@ -271,26 +309,57 @@ def test_nonfinite_gradient_skip_leaves_parameters(tiny_corpus, tmp_path, monkey
         assert all(np.array_equal(x[k], y[k]) for k in x)
     assert [r["step"] for r in events(run, "nonfinite")] == [6]
     # the run goes on after the skipped step, with finite losses only
-    summary = train(tiny(max_steps=9, on_nonfinite="skip"), run, tiny_corpus, resume=True,
-                    quiet=True)
+    summary = train(
+        tiny(max_steps=9, on_nonfinite="skip"), run, tiny_corpus, resume=True, quiet=True
+    )
     assert summary["step"] == 9 and all(math.isfinite(loss) for _, loss in losses(run))
 
 
 def test_overflowing_update_is_never_saved(tiny_corpus, tmp_path):
     # lr 1e38 turns the first update into inf: the save refuses it, nothing is written
     run = tmp_path / "run"
-    result = invoke("train", "--data", tiny_corpus, "--out", run, *MODEL, "--lr", "1e38",
-                    "--clip", "0", "--init-scale", "10", "--max-steps", 5,
-                    "--on-nonfinite", "skip")
+    result = invoke(
+        "train",
+        "--data",
+        tiny_corpus,
+        "--out",
+        run,
+        *MODEL,
+        "--lr",
+        "1e38",
+        "--clip",
+        "0",
+        "--init-scale",
+        "10",
+        "--max-steps",
+        5,
+        "--on-nonfinite",
+        "skip",
+    )
     one_line_error(result, "parameters became non-finite by step 1")
     assert not (run / "last.h5").exists() and temporaries(run) == []
 
 
 def test_diverged_skip_run_gives_up(tiny_corpus, tmp_path):
     # weights that stay finite but overflow every forward pass: skip stops after 20 in a row
-    result = invoke("train", "--data", tiny_corpus, "--out", tmp_path / "run", *MODEL,
-                    "--lr", "1e30", "--clip", "0", "--init-scale", "10", "--max-steps", 60,
-                    "--on-nonfinite", "skip")
+    result = invoke(
+        "train",
+        "--data",
+        tiny_corpus,
+        "--out",
+        tmp_path / "run",
+        *MODEL,
+        "--lr",
+        "1e30",
+        "--clip",
+        "0",
+        "--init-scale",
+        "10",
+        "--max-steps",
+        60,
+        "--on-nonfinite",
+        "skip",
+    )
     assert "Traceback" not in result.output and result.exit_code == 1
     assert "20 steps in a row were non-finite" in result.output.strip().splitlines()[-1]
 
@@ -307,15 +376,18 @@ def corpus_folder(root: Path, **splits) -> Path:
     return root
 
 
-@pytest.mark.parametrize("splits,needle", [
-    ({"valid": None}, "has no valid split"),
-    ({"test": ""}, "ptb.test.txt is empty"),
-    ({"train": " \n\t\n"}, "ptb.train.txt is empty"),
-    ({"train": b"a b\n\xff\xfe c\n"}, "ptb.train.txt, line 2: not valid UTF-8"),
-    ({"valid": "a b\x00c\n"}, "ptb.valid.txt, line 1: contains a NUL"),
-    ({"valid": "a b zebra\n"}, "ptb.valid.txt, line 1: word 'zebra' is not in the vocabulary"),
-    ({"test": "a b\n"}, "ptb.test.txt: split of 3 tokens is too short for batch size 10"),
-])
+@pytest.mark.parametrize(
+    "splits,needle",
+    [
+        ({"valid": None}, "has no valid split"),
+        ({"test": ""}, "ptb.test.txt is empty"),
+        ({"train": " \n\t\n"}, "ptb.train.txt is empty"),
+        ({"train": b"a b\n\xff\xfe c\n"}, "ptb.train.txt, line 2: not valid UTF-8"),
+        ({"valid": "a b\x00c\n"}, "ptb.valid.txt, line 1: contains a NUL"),
+        ({"valid": "a b zebra\n"}, "ptb.valid.txt, line 1: word 'zebra' is not in the vocabulary"),
+        ({"test": "a b\n"}, "ptb.test.txt: split of 3 tokens is too short for batch size 10"),
+    ],
+)
 def test_bad_corpus_is_one_line_and_writes_nothing(tmp_path, splits, needle):
     data = corpus_folder(tmp_path / "data", **splits)
     out = tmp_path / "run"
@@ -325,28 +397,35 @@ def test_bad_corpus_is_one_line_and_writes_nothing(tmp_path, splits, needle):
 
 
 def test_missing_data_folder(tmp_path):
-    one_line_error(invoke("train", "--data", tmp_path / "nope", "--out", tmp_path / "run"),
-                   f"data folder {tmp_path / 'nope'} not found")
+    one_line_error(
+        invoke("train", "--data", tmp_path / "nope", "--out", tmp_path / "run"),
+        f"data folder {tmp_path / 'nope'} not found",
+    )
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--sparsity", "0"], "--sparsity is a density and must be in (0, 1]"),
-    (["--sparsity", "1.5"], "--sparsity is a density and must be in (0, 1]"),
-    (["--sparsity", "nan"], "--sparsity"),
-    (["--hidden", "0"], "--hidden must be >= 1"),
-    (["--emb", "-3"], "--emb must be >= 1"),
-    (["--batch-size", "0"], "--batch-size must be >= 1"),
-    (["--bptt", "0"], "--bptt must be >= 1"),
-    (["--lr", "-0.5"], "--lr must be a positive number"),
-    (["--lr", "inf"], "--lr must be a positive number"),
-    (["--init-scale", "inf"], "--init-scale must be a positive number"),
-    (["--clip", "nan"], "--clip must be a number >= 0"),
-    (["--seed", "-1"], "--seed must be >= 0"),
-    (["--dropout", "1"], "--dropout must be in [0, 1)"),
-    (["--batch-size", "50", "--bptt", "50"],
-     "ptb.train.txt: split too short: 4 steps per stream with B=50 is less than one window of "
-     "T=50"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--sparsity", "0"], "--sparsity is a density and must be in (0, 1]"),
+        (["--sparsity", "1.5"], "--sparsity is a density and must be in (0, 1]"),
+        (["--sparsity", "nan"], "--sparsity"),
+        (["--hidden", "0"], "--hidden must be >= 1"),
+        (["--emb", "-3"], "--emb must be >= 1"),
+        (["--batch-size", "0"], "--batch-size must be >= 1"),
+        (["--bptt", "0"], "--bptt must be >= 1"),
+        (["--lr", "-0.5"], "--lr must be a positive number"),
+        (["--lr", "inf"], "--lr must be a positive number"),
+        (["--init-scale", "inf"], "--init-scale must be a positive number"),
+        (["--clip", "nan"], "--clip must be a number >= 0"),
+        (["--seed", "-1"], "--seed must be >= 0"),
+        (["--dropout", "1"], "--dropout must be in [0, 1)"),
+        (
+            ["--batch-size", "50", "--bptt", "50"],
+            "ptb.train.txt: split too short: 4 steps per stream with B=50 is less than one "
+            "window of T=50",
+        ),
+    ],
+)
 def test_options_out_of_range(tmp_path, args, needle):
     out = tmp_path / "run"
     result = invoke("train", "--data", corpus_folder(tmp_path / "data"), "--out", out, *args)
@@ -359,55 +438,76 @@ def test_output_folder_holding_a_run(tiny_corpus, tmp_path):
     result = invoke("train", "--data", tiny_corpus, "--out", out, *MODEL, "--max-steps", 2)
     assert result.exit_code == 0
     first = (out / "last.h5").read_bytes()
-    one_line_error(invoke("train", "--data", tiny_corpus, "--out", out, *MODEL),
-                   "already holds a run; use --resume")
+    one_line_error(
+        invoke("train", "--data", tiny_corpus, "--out", out, *MODEL),
+        "already holds a run; use --resume",
+    )
     # --overwrite with bad data fails before it removes anything
     bad = corpus_folder(tmp_path / "bad", valid=None)
-    one_line_error(invoke("train", "--data", bad, "--out", out, *MODEL, "--overwrite"),
-                   "has no valid split")
+    one_line_error(
+        invoke("train", "--data", bad, "--out", out, *MODEL, "--overwrite"), "has no valid split"
+    )
     assert (out / "last.h5").read_bytes() == first and (out / "metrics.jsonl").exists()
     # a folder in use by another process is refused
     with open(out / ".lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        one_line_error(invoke("train", "--data", tiny_corpus, "--out", out, *MODEL, "--resume"),
-                       "in use by another sparselm process")
+        one_line_error(
+            invoke("train", "--data", tiny_corpus, "--out", out, *MODEL, "--resume"),
+            "in use by another sparselm process",
+        )
 
 
 def test_resume_problems(tiny_corpus, tmp_path):
-    one_line_error(invoke("train", "--data", tiny_corpus, "--out", tmp_path / "none", "--resume"),
-                   "last.h5 not found (no run there)")
+    one_line_error(
+        invoke("train", "--data", tiny_corpus, "--out", tmp_path / "none", "--resume"),
+        "last.h5 not found (no run there)",
+    )
     out = tmp_path / "run"
     out.mkdir()
     (out / "config.json").write_text("{}")
-    one_line_error(invoke("train", "--data", tiny_corpus, "--out", out, "--resume"),
-                   "stopped before its first save; start it again with --overwrite")
+    one_line_error(
+        invoke("train", "--data", tiny_corpus, "--out", out, "--resume"),
+        "stopped before its first save; start it again with --overwrite",
+    )
     (out / "last.h5").write_bytes(b"garbage")
-    one_line_error(invoke("train", "--data", tiny_corpus, "--out", out, "--resume"),
-                   f"checkpoint {out / 'last.h5'}")
+    one_line_error(
+        invoke("train", "--data", tiny_corpus, "--out", out, "--resume"),
+        f"checkpoint {out / 'last.h5'}",
+    )
 
 
 def test_unwritable_output_folder(tiny_corpus, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     # a folder under a regular file cannot be created, even by root
-    one_line_error(invoke("train", "--data", tiny_corpus, "--out", blocker / "run", *MODEL),
-                   f"output folder {blocker / 'run'} is not writable: Not a directory")
-    one_line_error(invoke("train", "--data", tiny_corpus, "--out", blocker, *MODEL),
-                   f"output folder {blocker} is a file")
+    one_line_error(
+        invoke("train", "--data", tiny_corpus, "--out", blocker / "run", *MODEL),
+        f"output folder {blocker / 'run'} is not writable: Not a directory",
+    )
+    one_line_error(
+        invoke("train", "--data", tiny_corpus, "--out", blocker, *MODEL),
+        f"output folder {blocker} is a file",
+    )
 
 
 def test_unknown_words_against_a_checkpoint(tmp_path):
-    data = corpus_folder(tmp_path / "data")             # no <unk> in its vocabulary
+    data = corpus_folder(tmp_path / "data")  # no <unk> in its vocabulary
     out = tmp_path / "run"
     assert invoke("train", "--data", data, "--out", out, *MODEL, "--max-steps", 1).exit_code == 0
     other = corpus_folder(tmp_path / "other", valid="a b\nc zebra a\n")
-    one_line_error(invoke("evaluate", out / "last.h5", "--data", other),
-                   f"{other / 'ptb.valid.txt'}, line 2: word 'zebra' is not in the vocabulary "
-                   "(which has no <unk>)")
-    one_line_error(invoke("train", "--data", other, "--out", out, "--resume"),
-                   "word 'zebra' is not in the vocabulary")
-    one_line_error(invoke("evaluate", out / "last.h5", "--data", data, "--batch-size", 100),
-                   f"{data / 'ptb.valid.txt'}: split of 40 tokens is too short for batch size 100")
+    one_line_error(
+        invoke("evaluate", out / "last.h5", "--data", other),
+        f"{other / 'ptb.valid.txt'}, line 2: word 'zebra' is not in the vocabulary "
+        "(which has no <unk>)",
+    )
+    one_line_error(
+        invoke("train", "--data", other, "--out", out, "--resume"),
+        "word 'zebra' is not in the vocabulary",
+    )
+    one_line_error(
+        invoke("evaluate", out / "last.h5", "--data", data, "--batch-size", 100),
+        f"{data / 'ptb.valid.txt'}: split of 40 tokens is too short for batch size 100",
+    )
 
 
 def test_full_disk_during_save(tiny_corpus, tmp_path, monkeypatch):
@@ -416,15 +516,18 @@ def test_full_disk_during_save(tiny_corpus, tmp_path, monkeypatch):
 
     def full_disk(path, ckpt):
         calls["n"] += 1
-        write(path, ckpt)                 # the temporary file is written...
-        if calls["n"] == 4:               # ...and then the disk is full
+        write(path, ckpt)  # the temporary file is written...
+        if calls["n"] == 4:  # ...and then the disk is full
             raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(checkpoint, "_write_hdf5", full_disk)
     out = tmp_path / "run"
     result = invoke("train", "--data", tiny_corpus, "--out", out, *MODEL, "--max-steps", 9)
-    one_line_error(result, f"cannot save checkpoint {out / 'last.h5'}: no space left on device; "
-                   f"training stopped at step 4; {out / 'last.h5'} holds step 3")
+    one_line_error(
+        result,
+        f"cannot save checkpoint {out / 'last.h5'}: no space left on device; "
+        f"training stopped at step 4; {out / 'last.h5'} holds step 3",
+    )
     assert saved_step(out) == 3 and temporaries(out) == []
 
 
@@ -440,30 +543,44 @@ def test_full_disk_during_metrics_write(tiny_corpus, tmp_path, monkeypatch):
     monkeypatch.setattr(MetricsLog, "write", full_disk)
     out = tmp_path / "run"
     result = invoke("train", "--data", tiny_corpus, "--out", out, *MODEL, "--max-steps", 9)
-    one_line_error(result, f"cannot write {out / 'metrics.jsonl'}: No space left on device; "
-                   f"{out / 'last.h5'} holds step 2")
+    one_line_error(
+        result,
+        f"cannot write {out / 'metrics.jsonl'}: No space left on device; "
+        f"{out / 'last.h5'} holds step 2",
+    )
 
 
-@pytest.mark.parametrize("error,needle", [
-    (MemoryError("Unable to allocate 640. GiB for an array with shape (800000, 200000)"),
-     "out of memory: Unable to allocate 640. GiB"),
-    (PermissionError(errno.EACCES, "Permission denied", "/x/metrics.jsonl"),
-     "/x/metrics.jsonl: Permission denied"),
-])
+@pytest.mark.parametrize(
+    "error,needle",
+    [
+        (
+            MemoryError("Unable to allocate 640. GiB for an array with shape (800000, 200000)"),
+            "out of memory: Unable to allocate 640. GiB",
+        ),
+        (
+            PermissionError(errno.EACCES, "Permission denied", "/x/metrics.jsonl"),
+            "/x/metrics.jsonl: Permission denied",
+        ),
+    ],
+)
 def test_environment_errors_are_one_line(tiny_corpus, tmp_path, monkeypatch, error, needle):
     def fail(*args, **kwargs):
         raise error
 
     monkeypatch.setattr("sparselm.train.truncate_metrics", fail)
-    one_line_error(invoke("train", "--data", tiny_corpus, "--out", tmp_path / "run", *MODEL),
-                   needle)
+    one_line_error(
+        invoke("train", "--data", tiny_corpus, "--out", tmp_path / "run", *MODEL), needle
+    )
 
 
-@pytest.mark.parametrize("field,value", [("hidden", "8"), ("lr", None), ("dropout", True),
-                                         ("halving_epochs", ["x"]), ("mask", 3)])
+@pytest.mark.parametrize(
+    "field,value",
+    [("hidden", "8"), ("lr", None), ("dropout", True), ("halving_epochs", ["x"]), ("mask", 3)],
+)
 def test_config_from_a_checkpoint_is_type_checked(field, value):
     from sparselm.config import TrainConfig
     from sparselm.errors import ConfigError
+
     with pytest.raises(ConfigError, match=field):
         TrainConfig.from_dict({**make_config("small").to_dict(), field: value})
 
@@ -477,8 +594,9 @@ def test_same_seed_same_losses_bit_for_bit(tiny_corpus, tmp_path):
     for kind, fields in (("train", ("step", "loss", "grad_norm", "lr")), ("valid", ("loss",))):
         ra, rb = events(tmp_path / "a", kind), events(tmp_path / "b", kind)
         assert [[r[f] for f in fields] for r in ra] == [[r[f] for f in fields] for r in rb]
-    different = train(tiny(dropout=0.3, sparsity=0.5, epochs=2, seed=6), tmp_path / "c",
-                      tiny_corpus, quiet=True)
+    different = train(
+        tiny(dropout=0.3, sparsity=0.5, epochs=2, seed=6), tmp_path / "c", tiny_corpus, quiet=True
+    )
     assert different["test_ppl"] != a["test_ppl"]
 
 
@@ -496,11 +614,15 @@ TEXTY = st.text(alphabet=st.sampled_from(list("ab <unk>\n\r\t\x0b\x85\u2028\x00Ã
 CONTENT = st.one_of(st.none(), st.binary(max_size=120), TEXTY.map(str.encode))
 
 
-@settings(max_examples=150, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(train_=CONTENT, valid=CONTENT, test=CONTENT)
 def test_random_bytes_load_or_raise_data_error(tmp_path, train_, valid, test):
-    folder = Path(tempfile.mkdtemp(dir=tmp_path))      # tmp_path is shared by all examples
+    folder = Path(tempfile.mkdtemp(dir=tmp_path))  # tmp_path is shared by all examples
     for split, content in (("train", train_), ("valid", valid), ("test", test)):
         if content is not None:
             (folder / f"ptb.{split}.txt").write_bytes(content)

@@ -12,8 +12,19 @@ pytestmark = pytest.mark.slow
 
 def test_teach_preset_learns_on_full_ptb(ptb_path, tmp_path):
     """The teaching run of the README: one epoch of PTB, validation perplexity under 300."""
-    result = CliRunner().invoke(main, ["train", "--preset", "teach", "--data", str(ptb_path),
-                                       "--out", str(tmp_path / "teach"), "--quiet"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "--preset",
+            "teach",
+            "--data",
+            str(ptb_path),
+            "--out",
+            str(tmp_path / "teach"),
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output.strip().splitlines()[-1])
     assert summary["valid_ppl"] < 300 and summary["test_ppl"] < 300
@@ -21,8 +32,20 @@ def test_teach_preset_learns_on_full_ptb(ptb_path, tmp_path):
 
 def test_sparse_teach_learns_on_full_ptb(ptb_path, tmp_path):
     """The same at density 0.05: sparse gates still learn far below the unigram's ~690."""
-    result = CliRunner().invoke(main, ["train", "--preset", "teach", "--sparsity", "0.05",
-                                       "--data", str(ptb_path), "--out", str(tmp_path / "sp"),
-                                       "--quiet"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "--preset",
+            "teach",
+            "--sparsity",
+            "0.05",
+            "--data",
+            str(ptb_path),
+            "--out",
+            str(tmp_path / "sp"),
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(result.output.strip().splitlines()[-1])["valid_ppl"] < 400

@@ -12,8 +12,17 @@ from sparselm.train import train
 
 
 def tiny_config(**overrides):
-    base = dict(emb=8, hidden=8, layers=2, bptt=5, batch_size=4, epochs=3, log_every=1,
-                eval_batch_size=3, seed=5)
+    base = dict(
+        emb=8,
+        hidden=8,
+        layers=2,
+        bptt=5,
+        batch_size=4,
+        epochs=3,
+        log_every=1,
+        eval_batch_size=3,
+        seed=5,
+    )
     return make_config("small", **{**base, **overrides})
 
 
@@ -22,15 +31,18 @@ def train_losses(run):
     return [json.loads(line)["loss"] for line in lines if json.loads(line)["event"] == "train"]
 
 
-@pytest.mark.parametrize("batching,dropout", [("stream", 0.0), ("sentence", 0.3),
-                                              ("stream", 0.3)])
+@pytest.mark.parametrize("batching,dropout", [("stream", 0.0), ("sentence", 0.3), ("stream", 0.3)])
 def test_resume_equals_uninterrupted(tiny_corpus, tmp_path, batching, dropout):
     cfg = tiny_config(batching=batching, dropout=dropout, optimizer="sgd", momentum=0.5)
     full = train(cfg, tmp_path / "full", tiny_corpus, quiet=True)
     # the same run, stopped at step 7 (mid-epoch) and resumed
     part = tmp_path / "part"
-    train(tiny_config(batching=batching, dropout=dropout, optimizer="sgd", momentum=0.5,
-                      max_steps=7), part, tiny_corpus, quiet=True)
+    train(
+        tiny_config(batching=batching, dropout=dropout, optimizer="sgd", momentum=0.5, max_steps=7),
+        part,
+        tiny_corpus,
+        quiet=True,
+    )
     resumed = train(cfg, part, tiny_corpus, resume=True, quiet=True)
     assert train_losses(part) == train_losses(tmp_path / "full")
     assert resumed["test_ppl"] == full["test_ppl"]
@@ -68,9 +80,10 @@ def test_learning_happens(predictable_corpus, tmp_path):
     summary = train(cfg, tmp_path / "run", predictable_corpus, quiet=True)
     losses = train_losses(tmp_path / "run")
     assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.5
-    assert summary["valid_ppl"] < 4     # 9 words with <eos>: uniform guessing gives 9
-    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().split("\n")
-               if x]
+    assert summary["valid_ppl"] < 4  # 9 words with <eos>: uniform guessing gives 9
+    records = [
+        json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().split("\n") if x
+    ]
     assert [r["epoch"] for r in records if r["event"] == "valid"] == [1, 2, 3, 4, 5, 6]
     assert (tmp_path / "run" / "best.h5").exists()
 
@@ -84,9 +97,14 @@ def test_refuses_existing_run(tiny_corpus, tmp_path):
 
 def test_nonfinite_step_is_rejected(tiny_corpus, tmp_path):
     from sparselm.errors import NonFiniteError
+
     with pytest.raises(NonFiniteError, match="non-finite .* at step [0-9]+"):
-        train(tiny_config(lr=1e30, clip=0.0, max_steps=3, init_scale=10.0), tmp_path / "run",
-              tiny_corpus, quiet=True)
+        train(
+            tiny_config(lr=1e30, clip=0.0, max_steps=3, init_scale=10.0),
+            tmp_path / "run",
+            tiny_corpus,
+            quiet=True,
+        )
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
@@ -94,8 +112,14 @@ def test_sparse_pattern_never_changes(tiny_corpus, tmp_path, optimizer):
     """Training moves the stored values only: the pattern is the one drawn from the seed, entries
     outside it stay exactly zero, and the optimiser state covers the stored values alone."""
     from sparselm.model import LanguageModel, build_patterns
-    cfg = tiny_config(sparsity=0.2, optimizer=optimizer, momentum=0.9 if optimizer == "sgd" else 0,
-                      lr=0.05 if optimizer == "adam" else 1.0, max_steps=6)
+
+    cfg = tiny_config(
+        sparsity=0.2,
+        optimizer=optimizer,
+        momentum=0.9 if optimizer == "sgd" else 0,
+        lr=0.05 if optimizer == "adam" else 1.0,
+        max_steps=6,
+    )
     train(cfg, tmp_path / "run", tiny_corpus, quiet=True)
     ckpt = load_checkpoint(tmp_path / "run" / "last.h5")
     drawn = build_patterns(cfg, np.random.default_rng(cfg.seed))
@@ -103,10 +127,10 @@ def test_sparse_pattern_never_changes(tiny_corpus, tmp_path, optimizer):
     for name, pattern in drawn.items():
         np.testing.assert_array_equal(ckpt.patterns[name].indices, pattern.indices)
         np.testing.assert_array_equal(ckpt.patterns[name].indptr, pattern.indptr)
-        assert not np.array_equal(ckpt.params[name], initial.params[name])    # values moved
+        assert not np.array_equal(ckpt.params[name], initial.params[name])  # values moved
         dense = np.zeros(pattern.shape)
         rows = np.repeat(np.arange(pattern.shape[0]), np.diff(pattern.indptr))
         dense[rows, pattern.indices] = 1.0
-        assert dense.sum() == len(ckpt.params[name]) < dense.size     # only stored entries exist
+        assert dense.sum() == len(ckpt.params[name]) < dense.size  # only stored entries exist
     state_sizes = {buf.size for buf in ckpt.optimizer.values()}
     assert state_sizes == {initial.params.flat.size}

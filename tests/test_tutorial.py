@@ -44,7 +44,7 @@ def with_tiny_sizes(args: list[str]) -> list[str]:
 
 def run_command(words: list[str]) -> None:
     if words[:2] == ["pip", "install"]:
-        assert words[2:] == ["-e", ".[dev]"], words          # the package is installed already
+        assert words[2:] == ["-e", ".[dev]"], words  # the package is installed already
     elif words[0] == "export":
         assert words[1].startswith("SPARSELM_DATA="), words  # the test sets it to the tiny corpus
     elif words[0] == "sparselm":
@@ -53,8 +53,9 @@ def run_command(words: list[str]) -> None:
         assert result.exit_code == 0, f"{' '.join(words)}:\n{result.output}"
     elif words[:3] == ["python", "-m", "pytest"]:
         assert all("test_tutorial" not in w for w in words)  # no recursion
-        done = subprocess.run([sys.executable, *words[1:]], cwd=REPO, capture_output=True,
-                              text=True, timeout=600)
+        done = subprocess.run(
+            [sys.executable, *words[1:]], cwd=REPO, capture_output=True, text=True, timeout=600
+        )
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     else:
         pytest.fail(f"tests/test_tutorial.py does not know how to run: {' '.join(words)}")

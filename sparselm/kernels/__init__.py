@@ -22,12 +22,30 @@ from ..errors import ConfigError
 DEVICES = ("auto", "cpu", "cuda")
 # What every backend provides: the kernels (same names, arguments and meaning on both) and the
 # array operations a step needs around them.
-_NUMBA_KERNELS = ("csr_matmul", "csr_matmul_t", "csr_sddmm",                  # kernels.cpu_csr
-                  "csr_lstm_forward", "csr_lstm_backward",                    # kernels.cpu_lstm
-                  "lstm_cell_forward", "lstm_cell_backward", "softmax_xent",  # kernels.cpu
-                  "embedding_backward", "sum_squares", "sgd_update", "adam_update")
-_ARRAY_OPS = ("gemm", "col_sum", "fill", "copy", "mul", "gather", "grid_sums",
-              "grid_outer_add")                                          # kernels.cpu_arrays
+_NUMBA_KERNELS = (
+    "csr_matmul",
+    "csr_matmul_t",
+    "csr_sddmm",  # kernels.cpu_csr
+    "csr_lstm_forward",
+    "csr_lstm_backward",  # kernels.cpu_lstm
+    "lstm_cell_forward",
+    "lstm_cell_backward",
+    "softmax_xent",  # kernels.cpu
+    "embedding_backward",
+    "sum_squares",
+    "sgd_update",
+    "adam_update",
+)
+_ARRAY_OPS = (
+    "gemm",
+    "col_sum",
+    "fill",
+    "copy",
+    "mul",
+    "gather",
+    "grid_sums",
+    "grid_outer_add",
+)  # kernels.cpu_arrays
 KERNELS = _NUMBA_KERNELS + _ARRAY_OPS
 ARRAYS = ("empty", "zeros", "to_device", "to_host")
 
@@ -52,7 +70,7 @@ class Backend:
         return f"Backend({self.name!r}, {self.detail!r})"
 
 
-_fallback_noted = False     # "auto" says it fell back once per process
+_fallback_noted = False  # "auto" says it fell back once per process
 
 
 def get_backend(device: str = "auto") -> Backend:
@@ -79,8 +97,7 @@ def _note_fallback(reason: str) -> None:
     global _fallback_noted
     if not _fallback_noted:
         _fallback_noted = True
-        warnings.warn(f"--device auto: {reason}; running on the CPU", FallbackWarning,
-                      stacklevel=3)
+        warnings.warn(f"--device auto: {reason}; running on the CPU", FallbackWarning, stacklevel=3)
 
 
 def _cuda_backend(detail: str) -> Backend:

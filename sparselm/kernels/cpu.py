@@ -104,8 +104,9 @@ def cell_backward_row(dh_out, dh_rec, dc, gates, c_prev, tanh_c, dgates, dc_prev
     """Batch row b of lstm_cell_backward."""
     nh = dc.shape[1]
     for j in range(nh):
-        cell_backward_unit(dh_out, dh_rec, dc, gates, c_prev, tanh_c, dgates, dc_prev, b, j, nh,
-                           ONE)
+        cell_backward_unit(
+            dh_out, dh_rec, dc, gates, c_prev, tanh_c, dgates, dc_prev, b, j, nh, ONE
+        )
 
 
 @njit(parallel=True, cache=True, fastmath=FAST)
@@ -138,7 +139,7 @@ def lstm_cell_backward(dh_out, dh_rec, dc, gates, c_prev, tanh_c, dgates, dc_pre
 # (relative error <= 2.2e-8 on that interval) and 2^n built from the float32 exponent bits.
 # Relative error <= 3e-7 in float32 (asserted in tests); results below exp(-87) flush to 0.
 _LOG2E = _f(1.4426950408889634)
-_LN2_HI = _f(0.693359375)        # ln 2 split so that n * _LN2_HI is exact for |n| < 128
+_LN2_HI = _f(0.693359375)  # ln 2 split so that n * _LN2_HI is exact for |n| < 128
 _LN2_LO = _f(-2.12194440e-4)
 _EXP_FLOOR = _f(-87.0)
 _C2, _C3, _C4, _C5, _C6 = _f(1 / 2), _f(1 / 6), _f(1 / 24), _f(1 / 120), _f(1 / 720)
@@ -157,7 +158,7 @@ def _exp_mantissa(x):
 
 @njit(inline="always", fastmath=FAST)
 def _row_exp_libm(row, bias, shift, bits):
-    total = row[0] * 0      # a zero of the row's dtype
+    total = row[0] * 0  # a zero of the row's dtype
     for v in range(row.shape[0]):
         e = np.exp(row[v] + bias[v] - shift)
         row[v] = e
@@ -171,7 +172,7 @@ def _row_exp_approx(row, bias, shift, bits):
     for v in range(row.shape[0]):
         p, n = _exp_mantissa(row[v] + bias[v] - shift)
         row[v] = p
-        bits[v] = (np.int32(n) + _BIAS) << _SHIFT     # the float32 2^n
+        bits[v] = (np.int32(n) + _BIAS) << _SHIFT  # the float32 2^n
     scale = bits.view(np.float32)
     total = row[0] * 0
     for v in range(row.shape[0]):
@@ -279,7 +280,7 @@ def sum_squares(x):
     partial = np.zeros(_NORM_CHUNKS)
     for chunk in prange(_NORM_CHUNKS):
         # a slice indexed from 0: LLVM can prove the index non-negative and vectorise
-        seg = x[chunk * n // _NORM_CHUNKS: (chunk + 1) * n // _NORM_CHUNKS]
+        seg = x[chunk * n // _NORM_CHUNKS : (chunk + 1) * n // _NORM_CHUNKS]
         acc = seg.dtype.type(0)
         for k in range(seg.shape[0]):
             acc += seg[k] * seg[k]
@@ -321,8 +322,8 @@ def adam_update(p, g, m, v, lr, scale, beta1, beta2, eps, step):
     n = p.shape[0]
     t = p.dtype.type
     b1, b2, sc = t(beta1), t(beta2), t(scale)
-    step_size = t(lr * np.sqrt(1.0 - beta2 ** step) / (1.0 - beta1 ** step))
-    eps_hat = t(eps * np.sqrt(1.0 - beta2 ** step))
+    step_size = t(lr * np.sqrt(1.0 - beta2**step) / (1.0 - beta1**step))
+    eps_hat = t(eps * np.sqrt(1.0 - beta2**step))
     for k in prange(n):
         gk = sc * g[k]
         mk = b1 * m[k] + (ONE - b1) * gk

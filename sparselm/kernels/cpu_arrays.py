@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..dense import gemm_op as gemm   # noqa: F401  (transposes are free views on the CPU)
+from ..dense import gemm_op as gemm  # noqa: F401  (transposes are free views on the CPU)
 
 empty = np.empty
 zeros = np.zeros
@@ -60,7 +60,7 @@ def grid_sums(h, rows, cols) -> None:
     sums of the hidden vector read as an S x S grid).
     """
     n, side = rows.shape
-    grid = h.reshape(n, side, side)       # a view: (N, S, S), g[n, i, j] = h[n, i*S + j]
+    grid = h.reshape(n, side, side)  # a view: (N, S, S), g[n, i, j] = h[n, i*S + j]
     np.sum(grid, axis=2, out=rows)
     np.sum(grid, axis=1, out=cols)
 

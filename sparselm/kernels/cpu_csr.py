@@ -40,12 +40,27 @@ import warnings
 import numpy as np
 from llvmlite import ir
 from numba import config, njit, prange, types
-from numba.core.errors import NumbaPerformanceWarning
 from numba.core import cgutils
+from numba.core.errors import NumbaPerformanceWarning
 from numba.extending import intrinsic
 
-from .simd import aligned_empty, data_ptr, fma, hsum, hsum4, lane_mask, load, masked_load
-from .simd import masked_store, plus, shuffle, splat, store, times, vec_type
+from .simd import (
+    aligned_empty,
+    data_ptr,
+    fma,
+    hsum,
+    hsum4,
+    lane_mask,
+    load,
+    masked_load,
+    masked_store,
+    plus,
+    shuffle,
+    splat,
+    store,
+    times,
+    vec_type,
+)
 from .simd import lanes as _lanes
 
 # Row ranges per call: several per thread so work-stealing absorbs uneven rows and noisy cores.
@@ -64,8 +79,11 @@ _SDDMM_WEIGHT = 4
 # parallel caller avoids it.
 # Those callers have no loop of their own, so Numba's warning that it found nothing to split
 # is expected there (and only there: the message names this file).
-warnings.filterwarnings("ignore", message=r"(?s).*'parallel=True' was specified.*cpu_csr\.py",
-                        category=NumbaPerformanceWarning)
+warnings.filterwarnings(
+    "ignore",
+    message=r"(?s).*'parallel=True' was specified.*cpu_csr\.py",
+    category=NumbaPerformanceWarning,
+)
 
 # One intrinsic per loop: a hot loop should call one intrinsic, chosen before the loop, not
 # one of several chosen inside it. The SDDMM's block loop, choosing among _grads1, _grads2 and
@@ -120,8 +138,22 @@ def _make_rows_kernel(n_regs):
     """
 
     @intrinsic
-    def rows(typingctx, dst, d_off, vals, perm, cols, ptr, r0, n_rows, src, s_off, second,
-             n_valid, accumulate):
+    def rows(
+        typingctx,
+        dst,
+        d_off,
+        vals,
+        perm,
+        cols,
+        ptr,
+        r0,
+        n_rows,
+        src,
+        s_off,
+        second,
+        n_valid,
+        accumulate,
+    ):
         i = types.intp
         direct = isinstance(perm, types.NoneType)
         paired = not isinstance(second, types.NoneType)
@@ -136,13 +168,16 @@ def _make_rows_kernel(n_regs):
             sets = [(pv, pp, pc, pr, ps, _stride0(context, builder, sig, args, 8))]
             if paired:
                 (pv2, _), (pc2, _), (pr2, _), (ps2, s2_stride) = _member_arrays(
-                    context, builder, sig.args[10], args[10])
+                    context, builder, sig.args[10], args[10]
+                )
                 sets.append((pv2, None, pc2, pr2, ps2, s2_stride))
             if masked:
                 n_valid = context.cast(builder, args[11], sig.args[11], i)
-                left = builder.sub(n_valid, s_off)           # valid lanes from s_off on
-                masks = [lane_mask(builder, plus(builder, left, -g * vty.count), vty)
-                         for g in range(n_regs)]
+                left = builder.sub(n_valid, s_off)  # valid lanes from s_off on
+                masks = [
+                    lane_mask(builder, plus(builder, left, -g * vty.count), vty)
+                    for g in range(n_regs)
+                ]
             zero = ir.Constant(vty, None)
             accs = [cgutils.alloca_once_value(builder, zero) for _ in range(n_regs)]
             with cgutils.for_range(builder, n_rows) as row:
@@ -156,8 +191,9 @@ def _make_rows_kernel(n_regs):
                         k = builder.add(lo, loop.index)
                         kv = k if qp is None else _load_index(builder, qp, k)
                         v = splat(builder, builder.load(builder.gep(qv, [kv])), vty)
-                        base = builder.add(builder.mul(_load_index(builder, qc, k), q_stride),
-                                           s_off)
+                        base = builder.add(
+                            builder.mul(_load_index(builder, qc, k), q_stride), s_off
+                        )
                         for g, acc in enumerate(accs):
                             x = load(builder, qs, plus(builder, base, g * vty.count), vty)
                             builder.store(fma(builder, v, x, builder.load(acc)), acc)
@@ -173,8 +209,10 @@ def _make_rows_kernel(n_regs):
                     masked_store(builder, builder.load(acc), pd, at, vty, masks[g])
             return context.get_dummy_value()
 
-        return (types.void(dst, i, vals, perm, cols, ptr, i, i, src, i, second, n_valid,
-                           accumulate), codegen)
+        return (
+            types.void(dst, i, vals, perm, cols, ptr, i, i, src, i, second, n_valid, accumulate),
+            codegen,
+        )
 
     return rows
 
@@ -198,8 +236,7 @@ def _make_scatter_kernel(n_regs):
 
         def codegen(context, builder, sig, args):
             vty = vec_type(context, sig.args[0].dtype)
-            pa, pv, pc, pr, ps = (data_ptr(context, builder, sig, args, j)
-                                  for j in (0, 1, 2, 3, 6))
+            pa, pv, pc, pr, ps = (data_ptr(context, builder, sig, args, j) for j in (0, 1, 2, 3, 6))
             r0, n_rows, off = args[4], args[5], args[7]
             stride = _stride0(context, builder, sig, args, 6)
             with cgutils.for_range(builder, n_rows) as row:
@@ -207,16 +244,19 @@ def _make_scatter_kernel(n_regs):
                 lo = _load_index(builder, pr, r)
                 hi = _load_index(builder, pr, plus(builder, r, 1))
                 base = builder.add(builder.mul(r, stride), off)
-                xs = [load(builder, ps, plus(builder, base, g * vty.count), vty)
-                      for g in range(n_regs)]
+                xs = [
+                    load(builder, ps, plus(builder, base, g * vty.count), vty)
+                    for g in range(n_regs)
+                ]
                 with cgutils.for_range(builder, builder.sub(hi, lo)) as loop:
                     k = builder.add(lo, loop.index)
                     v = splat(builder, builder.load(builder.gep(pv, [k])), vty)
                     at = builder.add(builder.mul(_load_index(builder, pc, k), stride), off)
                     for g, x in enumerate(xs):
                         at_g = plus(builder, at, g * vty.count)
-                        store(builder, fma(builder, v, x, load(builder, pa, at_g, vty)), pa,
-                              at_g, vty)
+                        store(
+                            builder, fma(builder, v, x, load(builder, pa, at_g, vty)), pa, at_g, vty
+                        )
             return context.get_dummy_value()
 
         return types.void(acc, vals, cols, ptr, i, i, src, i), codegen
@@ -248,16 +288,18 @@ def _make_grads_kernel(n_regs):
     """
 
     @intrinsic
-    def grads(typingctx, blk, xt, indices, starts, s0, ends, e0, n_rows, out, accumulate,
-              col_sums, c0):
+    def grads(
+        typingctx, blk, xt, indices, starts, s0, ends, e0, n_rows, out, accumulate, col_sums, c0
+    ):
         i = types.intp
         with_sums = not isinstance(col_sums, types.NoneType)
 
         def codegen(context, builder, sig, args):
             vty = vec_type(context, sig.args[0].dtype)
             n = vty.count
-            pb, px, pi, p_lo, p_hi, po = (data_ptr(context, builder, sig, args, j)
-                                          for j in (0, 1, 2, 3, 5, 8))
+            pb, px, pi, p_lo, p_hi, po = (
+                data_ptr(context, builder, sig, args, j) for j in (0, 1, 2, 3, 5, 8)
+            )
             s0, e0, n_rows, acc_flag, c0 = (args[j] for j in (4, 6, 7, 9, 11))
             mp = _stride0(context, builder, sig, args, 1)
             zero = ir.Constant(vty, None)
@@ -266,6 +308,7 @@ def _make_grads_kernel(n_regs):
             def vectors(a_off, b_offs):
                 """[sum over registers g of blk(a_off + gL) * xt(b + gL)] per b in b_offs;
                 b = None stands for a vector of ones (the row's own sum)."""
+
                 def term(g_off, b, total):
                     av = load(builder, pb, builder.add(a_off, g_off), vty)
                     if b is None:
@@ -298,36 +341,45 @@ def _make_grads_kernel(n_regs):
                 if with_sums:
                     (total,) = vectors(a_off, [None])
                     sums = data_ptr(context, builder, sig, args, 10)
-                    builder.store(hsum(builder, total),
-                                  builder.gep(sums, [builder.add(c0, row.index)]))
-                return (a_off, _load_index(builder, p_lo, builder.add(s0, row.index)),
-                        _load_index(builder, p_hi, builder.add(e0, row.index)))
+                    builder.store(
+                        hsum(builder, total), builder.gep(sums, [builder.add(c0, row.index)])
+                    )
+                return (
+                    a_off,
+                    _load_index(builder, p_lo, builder.add(s0, row.index)),
+                    _load_index(builder, p_hi, builder.add(e0, row.index)),
+                )
 
             def b_off(k):
                 return builder.mul(_load_index(builder, pi, k), mp)
 
-            def row_loop(adding):   # rows whole or in runs; four entries of a row share
-                                    # each load of the row's dy
+            def row_loop(adding):  # rows whole or in runs; four entries of a row share
+                # each load of the row's dy
                 with cgutils.for_range(builder, n_rows) as row:
                     a_off, lo, hi = row_start(row)
                     n4 = builder.ashr(builder.sub(hi, lo), ir.Constant(lo.type, 2))
                     with cgutils.for_range(builder, n4) as quad:
-                        ks = [plus(builder, builder.add(lo, times(builder, quad.index, 4)), e)
-                              for e in range(4)]
+                        ks = [
+                            plus(builder, builder.add(lo, times(builder, quad.index, 4)), e)
+                            for e in range(4)
+                        ]
                         totals = vectors(a_off, [b_off(k) for k in ks])
                         for k, total in zip(ks, hsum4(builder, totals)):
                             put(k, total, adding)
                     done = builder.add(lo, times(builder, n4, 4))
                     left = builder.sub(hi, done)
-                    if n_regs:      # the last 2-3 entries in one hsum4, the last one repeated
+                    if n_regs:  # the last 2-3 entries in one hsum4, the last one repeated
                         with builder.if_then(builder.icmp_signed("==", left, one_i)):
                             (total,) = vectors(a_off, [b_off(done)])
                             put(done, hsum(builder, total), adding)
                         with builder.if_then(builder.icmp_signed(">", left, one_i)):
-                            third = plus(builder, done, 2)      # or the second again
+                            third = plus(builder, done, 2)  # or the second again
                             three = builder.icmp_signed("<", third, hi)
-                            ks = [done, plus(builder, done, 1),
-                                  builder.select(three, third, plus(builder, done, 1))]
+                            ks = [
+                                done,
+                                plus(builder, done, 1),
+                                builder.select(three, third, plus(builder, done, 1)),
+                            ]
                             totals = vectors(a_off, [b_off(k) for k in ks]) + [zero]
                             sums = hsum4(builder, totals)
                             put(ks[0], sums[0], adding)
@@ -340,16 +392,18 @@ def _make_grads_kernel(n_regs):
                             (total,) = vectors(a_off, [b_off(k)])
                             put(k, hsum(builder, total), adding)
 
-            with builder.if_else(acc_flag) as (adding, overwriting):   # the loop twice: no
-                with adding:                                           # test per entry
+            with builder.if_else(acc_flag) as (adding, overwriting):  # the loop twice: no
+                with adding:  # test per entry
                     row_loop(True)
                 with overwriting:
                     row_loop(False)
 
             return context.get_dummy_value()
 
-        return (types.void(blk, xt, indices, starts, i, ends, i, i, out, accumulate, col_sums, i),
-                codegen)
+        return (
+            types.void(blk, xt, indices, starts, i, ends, i, i, out, accumulate, col_sums, i),
+            codegen,
+        )
 
     return grads
 
@@ -386,9 +440,13 @@ def _make_transpose_kernel(add):
             ps = data_ptr(context, builder, sig, args, 0)
             pd = data_ptr(context, builder, sig, args, 3)
             s_off, s_stride, d_off, d_stride = args[1], args[2], args[4], args[5]
-            rows = _perfect_shuffles(builder, [
-                load(builder, ps, builder.add(s_off, times(builder, s_stride, r)), vty)
-                for r in range(vty.count)])
+            rows = _perfect_shuffles(
+                builder,
+                [
+                    load(builder, ps, builder.add(s_off, times(builder, s_stride, r)), vty)
+                    for r in range(vty.count)
+                ],
+            )
             for j, row in enumerate(rows):
                 off = builder.add(d_off, times(builder, d_stride, j))
                 if add:
@@ -428,21 +486,21 @@ def _make_transpose_into_kernel(n_take):
             zero = ir.Constant(vty, None)
             last = builder.sub(n_src, ir.Constant(n_src.type, 1))
             rows = []
-            for r in range(take):           # row r if r < n_src, else zeros (row r not read)
+            for r in range(take):  # row r if r < n_src, else zeros (row r not read)
                 rc = ir.Constant(n_src.type, r)
                 inside = builder.icmp_signed("<", rc, n_src)
                 at = builder.add(s_off, builder.mul(s_stride, builder.select(inside, rc, last)))
                 rows.append(builder.select(inside, masked_load(builder, ps, at, vty, cols), zero))
             rows = _perfect_shuffles(builder, rows)
-            per = n // take                 # columns per shuffled vector
+            per = n // take  # columns per shuffled vector
             for j in range(n):
                 v = rows[j // per]
-                if take < n:                # column j's `take` lanes, then zeros
+                if take < n:  # column j's `take` lanes, then zeros
                     first = take * (j % per)
-                    v = shuffle(builder, v, zero, [first + t for t in range(take)]
-                                + [n] * (n - take))
-                with builder.if_then(builder.icmp_signed("<", ir.Constant(n_cols.type, j),
-                                                         n_cols)):
+                    v = shuffle(
+                        builder, v, zero, [first + t for t in range(take)] + [n] * (n - take)
+                    )
+                with builder.if_then(builder.icmp_signed("<", ir.Constant(n_cols.type, j), n_cols)):
                     store(builder, v, pd, builder.add(d_off, times(builder, d_stride, j)), vty)
             return context.get_dummy_value()
 
@@ -452,8 +510,9 @@ def _make_transpose_into_kernel(n_take):
 
 
 _transpose_block, _transpose_block_add = _make_transpose_kernel(False), _make_transpose_kernel(True)
-_transpose_into4, _transpose_into8, _transpose_into = (_make_transpose_into_kernel(r)
-                                                        for r in (4, 8, None))
+_transpose_into4, _transpose_into8, _transpose_into = (
+    _make_transpose_into_kernel(r) for r in (4, 8, None)
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -489,7 +548,7 @@ def transpose_cols(a, at, s0, s1, row0):
         for mb in range(0, m, lanes):
             n_src = min(lanes, m - mb)
             s_off = mb * n_cols + sb
-            if n_src == lanes and width == lanes:     # no edge: no masks, no zeros
+            if n_src == lanes and width == lanes:  # no edge: no masks, no zeros
                 _transpose_block(a, s_off, n_cols, at, d_off + mb, mp)
             elif n_src <= 4:
                 _transpose_into4(a, s_off, n_cols, n_src, width, at, d_off + mb, mp)
@@ -531,24 +590,62 @@ def _task_bounds(indptr, step, max_tasks=_MAX_TASKS):
 
 
 @njit(cache=True, inline="always")
-def _row_passes(dst, d_off, vals, perm, cols, ptr, r0, n_rows, src, second, n_valid,
-                accumulate):
+def _row_passes(dst, d_off, vals, perm, cols, ptr, r0, n_rows, src, second, n_valid, accumulate):
     """dst.flat[d_off + i*D + l] for i < n_rows, l < Mp (D: dst's row length), in passes of 4,
     2 and 1 registers: see _tile_product, and the rows intrinsic for n_valid, accumulate."""
     lanes = _lanes(src)
     n_regs = src.shape[1] // lanes
     g = 0
     while g + 4 <= n_regs:
-        _rows4(dst, d_off + g * lanes, vals, perm, cols, ptr, r0, n_rows, src, g * lanes,
-               second, n_valid, accumulate)
+        _rows4(
+            dst,
+            d_off + g * lanes,
+            vals,
+            perm,
+            cols,
+            ptr,
+            r0,
+            n_rows,
+            src,
+            g * lanes,
+            second,
+            n_valid,
+            accumulate,
+        )
         g += 4
     if g + 2 <= n_regs:
-        _rows2(dst, d_off + g * lanes, vals, perm, cols, ptr, r0, n_rows, src, g * lanes,
-               second, n_valid, accumulate)
+        _rows2(
+            dst,
+            d_off + g * lanes,
+            vals,
+            perm,
+            cols,
+            ptr,
+            r0,
+            n_rows,
+            src,
+            g * lanes,
+            second,
+            n_valid,
+            accumulate,
+        )
         g += 2
     if g < n_regs:
-        _rows1(dst, d_off + g * lanes, vals, perm, cols, ptr, r0, n_rows, src, g * lanes,
-               second, n_valid, accumulate)
+        _rows1(
+            dst,
+            d_off + g * lanes,
+            vals,
+            perm,
+            cols,
+            ptr,
+            r0,
+            n_rows,
+            src,
+            g * lanes,
+            second,
+            n_valid,
+            accumulate,
+        )
 
 
 @njit(cache=True, inline="always")
@@ -566,8 +663,9 @@ def _tile_product(tile, vals, perm, cols, ptr, r0, n_rows, src, second):
         _row_passes(tile, 0, vals, perm, cols, ptr, r0, n_rows, src, second, None, None)
     else:
         for i in range(n_rows):
-            _row_passes(tile, i * src.shape[1], vals, perm, cols, ptr, r0 + i, 1, src, second,
-                        None, None)
+            _row_passes(
+                tile, i * src.shape[1], vals, perm, cols, ptr, r0 + i, 1, src, second, None, None
+            )
 
 
 @njit(cache=True, inline="always")
@@ -592,7 +690,7 @@ def _store_tile(tile, n_rows, out, r0, accumulate):
                 mb = min(bm * lanes, m - lanes)
                 _transpose_block(tile, mb, mp, out, mb * n_out + r0, n_out)
     for j in range(start, m):
-        seg = out[j, r0:r0 + n_rows]
+        seg = out[j, r0 : r0 + n_rows]
         for i in range(seg.size):
             seg[i] = seg[i] + tile[i, j] if accumulate else tile[i, j]
 
@@ -646,14 +744,26 @@ def spmm_rows_out(vals, perm, cols, ptr, xt, row_lo, row_hi, out_rows, accumulat
     may not (1.0-1.4x at M = 400).
     """
     m = out_rows.shape[1]
-    _row_passes(out_rows, row_lo * m, vals, perm, cols, ptr, row_lo, row_hi - row_lo, xt, None,
-                m, accumulate)
+    _row_passes(
+        out_rows,
+        row_lo * m,
+        vals,
+        perm,
+        cols,
+        ptr,
+        row_lo,
+        row_hi - row_lo,
+        xt,
+        None,
+        m,
+        accumulate,
+    )
 
 
-_TILE_ROWS = 64         # rows of W per block when x^T is read in column slices
-_TILE_COLS = 256        # columns of x^T per slice: (256, Mp) stays in L2 beside the dy block
-_TILE_MIN_BYTES = 1 << 19   # x^T larger than this is read in slices (a core's L2: 1 MiB)
-_TILE_REUSE = 2         # ... when a block's entries hit each column this often on average
+_TILE_ROWS = 64  # rows of W per block when x^T is read in column slices
+_TILE_COLS = 256  # columns of x^T per slice: (256, Mp) stays in L2 beside the dy block
+_TILE_MIN_BYTES = 1 << 19  # x^T larger than this is read in slices (a core's L2: 1 MiB)
+_TILE_REUSE = 2  # ... when a block's entries hit each column this often on average
 
 
 @njit(cache=True, inline="always")
@@ -661,8 +771,11 @@ def _tiles_pay(xt, indptr):
     """True when the SDDMM should read x^T in column slices (see _sddmm_rows): x^T outgrows
     L2, and a block's rows hit each column _TILE_REUSE times or more on average."""
     rows, nnz = indptr.size - 1, indptr[-1]
-    return (xt.shape[1] > 2 * _lanes(xt) and xt.size * xt.itemsize > _TILE_MIN_BYTES
-            and nnz * _TILE_ROWS >= _TILE_REUSE * rows * xt.shape[0])
+    return (
+        xt.shape[1] > 2 * _lanes(xt)
+        and xt.size * xt.itemsize > _TILE_MIN_BYTES
+        and nnz * _TILE_ROWS >= _TILE_REUSE * rows * xt.shape[0]
+    )
 
 
 @njit(cache=True)
@@ -678,19 +791,21 @@ def _sddmm_rows(indices, indptr, dy, xt, row_lo, row_hi, out, accumulate, col_su
     """
     n_regs = xt.shape[1] // _lanes(xt)
     if n_regs == 1:
-        _sddmm_blocks(_grads1, indices, indptr, dy, xt, row_lo, row_hi, out, accumulate,
-                      col_sums, pair)
+        _sddmm_blocks(
+            _grads1, indices, indptr, dy, xt, row_lo, row_hi, out, accumulate, col_sums, pair
+        )
     elif n_regs == 2:
-        _sddmm_blocks(_grads2, indices, indptr, dy, xt, row_lo, row_hi, out, accumulate,
-                      col_sums, pair)
+        _sddmm_blocks(
+            _grads2, indices, indptr, dy, xt, row_lo, row_hi, out, accumulate, col_sums, pair
+        )
     else:
-        _sddmm_blocks(_grads_loop, indices, indptr, dy, xt, row_lo, row_hi, out, accumulate,
-                      col_sums, pair)
+        _sddmm_blocks(
+            _grads_loop, indices, indptr, dy, xt, row_lo, row_hi, out, accumulate, col_sums, pair
+        )
 
 
 @njit(cache=True, inline="always")
-def _sddmm_blocks(grads, indices, indptr, dy, xt, row_lo, row_hi, out, accumulate, col_sums,
-                  pair):
+def _sddmm_blocks(grads, indices, indptr, dy, xt, row_lo, row_hi, out, accumulate, col_sums, pair):
     """_sddmm_rows with the grads intrinsic for xt's registers per row (_make_grads_kernel).
 
     Columns of dy are transposed a block of rows at a time (L rows, a block that stays in L1)
@@ -704,21 +819,32 @@ def _sddmm_blocks(grads, indices, indptr, dy, xt, row_lo, row_hi, out, accumulat
         for r0 in range(row_lo, row_hi, _TILE_ROWS):
             r1 = min(r0 + _TILE_ROWS, row_hi)
             transpose_cols(dy, blk, r0, r1, r0)
-            _sliced_grads(grads, blk, xt, indices, indptr, r0, r1, out, accumulate, col_sums,
-                          cuts)
+            _sliced_grads(grads, blk, xt, indices, indptr, r0, r1, out, accumulate, col_sums, cuts)
             if pair is not None:
-                _sliced_grads(grads, blk, pair[2], pair[0], pair[1], r0, r1, pair[3],
-                              accumulate, None, cuts)
+                _sliced_grads(
+                    grads, blk, pair[2], pair[0], pair[1], r0, r1, pair[3], accumulate, None, cuts
+                )
     else:
         blk = aligned_empty(_lanes(xt), xt.shape[1], xt)
         for r0 in range(row_lo, row_hi, _lanes(xt)):
             n = min(_lanes(xt), row_hi - r0)
             transpose_cols(dy, blk, r0, r0 + n, r0)
-            grads(blk, xt, indices, indptr, r0, indptr, r0 + 1, n, out, accumulate, col_sums,
-                  r0)
+            grads(blk, xt, indices, indptr, r0, indptr, r0 + 1, n, out, accumulate, col_sums, r0)
             if pair is not None:
-                grads(blk, pair[2], pair[0], pair[1], r0, pair[1], r0 + 1, n, pair[3],
-                      accumulate, None, 0)
+                grads(
+                    blk,
+                    pair[2],
+                    pair[0],
+                    pair[1],
+                    r0,
+                    pair[1],
+                    r0 + 1,
+                    n,
+                    pair[3],
+                    accumulate,
+                    None,
+                    0,
+                )
 
 
 @njit(cache=True, inline="always")
@@ -731,7 +857,7 @@ def _sliced_grads(grads, blk, xt, indices, indptr, r0, r1, out, accumulate, col_
     lo, hi = cuts[0], cuts[1]
     for i in range(n):
         hi[i] = indptr[r0 + i]
-    if col_sums is not None:        # empty runs: the column sums only
+    if col_sums is not None:  # empty runs: the column sums only
         grads(blk, xt, indices, hi, 0, hi, 0, n, out, accumulate, col_sums, r0)
     for c1 in range(_TILE_COLS, xt.shape[0] + _TILE_COLS, _TILE_COLS):
         for i in range(n):
@@ -763,9 +889,9 @@ def _rows_into(vals, perm, cols, ptr, at, lo, hi, out, accumulate, out_rows):
         spmm_rows(vals, perm, cols, ptr, at, lo, hi, out, accumulate)
 
 
-_OWN_XT_BYTES = 1 << 19     # a call whose transposed operand is at most this large (half
-_OWN_XT_WORK = 1 << 25      # of L2) and whose work is under this many multiply-adds runs one
-                            # task per thread, each thread with its own copy (_own_xt_pays)
+_OWN_XT_BYTES = 1 << 19  # a call whose transposed operand is at most this large (half
+_OWN_XT_WORK = 1 << 25  # of L2) and whose work is under this many multiply-adds runs one
+# task per thread, each thread with its own copy (_own_xt_pays)
 # The threads available to this process, frozen into the compiled code: get_num_threads() in
 # a kernel would keep it out of Numba's cache. Fewer threads at run time (set_num_threads)
 # only means that a thread transposes x more than once.
@@ -788,7 +914,7 @@ def _spmm(vals, perm, cols, ptr, a, out, accumulate, out_rows):
     in a small call (_own_xt_pays) each thread transposes a for itself (see _sddmm_own_xt)."""
     m, width = a.shape
     n_rows = ptr.size - 1
-    if _small(vals.size, m, n_rows, width):      # all on this thread, the transpose too
+    if _small(vals.size, m, n_rows, width):  # all on this thread, the transpose too
         at = _alloc_transposed(a)
         transpose_cols(a, at, 0, width, 0)
         _rows_into(vals, perm, cols, ptr, at, 0, n_rows, out, accumulate, out_rows)
@@ -797,14 +923,16 @@ def _spmm(vals, perm, cols, ptr, a, out, accumulate, out_rows):
         for t in prange(bounds.size - 1):
             at = _alloc_transposed(a)
             transpose_cols(a, at, 0, width, 0)
-            _rows_into(vals, perm, cols, ptr, at, bounds[t], bounds[t + 1], out, accumulate,
-                       out_rows)
+            _rows_into(
+                vals, perm, cols, ptr, at, bounds[t], bounds[t + 1], out, accumulate, out_rows
+            )
     else:
         at = _transposed(a)
         bounds = _task_bounds(ptr, _lanes(a))
         for t in prange(bounds.size - 1):
-            _rows_into(vals, perm, cols, ptr, at, bounds[t], bounds[t + 1], out, accumulate,
-                       out_rows)
+            _rows_into(
+                vals, perm, cols, ptr, at, bounds[t], bounds[t + 1], out, accumulate, out_rows
+            )
 
 
 @njit(parallel=True, cache=True)  # calls parallel kernels: see 'Nested parallel calls'
@@ -820,8 +948,9 @@ def csr_matmul(data, indices, indptr, x, out, accumulate, out_rows=False):
 
 
 @njit(parallel=True, cache=True)  # calls parallel kernels: see 'Nested parallel calls'
-def csr_matmul_t(data, t_perm, t_indices, t_indptr, dy, out, accumulate, out_rows=False,
-                 pattern=None):
+def csr_matmul_t(
+    data, t_perm, t_indices, t_indptr, dy, out, accumulate, out_rows=False, pattern=None
+):
     """out (M, C) = dy @ W, or out += dy @ W when accumulate, without atomics.
 
     Row c of W^T holds entries k in t_indptr[c]:t_indptr[c+1] with row index t_indices[k] of W
@@ -831,15 +960,14 @@ def csr_matmul_t(data, t_perm, t_indices, t_indptr, dy, out, accumulate, out_row
     of W itself; with it a large W and a batch of at most 4 registers take the scatter
     product (_spmm_t_scatter), which reads the values in storage order.
     """
-    if pattern is not None and _scatter_pays(data.size, dy.shape[0], t_indptr.size - 1,
-                                             _lanes(dy)):
+    if pattern is not None and _scatter_pays(data.size, dy.shape[0], t_indptr.size - 1, _lanes(dy)):
         _spmm_t_scatter(data, pattern[0], pattern[1], dy, out, accumulate, out_rows)
     else:
         _spmm(data, t_perm, t_indices, t_indptr, dy, out, accumulate, out_rows)
 
 
 # The scatter product: private accumulators, summed at the end (no atomics, no write races).
-_SCATTER_PARTS = 4          # row ranges of W, each with its own (C, Mp) accumulator
+_SCATTER_PARTS = 4  # row ranges of W, each with its own (C, Mp) accumulator
 # Below this many entries the gather through t_perm is as fast (measured equal at N = 0.9M,
 # M = 20); at N = 2.5M its random reads of W's values (a cache line per entry) make it 1.65x
 # slower than the scatter, whose stores then cost less.
@@ -894,14 +1022,14 @@ def _spmm_t_scatter(data, indices, indptr, dy, out, accumulate, out_rows):
     for p in prange(_SCATTER_PARTS):
         if p < bounds.size - 1:
             _scatter_range(data, indices, indptr, dyt, bounds[p], bounds[p + 1], acc[p])
-        else:                                   # fewer ranges than parts: an empty sum
+        else:  # fewer ranges than parts: an empty sum
             _scatter_range(data, indices, indptr, dyt, 0, 0, acc[p])
     for b in prange(n_blocks):
         c0 = b * lanes
         n = min(lanes, cols - c0)
-        tile = acc[0, c0:c0 + lanes]
+        tile = acc[0, c0 : c0 + lanes]
         for p in range(1, _SCATTER_PARTS):
-            _add_rows(tile, acc[p, c0:c0 + lanes])
+            _add_rows(tile, acc[p, c0 : c0 + lanes])
         if not out_rows:
             _store_tile(tile, n, out, c0, accumulate)
             continue
@@ -932,7 +1060,7 @@ def _transposed(a):
     return at
 
 
-_SERIAL, _OWN_XT, _SHARED_XT = 0, 1, 2     # the forms of an SDDMM call (_sddmm_form)
+_SERIAL, _OWN_XT, _SHARED_XT = 0, 1, 2  # the forms of an SDDMM call (_sddmm_form)
 
 
 @njit(cache=True)
@@ -953,8 +1081,9 @@ def _sddmm_tasks(indices, indptr, dy, xt, out, accumulate, col_sums, pair, cost)
     of the entries to compute, pair included), x^T shared by the threads."""
     bounds = _task_bounds(cost, _lanes(xt))
     for t in prange(bounds.size - 1):
-        _sddmm_rows(indices, indptr, dy, xt, bounds[t], bounds[t + 1], out, accumulate,
-                    col_sums, pair)
+        _sddmm_rows(
+            indices, indptr, dy, xt, bounds[t], bounds[t + 1], out, accumulate, col_sums, pair
+        )
 
 
 @njit(cache=True)
@@ -969,8 +1098,18 @@ def _sddmm_from_x(indices, indptr, dy, x, row_lo, row_hi, out, accumulate, col_s
         x2 = pair[2]
         xt2 = _alloc_transposed(x2)
         transpose_cols(x2, xt2, 0, x2.shape[1], 0)
-        _sddmm_rows(indices, indptr, dy, xt, row_lo, row_hi, out, accumulate, col_sums,
-                    (pair[0], pair[1], xt2, pair[3]))
+        _sddmm_rows(
+            indices,
+            indptr,
+            dy,
+            xt,
+            row_lo,
+            row_hi,
+            out,
+            accumulate,
+            col_sums,
+            (pair[0], pair[1], xt2, pair[3]),
+        )
 
 
 @njit(parallel=True, cache=True)
@@ -981,8 +1120,9 @@ def _sddmm_own_xt(indices, indptr, dy, x, out, accumulate, col_sums, pair, cost)
     11.7 against 14.2 us; H=1500: 33 against 38 us)."""
     bounds = _task_bounds(cost, _lanes(x), _OWN_XT_TASKS)
     for t in prange(bounds.size - 1):
-        _sddmm_from_x(indices, indptr, dy, x, bounds[t], bounds[t + 1], out, accumulate,
-                      col_sums, pair)
+        _sddmm_from_x(
+            indices, indptr, dy, x, bounds[t], bounds[t + 1], out, accumulate, col_sums, pair
+        )
 
 
 @njit(parallel=True, cache=True)  # calls parallel kernels: see 'Nested parallel calls'
@@ -1008,8 +1148,16 @@ def csr_sddmm(indices, indptr, dy, x, out, accumulate, col_sums=None, pair=None)
     elif form == _OWN_XT:
         _sddmm_own_xt(indices, indptr, dy, x, out, accumulate, col_sums, pair, cost)
     elif pair is None:
-        _sddmm_tasks(indices, indptr, dy, _transposed(x), out, accumulate, col_sums, None,
-                     cost)
+        _sddmm_tasks(indices, indptr, dy, _transposed(x), out, accumulate, col_sums, None, cost)
     else:
-        _sddmm_tasks(indices, indptr, dy, _transposed(x), out, accumulate, col_sums,
-                     (pair[0], pair[1], _transposed(pair[2]), pair[3]), cost)
+        _sddmm_tasks(
+            indices,
+            indptr,
+            dy,
+            _transposed(x),
+            out,
+            accumulate,
+            col_sums,
+            (pair[0], pair[1], _transposed(pair[2]), pair[3]),
+            cost,
+        )

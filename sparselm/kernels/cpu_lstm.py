@@ -61,22 +61,24 @@ def csr_lstm_forward(x, w_x, w_h, bias, hs, cs, gates, tanh_c):
     n_chunks = _n_chunks(nb, width)
     for chunk in prange(n_chunks):
         b0, b1 = _chunk(nb, chunk, n_chunks)
-        x_win = np.zeros((width, ni), x.dtype)       # x_t of the chunk, zero-padded
-        h_win = np.zeros((width, nh), x.dtype)       # h_{t-1} likewise
-        x_t = aligned_empty(ni, width, x)           # ... transposed: batch in SIMD lanes
+        x_win = np.zeros((width, ni), x.dtype)  # x_t of the chunk, zero-padded
+        h_win = np.zeros((width, nh), x.dtype)  # h_{t-1} likewise
+        x_t = aligned_empty(ni, width, x)  # ... transposed: batch in SIMD lanes
         h_t = aligned_empty(nh, width, x)
-        rec = aligned_empty(width, ng, x)           # x_t W_x^T + h_{t-1} W_h^T of the window
+        rec = aligned_empty(width, ng, x)  # x_t W_x^T + h_{t-1} W_h^T of the window
         for t in range(steps):
             for i in range(b1 - b0):
                 _copy_row(x_win[i], x[t, b0 + i])
                 _copy_row(h_win[i], hs[t, b0 + i])
             transpose_cols(x_win, x_t, 0, ni, 0)
             transpose_cols(h_win, h_t, 0, nh, 0)
-            spmm_rows(data, None, indices, indptr, h_t, 0, ng, rec, False,
-                      (w_x[0], w_x[1], w_x[2], x_t))
+            spmm_rows(
+                data, None, indices, indptr, h_t, 0, ng, rec, False, (w_x[0], w_x[1], w_x[2], x_t)
+            )
             for i in range(b1 - b0):
-                cell_forward_row(None, rec, bias, cs[t], gates[t], cs[t + 1], tanh_c[t],
-                                 hs[t + 1], b0 + i, i)
+                cell_forward_row(
+                    None, rec, bias, cs[t], gates[t], cs[t + 1], tanh_c[t], hs[t + 1], b0 + i, i
+                )
 
 
 @njit(parallel=True, cache=True)
@@ -89,8 +91,9 @@ def _permuted(data, perm):
 
 
 @njit(parallel=True, cache=True, fastmath=FAST)
-def csr_lstm_backward(dout, dh_last, dc_last, gates, cs, tanh_c, w_x_t, w_h_t, dgates, dx, dh0,
-                      dc0):
+def csr_lstm_backward(
+    dout, dh_last, dc_last, gates, cs, tanh_c, w_x_t, w_h_t, dgates, dx, dh0, dc0
+):
     """Backward through the window (equations in lstm.py), for t = T-1 .. 0: the cell backward
     (kernels.cpu) writes dgates[t], then dh^rec_{t-1} = dgates[t] W_h and dx[t] = dgates[t] W_x
     through the matrices' transpose patterns (see kernels.cpu_csr.csr_matmul_t), from one
@@ -115,19 +118,28 @@ def csr_lstm_backward(dout, dh_last, dc_last, gates, cs, tanh_c, w_x_t, w_h_t, d
     for chunk in prange(n_chunks):
         b0, b1 = _chunk(nb, chunk, n_chunks)
         m = b1 - b0
-        dh_rec = np.empty((nb, nh), dout.dtype)      # rows b0:b1 used (batch row numbers)
-        dc = np.empty((2, nb, nh), dout.dtype)       # ping-pong: dc_t in, dc_{t-1} out
-        dg_win = np.zeros((width, ng), dout.dtype)   # dgates[t] of the chunk, zero-padded
-        dg_t = aligned_empty(ng, width, dout)       # ... transposed
-        dh_win = aligned_empty(width, nh, dout)     # dgates[t] W_h of the window
-        dx_win = aligned_empty(width, ni, dout)     # dgates[t] W_x of the window
+        dh_rec = np.empty((nb, nh), dout.dtype)  # rows b0:b1 used (batch row numbers)
+        dc = np.empty((2, nb, nh), dout.dtype)  # ping-pong: dc_t in, dc_{t-1} out
+        dg_win = np.zeros((width, ng), dout.dtype)  # dgates[t] of the chunk, zero-padded
+        dg_t = aligned_empty(ng, width, dout)  # ... transposed
+        dh_win = aligned_empty(width, nh, dout)  # dgates[t] W_h of the window
+        dx_win = aligned_empty(width, ni, dout)  # dgates[t] W_x of the window
         for i in range(m):
             _copy_row(dh_rec[b0 + i], dh_last[b0 + i])
             _copy_row(dc[steps % 2, b0 + i], dc_last[b0 + i])
         for t in range(steps - 1, -1, -1):
             for i in range(m):
-                cell_backward_row(dout[t], dh_rec, dc[(t + 1) % 2], gates[t], cs[t], tanh_c[t],
-                                  dgates[t], dc[t % 2], b0 + i)
+                cell_backward_row(
+                    dout[t],
+                    dh_rec,
+                    dc[(t + 1) % 2],
+                    gates[t],
+                    cs[t],
+                    tanh_c[t],
+                    dgates[t],
+                    dc[t % 2],
+                    b0 + i,
+                )
                 _copy_row(dg_win[i], dgates[t, b0 + i])
             transpose_cols(dg_win, dg_t, 0, ng, 0)
             spmm_rows(vals, None, t_indices, t_indptr, dg_t, 0, nh, dh_win, False)

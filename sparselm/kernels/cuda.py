@@ -75,8 +75,8 @@ from numba import cuda
 from . import cell
 
 # -- launch configuration ------------------------------------------------------------------------
-THREADS_PER_BLOCK = 256     # threads of a 1-D block; a power of two (block reductions halve it)
-MAX_BLOCKS = 1024           # grid-stride kernels never launch more blocks than this
+THREADS_PER_BLOCK = 256  # threads of a 1-D block; a power of two (block reductions halve it)
+MAX_BLOCKS = 1024  # grid-stride kernels never launch more blocks than this
 
 _F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
 # float32 constants: they keep float32 arithmetic in float32 (a Python float literal would
@@ -179,7 +179,7 @@ def _col_sum_py(a, out, accumulate):
     n_rows, n_cols = a.shape
     for v in range(cuda.grid(1), n_cols, cuda.gridsize(1)):
         acc = ZERO
-        for n in range(n_rows):             # adjacent threads read adjacent columns: coalesced
+        for n in range(n_rows):  # adjacent threads read adjacent columns: coalesced
             acc += a[n, v]
         out[v] = out[v] + acc if accumulate else acc
 
@@ -302,7 +302,7 @@ def _block_sum(buf, val):
         cuda.syncthreads()
         s //= 2
     total = buf[0]
-    cuda.syncthreads()      # nobody overwrites buf (next reduction) before all have read buf[0]
+    cuda.syncthreads()  # nobody overwrites buf (next reduction) before all have read buf[0]
     return total
 
 
@@ -329,7 +329,8 @@ _cell_state = cuda.jit(device=True)(cell.cell_state)
 _cell_write_unit = cuda.jit(device=True)(cell.cell_write_unit)
 _cell_backward_unit = cuda.jit(device=True)(cell.cell_backward_unit)
 
-@functools.lru_cache(maxsize=None)
+
+@functools.cache
 def _lstm_forward_kernel(dtype: np.dtype):
     """The forward kernel of one dtype: its constant 1 has that dtype (see ZERO, ONE)."""
     one = dtype.type(1.0)
@@ -339,7 +340,7 @@ def _lstm_forward_kernel(dtype: np.dtype):
         # 1 / (1 + e^-x): accurate in both tails (0.5 + 0.5 tanh(x/2) cancels for x << 0)
         return one / (one + math.exp(-x))
 
-    @cuda.jit(fastmath=False)       # accurate tanhf / expf in float32 too (Precision)
+    @cuda.jit(fastmath=False)  # accurate tanhf / expf in float32 too (Precision)
     def lstm_forward(gx, r, bias, c_prev, gates, c, tanh_c, h):
         nb, ng = gx.shape
         nh = ng // 4
@@ -362,11 +363,12 @@ def _lstm_backward_py(dh_out, dh_rec, dc, gates, c_prev, tanh_c, dgates, dc_prev
     for idx in range(cuda.grid(1), nb * nh, cuda.gridsize(1)):
         b = idx // nh
         j = idx - b * nh
-        _cell_backward_unit(dh_out, dh_rec, dc, gates, c_prev, tanh_c, dgates, dc_prev, b, j, nh,
-                            ONE)
+        _cell_backward_unit(
+            dh_out, dh_rec, dc, gates, c_prev, tanh_c, dgates, dc_prev, b, j, nh, ONE
+        )
 
 
-_LSTM_BACKWARD = _pair(_lstm_backward_py, fast=True)     # no transcendental functions
+_LSTM_BACKWARD = _pair(_lstm_backward_py, fast=True)  # no transcendental functions
 
 
 def lstm_cell_forward(gx, r, bias, c_prev, gates, c, tanh_c, h) -> None:
@@ -396,23 +398,23 @@ def lstm_cell_backward(dh_out, dh_rec, dc, gates, c_prev, tanh_c, dgates, dc_pre
 
 
 # -- softmax cross-entropy ------------------------------------------------------------------------
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _softmax_kernel(dtype: np.dtype, tpb: int):
     """Kernel for one dtype and block size (the shared buffer's size is a compile-time constant)."""
     scalar = dtype.type
-    zero = scalar(0.0)      # typed (see ZERO, ONE): math.exp's results are added to it
+    zero = scalar(0.0)  # typed (see ZERO, ONE): math.exp's results are added to it
 
     @cuda.jit(fastmath=False)
     def softmax_rows(logits, bias, targets, weights, nll, grad):
         buf = cuda.shared.array(tpb, scalar)
         n_rows, n_vocab = logits.shape
         t = cuda.threadIdx.x
-        for n in range(cuda.blockIdx.x, n_rows, cuda.gridDim.x):   # a block per row
+        for n in range(cuda.blockIdx.x, n_rows, cuda.gridDim.x):  # a block per row
             row = logits[n]
             m = row[0] + bias[0]
             for v in range(t, n_vocab, tpb):
                 z = row[v] + bias[v]
-                if z > m:               # (not max(): numba.cuda mistypes it in device code)
+                if z > m:  # (not max(): numba.cuda mistypes it in device code)
                     m = z
             shift = _block_max(buf, m)
             s = zero
@@ -421,10 +423,10 @@ def _softmax_kernel(dtype: np.dtype, tpb: int):
             total = _block_sum(buf, s)
             target = targets[n]
             if t == 0:
-                z_target = row[target] + bias[target]    # rounded as the shift was
+                z_target = row[target] + bias[target]  # rounded as the shift was
                 nll[n] = math.log(float(total)) + float(shift) - float(z_target)
             if grad:
-                cuda.syncthreads()      # row[target] is read above before anyone rewrites it
+                cuda.syncthreads()  # row[target] is read above before anyone rewrites it
                 w = weights[n]
                 scale = w / total
                 for v in range(t, n_vocab, tpb):
@@ -451,8 +453,14 @@ def softmax_xent(logits, bias, targets, weights, nll, dbias, grad) -> None:
     tpb = threads_per_block()
     blocks = max(1, min(n_rows, int(MAX_BLOCKS)))
     kern = _softmax_kernel(dtype, tpb)
-    kern[blocks, tpb](_out(logits, "logits"), to_device(bias), to_device(targets),
-                      to_device(weights), _out(nll, "nll"), bool(grad))
+    kern[blocks, tpb](
+        _out(logits, "logits"),
+        to_device(bias),
+        to_device(targets),
+        to_device(weights),
+        _out(nll, "nll"),
+        bool(grad),
+    )
     if grad:
         col_sum(logits, dbias, accumulate=True)
 
@@ -482,9 +490,9 @@ def embedding_backward(ids, dx, dweight) -> None:
 
 
 # -- optimiser ------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sum_squares_kernel(tpb: int):
-    @cuda.jit(fastmath=False)       # the NaN detector of the step: no fast-math freedoms
+    @cuda.jit(fastmath=False)  # the NaN detector of the step: no fast-math freedoms
     def sum_squares_partial(x, partial):
         buf = cuda.shared.array(tpb, np.float64)
         acc = 0.0
@@ -545,9 +553,16 @@ def sgd_update(p, g, velocity, lr, scale, momentum) -> None:
     """
     n = p.shape[0]
     if n:
-        t = np.dtype(p.dtype).type      # scalars in the array dtype keep float32 in float32
-        _kernel(_SGD, p.dtype)[_grid(n)](_out(p, "p"), to_device(g), _out(velocity, "velocity"),
-                                         t(lr), t(scale), t(momentum), momentum != 0.0)
+        t = np.dtype(p.dtype).type  # scalars in the array dtype keep float32 in float32
+        _kernel(_SGD, p.dtype)[_grid(n)](
+            _out(p, "p"),
+            to_device(g),
+            _out(velocity, "velocity"),
+            t(lr),
+            t(scale),
+            t(momentum),
+            momentum != 0.0,
+        )
 
 
 def adam_update(p, g, m, v, lr, scale, beta1, beta2, eps, step) -> None:
@@ -559,10 +574,19 @@ def adam_update(p, g, m, v, lr, scale, beta1, beta2, eps, step) -> None:
     n = p.shape[0]
     if n:
         t = np.dtype(p.dtype).type
-        step_size = t(lr * math.sqrt(1.0 - beta2 ** step) / (1.0 - beta1 ** step))
-        eps_hat = t(eps * math.sqrt(1.0 - beta2 ** step))
-        _kernel(_ADAM, p.dtype)[_grid(n)](_out(p, "p"), to_device(g), _out(m, "m"), _out(v, "v"),
-                                          step_size, eps_hat, t(beta1), t(beta2), t(scale))
+        step_size = t(lr * math.sqrt(1.0 - beta2**step) / (1.0 - beta1**step))
+        eps_hat = t(eps * math.sqrt(1.0 - beta2**step))
+        _kernel(_ADAM, p.dtype)[_grid(n)](
+            _out(p, "p"),
+            to_device(g),
+            _out(m, "m"),
+            _out(v, "v"),
+            step_size,
+            eps_hat,
+            t(beta1),
+            t(beta2),
+            t(scale),
+        )
 
 
 # -- CSR products ---------------------------------------------------------------------------------
@@ -599,7 +623,7 @@ def _csr_matmul_t_py(data, t_perm, t_indices, t_indptr, dy, out, accumulate, out
     for idx in range(cuda.grid(1), m_rows * n_out, cuda.gridsize(1)):
         m, c = _out_index_dev(idx, m_rows, n_out, out_rows)
         acc = ZERO
-        for k in range(t_indptr[c], t_indptr[c + 1]):   # row c of W^T: no atomics needed
+        for k in range(t_indptr[c], t_indptr[c + 1]):  # row c of W^T: no atomics needed
             acc += data[t_perm[k]] * dy[m, t_indices[k]]
         if out_rows:
             out[c, m] = out[c, m] + acc if accumulate else acc
@@ -611,7 +635,7 @@ def _csr_matmul_t_py(data, t_perm, t_indices, t_indptr, dy, out, accumulate, out
 def _row_of(indptr, k):
     """The row holding entry k: the largest r with indptr[r] <= k (empty rows skipped)."""
     lo = 0
-    hi = indptr.shape[0] - 1            # invariant: indptr[lo] <= k < indptr[hi]
+    hi = indptr.shape[0] - 1  # invariant: indptr[lo] <= k < indptr[hi]
     while hi - lo > 1:
         mid = (lo + hi) // 2
         if indptr[mid] <= k:
@@ -624,7 +648,7 @@ def _row_of(indptr, k):
 def _csr_sddmm_py(indices, indptr, dy, x, out, accumulate):
     m_rows = dy.shape[0]
     for k in range(cuda.grid(1), out.shape[0], cuda.gridsize(1)):
-        r = _row_of(indptr, k)          # log R steps against M multiply-adds below
+        r = _row_of(indptr, k)  # log R steps against M multiply-adds below
         col = indices[k]
         acc = ZERO
         for m in range(m_rows):
@@ -652,12 +676,14 @@ def csr_matmul(data, indices, indptr, x, out, accumulate, out_rows=False) -> Non
         _zero_unless(out, accumulate)
         return
     ins = [to_device(a) for a in (data, indices, indptr, x)]
-    _kernel(_CSR_MATMUL, x.dtype)[_grid(n)](*ins, _out(out, "out"), bool(accumulate),
-                                            bool(out_rows))
+    _kernel(_CSR_MATMUL, x.dtype)[_grid(n)](
+        *ins, _out(out, "out"), bool(accumulate), bool(out_rows)
+    )
 
 
-def csr_matmul_t(data, t_perm, t_indices, t_indptr, dy, out, accumulate, out_rows=False,
-                 pattern=None) -> None:
+def csr_matmul_t(
+    data, t_perm, t_indices, t_indptr, dy, out, accumulate, out_rows=False, pattern=None
+) -> None:
     """out (M, C) = dy @ W (or +=) through W^T's pattern: row c of W^T holds entries
     t_indptr[c]:t_indptr[c+1] with row index t_indices[k] of W and value data[t_perm[k]].
     data: (N,) float; t_perm, t_indices: (N,), t_indptr: (C+1,) int32; dy (M, R), out (M, C),
@@ -668,8 +694,9 @@ def csr_matmul_t(data, t_perm, t_indices, t_indptr, dy, out, accumulate, out_row
         _zero_unless(out, accumulate)
         return
     ins = [to_device(a) for a in (data, t_perm, t_indices, t_indptr, dy)]
-    _kernel(_CSR_MATMUL_T, dy.dtype)[_grid(n)](*ins, _out(out, "out"), bool(accumulate),
-                                               bool(out_rows))
+    _kernel(_CSR_MATMUL_T, dy.dtype)[_grid(n)](
+        *ins, _out(out, "out"), bool(accumulate), bool(out_rows)
+    )
 
 
 def transposed_view(a):
@@ -723,17 +750,19 @@ def csr_lstm_forward(x, w_x, w_h, bias, hs, cs, gates, tanh_c) -> None:
         lstm_cell_forward(gx[t], rec, bias, cs[t], gates[t], cs[t + 1], tanh_c[t], hs[t + 1])
 
 
-def csr_lstm_backward(dout, dh_last, dc_last, gates, cs, tanh_c, w_x_t, w_h_t, dgates, dx, dh0,
-                      dc0) -> None:
+def csr_lstm_backward(
+    dout, dh_last, dc_last, gates, cs, tanh_c, w_x_t, w_h_t, dgates, dx, dh0, dc0
+) -> None:
     """The backward recurrence (as kernels.cpu_lstm.csr_lstm_backward): a step at a time, then
     dx for all steps at once."""
     steps, nb, nh = dout.shape
-    dc = empty((2, nb, nh), dout.dtype)     # ping-pong: dc_t in, dc_{t-1} out
-    copy(dh0, dh_last)                      # dh0 carries dh^rec from step to step
+    dc = empty((2, nb, nh), dout.dtype)  # ping-pong: dc_t in, dc_{t-1} out
+    copy(dh0, dh_last)  # dh0 carries dh^rec from step to step
     copy(dc[steps % 2], dc_last)
     for t in range(steps - 1, -1, -1):
-        lstm_cell_backward(dout[t], dh0, dc[(t + 1) % 2], gates[t], cs[t], tanh_c[t], dgates[t],
-                           dc[t % 2])
+        lstm_cell_backward(
+            dout[t], dh0, dc[(t + 1) % 2], gates[t], cs[t], tanh_c[t], dgates[t], dc[t % 2]
+        )
         csr_matmul_t(*w_h_t, dgates[t], dh0, False)
     copy(dc0, dc[0])
     ni = dx.shape[2]
@@ -751,8 +780,16 @@ def csr_pattern(matrix):
     key = id(matrix.indices)
     hit = _PATTERNS.get(key)
     if hit is None or hit[0]() is not matrix.indices:
-        arrays = tuple(to_device(a) for a in (matrix.indices, matrix.indptr, matrix.t_indices,
-                                              matrix.t_indptr, matrix.t_perm))
+        arrays = tuple(
+            to_device(a)
+            for a in (
+                matrix.indices,
+                matrix.indptr,
+                matrix.t_indices,
+                matrix.t_indptr,
+                matrix.t_perm,
+            )
+        )
         hit = (weakref.ref(matrix.indices), arrays)
         _PATTERNS[key] = hit
         weakref.finalize(matrix.indices, _PATTERNS.pop, key, None)
@@ -760,17 +797,17 @@ def csr_pattern(matrix):
 
 
 # -- dense GEMM -----------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _gemm_kernel(dtype: np.dtype, tile: int):
     """Tiled GEMM for one dtype and tile side (shared tiles are compile-time sized)."""
     scalar = dtype.type
-    padded = tile + 1       # a closure constant: shared shapes must be literal at compile time
+    padded = tile + 1  # a closure constant: shared shapes must be literal at compile time
 
     @cuda.jit(fastmath=dtype == _F32)
     def gemm_tiles(a, b, out, accumulate, trans_a, trans_b):
         # tiles padded by one column so transposed stores hit distinct shared-memory banks
-        sa = cuda.shared.array((tile, padded), scalar)    # sa[i, kk] = op(a)[row0+i, k0+kk]
-        sb = cuda.shared.array((tile, padded), scalar)    # sb[kk, j] = op(b)[k0+kk, col0+j]
+        sa = cuda.shared.array((tile, padded), scalar)  # sa[i, kk] = op(a)[row0+i, k0+kk]
+        sb = cuda.shared.array((tile, padded), scalar)  # sb[kk, j] = op(b)[k0+kk, col0+j]
         tx = cuda.threadIdx.x
         ty = cuda.threadIdx.y
         row0 = cuda.blockIdx.y * tile
@@ -780,13 +817,13 @@ def _gemm_kernel(dtype: np.dtype, tile: int):
         acc = ZERO
         for k0 in range(0, kdim, tile):
             # every global read runs along tx (the fastest-varying index of the stored array)
-            if trans_a:     # a stored (K, M)
+            if trans_a:  # a stored (K, M)
                 ok = k0 + ty < kdim and row0 + tx < m
                 sa[tx, ty] = a[k0 + ty, row0 + tx] if ok else ZERO
             else:
                 ok = row0 + ty < m and k0 + tx < kdim
                 sa[ty, tx] = a[row0 + ty, k0 + tx] if ok else ZERO
-            if trans_b:     # b stored (N, K)
+            if trans_b:  # b stored (N, K)
                 ok = col0 + ty < n and k0 + tx < kdim
                 sb[tx, ty] = b[col0 + ty, k0 + tx] if ok else ZERO
             else:
@@ -817,8 +854,10 @@ def gemm(a, b, out, accumulate=False, trans_a=False, trans_b=False):
     a_rows = a.shape[1] if trans_a else a.shape[0]
     b_k, b_n = (b.shape[1], b.shape[0]) if trans_b else (b.shape[0], b.shape[1])
     if a_rows != m or b_n != n or b_k != k:
-        raise ValueError(f"gemm shapes do not match: op(a) ({a_rows}, {k}) @ op(b) "
-                         f"({b_k}, {b_n}) -> out {tuple(out.shape)}")
+        raise ValueError(
+            f"gemm shapes do not match: op(a) ({a_rows}, {k}) @ op(b) "
+            f"({b_k}, {b_n}) -> out {tuple(out.shape)}"
+        )
     if m == 0 or n == 0:
         return out
     if k == 0:
@@ -830,12 +869,13 @@ def gemm(a, b, out, accumulate=False, trans_a=False, trans_b=False):
     tile = gemm_tile()
     grid = (-(-n // tile), -(-m // tile))
     kern = _gemm_kernel(_check_dtype(out.dtype), tile)
-    kern[grid, (tile, tile)](to_device(a), to_device(b), _out(out, "out"), bool(accumulate),
-                             bool(trans_a), bool(trans_b))
+    kern[grid, (tile, tile)](
+        to_device(a), to_device(b), _out(out, "out"), bool(accumulate), bool(trans_a), bool(trans_b)
+    )
     return out
 
 
-_CUPY: list = []       # [module or None], filled on first use
+_CUPY: list = []  # [module or None], filled on first use
 
 
 def cupy_module():
@@ -847,10 +887,11 @@ def cupy_module():
     if not _CUPY:
         module = None
         from ..device import simulator_enabled
+
         if not simulator_enabled():
             try:
                 import cupy as module
-            except Exception:       # not installed, or no usable CUDA runtime for it
+            except Exception:  # not installed, or no usable CUDA runtime for it
                 module = None
         _CUPY.append(module)
     return _CUPY[0]
@@ -905,11 +946,17 @@ def _signatures(dtype, nt) -> dict:
         "gather": (_gather_py, (mat, i32, mat), fast),
         "grid_sums": (_grid_sums_py, (mat, mat, mat), fast),
         "grid_outer_add": (_grid_outer_add_py, (mat, mat, mat), fast),
-        "lstm_cell_forward": (_lstm_forward_kernel(dtype).py_func, (mat, mat, v) + (mat,) * 5,
-                              False),
+        "lstm_cell_forward": (
+            _lstm_forward_kernel(dtype).py_func,
+            (mat, mat, v) + (mat,) * 5,
+            False,
+        ),
         "lstm_cell_backward": (_lstm_backward_py, (mat,) * 8, fast),
-        "softmax_xent": (_softmax_kernel(dtype, 256).py_func,
-                         (mat, v, i32, v, nt.float64[::1], b), False),
+        "softmax_xent": (
+            _softmax_kernel(dtype, 256).py_func,
+            (mat, v, i32, v, nt.float64[::1], b),
+            False,
+        ),
         "embedding_backward": (_embedding_backward_py, (i32, mat, mat), fast),
         "sum_squares": (_sum_squares_kernel(256).py_func, (v, nt.float64[::1]), False),
         "sgd_update": (_sgd_py, (v, v, v, f, f, f, b), fast),
@@ -918,8 +965,7 @@ def _signatures(dtype, nt) -> dict:
         "csr_matmul_t": (_csr_matmul_t_py, (v, i32, i32, i32, mat, mat, b, b), fast),
         "csr_sddmm": (_csr_sddmm_py, (i32, i32, mat, mat, v, b), fast),
         "gemm": (_gemm_kernel(dtype, 16).py_func, (mat, mat, mat, b, b, b), fast),
-        "gemm[strided]": (_gemm_kernel(dtype, 16).py_func,
-                          (f[:, :], f[:, :], mat, b, b, b), fast),
+        "gemm[strided]": (_gemm_kernel(dtype, 16).py_func, (f[:, :], f[:, :], mat, b, b, b), fast),
     }
 
 

@@ -35,7 +35,7 @@ def aligned_empty(rows, cols, like):
     lanes = VEC_BYTES // like.itemsize
     buf = np.empty(rows * cols + lanes, like.dtype)
     skip = (VEC_BYTES - buf.ctypes.data % VEC_BYTES) % VEC_BYTES // like.itemsize
-    return buf[skip:skip + rows * cols].reshape((rows, cols))
+    return buf[skip : skip + rows * cols].reshape((rows, cols))
 
 
 def vec_type(context, dtype):
@@ -75,8 +75,9 @@ def lane_mask(builder, n_valid, vty):
     """<L x i1>: lane l set when l < n_valid (an integer value; any value, negative included)."""
     ity = ir.VectorType(n_valid.type, vty.count)
     limit = builder.insert_element(ir.Constant(ity, ir.Undefined), n_valid, ir.Constant(I32, 0))
-    limit = builder.shuffle_vector(limit, limit, ir.Constant(ir.VectorType(I32, vty.count),
-                                                             [0] * vty.count))
+    limit = builder.shuffle_vector(
+        limit, limit, ir.Constant(ir.VectorType(I32, vty.count), [0] * vty.count)
+    )
     return builder.icmp_signed("<", ir.Constant(ity, list(range(vty.count))), limit)
 
 
@@ -84,24 +85,36 @@ def _masked_intrinsic(builder, vty, kind):
     elem = "f32" if isinstance(vty.element, ir.FloatType) else "f64"
     mask = ir.VectorType(ir.IntType(1), vty.count)
     ptr = vty.as_pointer()
-    fnty = (ir.FunctionType(vty, [ptr, I32, mask, vty]) if kind == "load" else
-            ir.FunctionType(ir.VoidType(), [vty, ptr, I32, mask]))
-    return cgutils.get_or_insert_function(builder.module, fnty,
-                                          f"llvm.masked.{kind}.v{vty.count}{elem}.p0")
+    fnty = (
+        ir.FunctionType(vty, [ptr, I32, mask, vty])
+        if kind == "load"
+        else ir.FunctionType(ir.VoidType(), [vty, ptr, I32, mask])
+    )
+    return cgutils.get_or_insert_function(
+        builder.module, fnty, f"llvm.masked.{kind}.v{vty.count}{elem}.p0"
+    )
 
 
 def masked_load(builder, base, offset, vty, mask):
     """The lanes of mask loaded, zero elsewhere; nothing outside them is read."""
     fn = _masked_intrinsic(builder, vty, "load")
-    return builder.call(fn, [_vec_ptr(builder, base, offset, vty),
-                             ir.Constant(I32, _align(vty)), mask, ir.Constant(vty, None)])
+    return builder.call(
+        fn,
+        [
+            _vec_ptr(builder, base, offset, vty),
+            ir.Constant(I32, _align(vty)),
+            mask,
+            ir.Constant(vty, None),
+        ],
+    )
 
 
 def masked_store(builder, value, base, offset, vty, mask):
     """Stores the lanes of mask only; memory outside them is not touched."""
     fn = _masked_intrinsic(builder, vty, "store")
-    builder.call(fn, [value, _vec_ptr(builder, base, offset, vty),
-                      ir.Constant(I32, _align(vty)), mask])
+    builder.call(
+        fn, [value, _vec_ptr(builder, base, offset, vty), ir.Constant(I32, _align(vty)), mask]
+    )
 
 
 def shuffle(builder, a, b, lanes):
@@ -117,8 +130,9 @@ def fma(builder, a, b, c):
     """a * b + c, lane-wise, rounded once (llvmlite's builder.fma takes scalars only)."""
     vty = a.type
     elem = "f32" if isinstance(vty.element, ir.FloatType) else "f64"
-    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty] * 3),
-                                        f"llvm.fma.v{vty.count}{elem}")
+    fn = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(vty, [vty] * 3), f"llvm.fma.v{vty.count}{elem}"
+    )
     return builder.call(fn, [a, b, c])
 
 
@@ -132,8 +146,11 @@ def _reduce(builder, v, combine):
     n = v.type.count
     while n > 1:
         n //= 2
-        v = combine(builder, shuffle(builder, v, v, list(range(n))),
-                    shuffle(builder, v, v, list(range(n, 2 * n))))
+        v = combine(
+            builder,
+            shuffle(builder, v, v, list(range(n))),
+            shuffle(builder, v, v, list(range(n, 2 * n))),
+        )
     return builder.extract_element(v, ir.Constant(I32, 0))
 
 
@@ -148,24 +165,29 @@ def hsum4(builder, vs):
     levels fold together. For L = 16: 8 shuffles and 5 adds, against 16 and 16 for four
     separate reductions."""
     n = vs[0].type.count
-    halves = (list(range(n // 2)) + [n + i for i in range(n // 2)],
-              list(range(n // 2, n)) + [n + i for i in range(n // 2, n)])
+    halves = (
+        list(range(n // 2)) + [n + i for i in range(n // 2)],
+        list(range(n // 2, n)) + [n + i for i in range(n // 2, n)],
+    )
     # [a|b] and [c|d]: a's lanes folded to n/2 beside b's, likewise c and d
-    ab, cd = (builder.fadd(shuffle(builder, x, y, halves[0]), shuffle(builder, x, y, halves[1]))
-              for x, y in ((vs[0], vs[1]), (vs[2], vs[3])))
-    q = n // 4                                  # then four groups of n/4: [a|b|c|d]
+    ab, cd = (
+        builder.fadd(shuffle(builder, x, y, halves[0]), shuffle(builder, x, y, halves[1]))
+        for x, y in ((vs[0], vs[1]), (vs[2], vs[3]))
+    )
+    q = n // 4  # then four groups of n/4: [a|b|c|d]
     lo = [g * 2 * q + i for g in range(2) for i in range(q)]
     lo = lo + [n + j for j in lo]
     v = builder.fadd(shuffle(builder, ab, cd, lo), shuffle(builder, ab, cd, [j + q for j in lo]))
     g = q
-    while g > 1:                                # fold each group onto its first lane
+    while g > 1:  # fold each group onto its first lane
         g //= 2
-        v = builder.fadd(v, shuffle(builder, v, v, [i + g if i % (2 * g) < g else i
-                                                    for i in range(n)]))
+        v = builder.fadd(
+            v, shuffle(builder, v, v, [i + g if i % (2 * g) < g else i for i in range(n)])
+        )
     return [builder.extract_element(v, ir.Constant(I32, k * q)) for k in range(4)]
 
 
-_MAX_REGS = 4   # independent accumulators: enough to hide the compare-select latency
+_MAX_REGS = 4  # independent accumulators: enough to hide the compare-select latency
 
 
 @intrinsic
@@ -180,7 +202,7 @@ def max_of_sum(typingctx, a, b, n_vecs):
         pa, pb = data_ptr(context, builder, sig, args, 0), data_ptr(context, builder, sig, args, 1)
         n_vecs = args[2]
 
-        def summed(vec):                            # a[vec*L:(vec+1)*L] + b[...]
+        def summed(vec):  # a[vec*L:(vec+1)*L] + b[...]
             off = times(builder, vec, vty.count)
             return builder.fadd(load(builder, pa, off, vty), load(builder, pb, off, vty))
 
