@@ -189,6 +189,8 @@ class LanguageModel:
         p, be = self.params, self.be
         steps, nb = batch.inputs.shape
         n = steps * nb
+        self.check_ids(batch.inputs, "input")
+        self.check_ids(batch.targets, "target")
         if batch.reset:
             state = None
         ids = be.to_device(batch.inputs.reshape(n))
@@ -225,6 +227,22 @@ class LanguageModel:
         return ForwardResult(
             float(np.dot(nll, row_w)), float(real.sum()), batch.n_tokens, new_state, cache
         )
+
+    def check_ids(self, ids: np.ndarray, what: str = "word") -> None:
+        """Raise ValueError unless every id of ids (any shape, integer, a host array) is in [0, V).
+
+        The embedding gather and the softmax read rows by id without bounds checks (a stray id
+        would read a neighbouring row, and its gradient would be scattered past the embedding's
+        gradient into the next parameter's), so ids are checked where they enter the model.
+        """
+        if ids.size == 0:
+            return
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0 or hi >= self.vocab_size:
+            bad = lo if lo < 0 else hi
+            raise ValueError(
+                f"{what} id {bad} is outside the vocabulary [0, {self.vocab_size}) of this model"
+            )
 
     def hidden_forward(self, ids, steps: int, state=None, rng=None, train: bool = False):
         """Embedding and LSTM layers. ids: (T*B,) int32 on the backend, time-major; state:
@@ -264,6 +282,7 @@ class LanguageModel:
         float, new state."""
         if self.be.name != "cpu":
             raise ValueError("logits() runs on the CPU backend; load the model with device cpu")
+        self.check_ids(inputs, "input")
         top, new_state, _, _ = self.hidden_forward(
             np.ascontiguousarray(inputs).reshape(-1), inputs.shape[0], state
         )
@@ -303,7 +322,10 @@ class LanguageModel:
         if batch.mask is None:
             w.fill(scale)
         else:
-            np.multiply(batch.mask.reshape(-1), scale, out=w)
+            # The mask (0/1, any float dtype) is copied exactly, then scaled in the model's dtype:
+            # a float32 mask times a Python float would round 1/B to float32 (NumPy's NEP 50).
+            w[...] = batch.mask.reshape(-1)
+            w *= scale
         return w
 
     # -- backward -----------------------------------------------------------------------------

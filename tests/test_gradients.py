@@ -134,3 +134,27 @@ def test_factorized_output(reduction):
 
 def test_factorized_output_sparse_gates():
     run_gradient_check(tiny_model(output="factorized", sparsity=0.3), seed=7)
+
+
+def test_float32_mask_gives_the_float64_loss_of_a_float64_model():
+    # SentenceBatcher's masks are float32; a float64 model must still weight rows by 1/B in
+    # float64 (1/3 rounded to float32 is ~3e-8 off, relative).
+    model, rng = tiny_model(), np.random.default_rng(5)
+    batch = random_batch(rng, masked=True)
+    mask32 = Batch(batch.inputs, batch.targets, batch.mask.astype(np.float32), batch.reset)
+    state = random_state(model, rng)
+    exact = model.forward(batch, state, train=True).loss
+    assert abs(model.forward(mask32, state, train=True).loss - exact) <= 1e-15 * abs(exact)
+
+
+@pytest.mark.parametrize("field", ["inputs", "targets"])
+@pytest.mark.parametrize("bad", [V, -1])
+def test_word_ids_outside_the_vocabulary_are_refused(field, bad):
+    # Unchecked, id V would read row V-1 and its gradient would land in lstm.0.w_x's.
+    model, rng = tiny_model(), np.random.default_rng(6)
+    batch = random_batch(rng, masked=False)
+    getattr(batch, field)[1, 2] = bad
+    with pytest.raises(ValueError, match=rf"id {bad} is outside the vocabulary \[0, {V}\)"):
+        model.forward(batch, random_state(model, rng), train=True)
+    with pytest.raises(ValueError, match=rf"id {V} is outside"):
+        model.logits(np.array([[0], [V]], dtype=np.int32))
