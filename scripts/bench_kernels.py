@@ -255,9 +255,15 @@ def measure(args, np, sp, torch, csr_random, CSRMatrix):
 
 
 def derived(row):
-    """(GFLOP/s, x best peer (paired, see compare), x dense) of one result row."""
+    """(GFLOP/s, x best peer (paired, see compare) or None without a peer, x dense) of one row.
+
+    The SDDMM's only peer is torch: without it that op has no ratio."""
     flops = 2.0 * row["nnz"] * row["M"]
-    return flops / row["ours"] / 1e9, row["x_peer"], row["dense"] / row["ours"]
+    return flops / row["ours"] / 1e9, row.get("x_peer"), row["dense"] / row["ours"]
+
+
+def fmt_ratio(x, width):
+    return f"{x:{width}.2f}" if x is not None else f"{'n/a':>{width}}"
 
 
 def fmt_us(t):
@@ -279,8 +285,8 @@ def print_row(row):
     print(
         f"{row['H']:5d} {row['d']:7.4f} {row['M']:4d} {row['nnz']:8d} {row['op']:>9} "
         f"{layout:>3} {fmt_us(row['ours'])} {gflops:6.1f} {fmt_us(row['scipy'])} "
-        f"{fmt_us(row['torch'])} {fmt_us(row['dense'])} {x_peer:7.2f} {x_dense:8.2f} "
-        f"{row['x_in_place'] if 'x_in_place' in row else x_peer:10.2f}",
+        f"{fmt_us(row['torch'])} {fmt_us(row['dense'])} {fmt_ratio(x_peer, 7)} {x_dense:8.2f} "
+        f"{fmt_ratio(row.get('x_in_place', x_peer), 10)}",
         flush=True,
     )
 
@@ -307,9 +313,13 @@ def break_even(points):
 def summarise(rows, args):
     """The final JSON object: worst ratios, GFLOP/s, break-even densities, goals."""
     by_op = {op: [r for r in rows if r["op"] == op] for op in OPS}
-    worst = {}
+    worst: dict = {}
     for op, rs in by_op.items():
-        r = min(rs, key=lambda r: derived(r)[1])
+        compared = [r for r in rs if derived(r)[1] is not None]
+        if not compared:  # no peer for this op in this run (torch absent): "n/a"
+            worst[op] = None
+            continue
+        r = min(compared, key=lambda r: derived(r)[1])
         worst[op] = {"x_best_peer": round(derived(r)[1], 3), "H": r["H"], "d": r["d"], "M": r["M"]}
     dense_enough = [derived(r)[0] for r in rows if r["d"] >= 0.005]
     gf = [derived(r)[0] for r in rows]
@@ -338,8 +348,11 @@ def summarise(rows, args):
             for name, pts in (("matmul", fwd), ("matmul+matmul_t+sddmm", tot)):
                 dens, how = break_even(pts)
                 breaks[name][f"H{h}_M{m}"] = {"density": round(dens, 4), "how": how}
-    min_ratio = min(w["x_best_peer"] for w in worst.values())
-    in_place = min(r["x_in_place"] for r in by_op["matmul_t"])
+    ratios = [w["x_best_peer"] for w in worst.values() if w is not None]
+    min_ratio = min(ratios) if ratios else None
+    in_places = [r["x_in_place"] for r in by_op["matmul_t"] if "x_in_place" in r]
+    in_place = min(in_places) if in_places else None
+    x_peers = [derived(r)[1] for r in rows if derived(r)[1] is not None]
     min_gf = min(dense_enough) if dense_enough else None
     return {
         "benchmark": "csr_kernels",
@@ -350,16 +363,18 @@ def summarise(rows, args):
         "reps": args.reps,
         "min_speedup_vs_best_peer": min_ratio,
         "worst_point_per_op": worst,
-        "matmul_t_values_in_place_min_speedup": round(in_place, 3),
-        "points_below_1.5": sum(derived(r)[1] < 1.5 for r in rows),
-        "points_below_1.5_matmul_t_values_in_place": sum(
-            r["x_in_place"] < 1.5 for r in by_op["matmul_t"]
-        ),
+        "matmul_t_values_in_place_min_speedup": round(in_place, 3) if in_places else None,
+        "points_compared": len(x_peers),
+        "points_below_1.5": sum(x < 1.5 for x in x_peers),
+        "points_below_1.5_matmul_t_values_in_place": sum(x < 1.5 for x in in_places),
         "gflops_range": [round(min(gf), 2), round(max(gf), 2)],
         "min_gflops_at_d_ge_0.005": round(min_gf, 2) if min_gf is not None else None,
         "break_even_density_vs_dense": breaks,
         "goals": {
-            "speedup_ge_1.5_everywhere": min_ratio >= 1.5,
+            # None: not every op had a peer in this run (torch absent), so not measured.
+            "speedup_ge_1.5_everywhere": (
+                min_ratio >= 1.5 if min_ratio is not None and None not in worst.values() else None
+            ),
             "gflops_ge_20_at_d_ge_0.005": min_gf is not None and min_gf >= 20,
         },
     }

@@ -277,10 +277,12 @@ def bench_config(name, args, torch_ok):
     result["share_of_softmax_bound"] = (
         result["ours_tokens_per_s"] / result["softmax_bound_tokens_per_s"]
     )
-    if peer:
-        result["torch_tokens_per_s"] = statistics.median(rows["torch"])
-        result["torch_runs"] = [round(x) for x in rows["torch"]]
-        result["ratio_ours_over_torch"] = result["ours_tokens_per_s"] / result["torch_tokens_per_s"]
+    # Without the peer (torch absent or --no-torch) its fields are null: "n/a", not a gap.
+    result["torch_tokens_per_s"] = statistics.median(rows["torch"]) if peer else None
+    result["torch_runs"] = [round(x) for x in rows["torch"]]
+    result["ratio_ours_over_torch"] = (
+        result["ours_tokens_per_s"] / result["torch_tokens_per_s"] if peer else None
+    )
     if args.eval:
         chunk = batches[1 : 1 + args.steps]
         result["ours_eval_tokens_per_s"] = statistics.median(
@@ -371,10 +373,12 @@ def main():
             f"  softmax bound {r['softmax_bound_tokens_per_s']:8,.0f}"
             f" ({r['share_of_softmax_bound']:.0%})"
         )
-        if "torch_tokens_per_s" in r:
+        if r["torch_tokens_per_s"] is not None:
             line += (
                 f"  torch {r['torch_tokens_per_s']:8,.0f}  ratio {r['ratio_ours_over_torch']:.2f}x"
             )
+        else:
+            line += "  torch n/a"
         print(line, file=sys.stderr, flush=True)
     for r in results:
         print(json.dumps(r))

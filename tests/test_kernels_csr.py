@@ -9,11 +9,6 @@ thread) but still hold more outputs and entries than the 24 threads launched, so
 loops and boundary checks run. The last test is CPU-only and says so.
 """
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import naive
 import numpy as np
 import pytest
@@ -314,33 +309,6 @@ def test_rejects_bad_operands(kernel_backend):
         for call in calls:
             with pytest.raises(ValueError, match=pattern):
                 call()
-
-
-# -- CPU only ------------------------------------------------------------------------------------
-def test_cpu_bench_quick_smoke():
-    """CPU only: scripts/bench_kernels.py --quick (the CPU kernels' benchmark) runs end to end,
-    a few seconds once kernels are cached."""
-    script = Path(__file__).resolve().parent.parent / "scripts" / "bench_kernels.py"
-    res = subprocess.run(
-        [
-            sys.executable,
-            str(script),
-            "--quick",
-            "--reps",
-            "1",
-            "--target-ms",
-            "0.2",
-            "--threads",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert res.returncode == 0, res.stderr[-2000:]
-    summary = json.loads(res.stdout.strip().splitlines()[-1])
-    assert summary["benchmark"] == "csr_kernels" and summary["points"] == 2
-    assert set(summary["worst_point_per_op"]) == {"matmul", "matmul_t", "sddmm"}
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -100,34 +100,3 @@ def test_fused_recurrence_matches_step_loop(kernel_backend, dtype, nb):
     ).reshape(dx.shape)
     for got, want in zip((dgates, dx, dh0, dc0), (want_dg, want_dx, want_dh, want_dc)):
         np.testing.assert_allclose(be.host(got), want, **TOL[dtype])
-
-
-def test_profile_step_script_smoke():
-    """scripts/profile_step.py on a tiny sparse model: the fused recurrence and the SDDMM show
-    up among the timed calls."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parent.parent / "scripts" / "profile_step.py"
-    res = subprocess.run(
-        [
-            sys.executable,
-            str(script),
-            "--config",
-            "16:0.25",
-            "--steps",
-            "1",
-            "--reps",
-            "1",
-            "--threads",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert res.returncode == 0, res.stderr[-2000:]
-    assert res.stdout.startswith("16:0.25: median step")
-    for name in ("csr_lstm_forward", "csr_lstm_backward", "csr_sddmm", "softmax_xent"):
-        assert name in res.stdout, res.stdout
