@@ -195,8 +195,8 @@ def _check_vocab(vocab) -> None:
         except UnicodeEncodeError:
             raise _Invalid(f"vocab entry {i} ({word!r:.40}) cannot be encoded as UTF-8") from None
     if len(set(vocab)) != len(vocab):
-        seen = set()
-        dup = next(w for w in vocab if w in seen or seen.add(w))
+        seen: set[str] = set()
+        dup = next(w for w in vocab if w in seen or seen.add(w))  # type: ignore[func-returns-value]
         raise _Invalid(f"vocab entry {dup!r:.40} occurs more than once")
 
 

@@ -266,7 +266,7 @@ _KINDS = {
 
 def _check_types(cfg: TrainConfig) -> None:
     for f in dataclasses.fields(cfg):
-        kind, what = _KINDS[f.type]
+        kind, what = _KINDS[str(f.type)]  # annotations are strings (postponed evaluation)
         value = getattr(cfg, f.name)
         if not isinstance(value, kind) or isinstance(value, bool):
             raise ConfigError(f"{f.name} must be {what}, got {value!r:.60}")

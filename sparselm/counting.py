@@ -41,7 +41,7 @@ def _totals(rows: list[dict]) -> dict:
 def count_from_config(cfg: TrainConfig, vocab_size: int) -> dict:
     """Counts of the model this config builds (the patterns are drawn as training would)."""
     patterns = build_patterns(cfg, np.random.default_rng(cfg.seed))
-    shapes = {"embedding.weight": (vocab_size, cfg.emb)}
+    shapes: dict[str, tuple[int, ...]] = {"embedding.weight": (vocab_size, cfg.emb)}
     for layer in range(cfg.layers):
         for name in list(gate_names(cfg.layers))[2 * layer : 2 * layer + 2]:
             shapes[name] = gate_shape(cfg, name)

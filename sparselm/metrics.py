@@ -36,7 +36,7 @@ class Progress:
         self.enabled, self.desc, self.total, self.count = enabled, desc, total, initial
         self.bar = None
         self._last_line = time.monotonic()
-        self._fields = {}
+        self._fields: dict[str, str] = {}
         if enabled and sys.stderr.isatty():
             from tqdm import tqdm
 

@@ -73,8 +73,9 @@ def build_patterns(cfg: TrainConfig, rng) -> dict:
         indices, indptr = build_mask(cfg.mask, rows, n_in + cfg.hidden, cfg.sparsity, rng)
         for name, part in zip(("w_x", "w_h"), split_columns(indices, indptr, n_in)):
             shape = gate_shape(cfg, f"lstm.{layer}.{name}")
+            part_indices, part_indptr = part
             patterns[f"lstm.{layer}.{name}"] = CSRMatrix(
-                np.zeros(len(part[0]), dtype), *part, shape
+                np.zeros(len(part_indices), dtype), part_indices, part_indptr, shape
             )
     return patterns
 
@@ -128,7 +129,7 @@ class LanguageModel:
 
     def _shapes(self) -> dict:
         c, nv = self.cfg, self.vocab_size
-        shapes = {"embedding.weight": (nv, c.emb)}
+        shapes: dict[str, tuple[int, ...]] = {"embedding.weight": (nv, c.emb)}
         for layer in range(c.layers):
             for name in (f"lstm.{layer}.w_x", f"lstm.{layer}.w_h"):
                 p = self.patterns.get(name)
@@ -256,7 +257,7 @@ class LanguageModel:
         if state is None:
             state = self.init_state(nb)
         drop = c.dropout if train else 0.0
-        masks = []
+        masks: list = []
         x = ws.get("emb_out", (steps, nb, c.emb), self.dtype)
         self.be.gather(p["embedding.weight"], ids, x.reshape(steps * nb, c.emb))
         x = self._dropout(x, drop, rng, masks, "drop0")
@@ -358,7 +359,7 @@ class LanguageModel:
                 out_cache, p["softmax.weight"], g["softmax.weight"], g["softmax.bias"], ws
             )
         d = d.reshape(steps, nb, c.hidden)
-        state_grads = [None] * c.layers
+        state_grads: list = [None] * c.layers
         for layer in range(c.layers - 1, -1, -1):
             if masks:
                 be.mul(d, masks[layer + 1], d)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -55,7 +56,7 @@ class RowSparse:
     start: int
     stop: int
     width: int
-    rows: object
+    rows: Any  # np.ndarray or a device array
 
 
 class Optimizer:

@@ -86,5 +86,5 @@ class ParamSet:
         host = ParamSet(self.shapes, self.dtype) if self.backend is not None else self
         for name, view in host.arrays.items():
             view[...] = arrays[name]
-        if host is not self:
+        if self.backend is not None:  # values were cast into a host set: send them over
             self.backend.copy(self.flat, host.flat)

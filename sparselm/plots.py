@@ -435,7 +435,7 @@ def _value(rec: dict, key: str) -> float:
     v = rec.get(key)
     if key == "ppl" and not _is_number(v) and _is_number(rec.get("loss")):
         return math.exp(min(rec["loss"], 700.0))  # capped so a diverged loss stays finite
-    return float(v) if _is_number(v) else math.nan
+    return float(v) if v is not None and _is_number(v) else math.nan
 
 
 def _series(records: list[dict], xkey: str, ykey: str) -> tuple[np.ndarray, np.ndarray]:

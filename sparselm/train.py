@@ -107,7 +107,7 @@ def model_checkpoint(
 
 def expected_shapes(cfg: TrainConfig, vocab_size: int) -> dict:
     """name -> shape of every parameter (dense shape for CSR gates) for this config."""
-    model_shapes = {"embedding.weight": (vocab_size, cfg.emb)}
+    model_shapes: dict[str, tuple[int, ...]] = {"embedding.weight": (vocab_size, cfg.emb)}
     for layer in range(cfg.layers):
         model_shapes[f"lstm.{layer}.w_x"] = (4 * cfg.hidden, cfg.emb if layer == 0 else cfg.hidden)
         model_shapes[f"lstm.{layer}.w_h"] = (4 * cfg.hidden, cfg.hidden)
@@ -261,7 +261,7 @@ class Trainer:
 
     def _setup(self, resume: bool, overwrite: bool) -> None:
         """Load (or build) everything, checking data and options, before touching the folder."""
-        self.device_notes = []  # said when training starts, not before a setup error
+        self.device_notes: list[str] = []  # said when training starts, not before a setup error
         self.backend = resolve_device(self.cfg.device, self.device_notes.append)
         ckpt = vocab = None
         if resume:
@@ -290,7 +290,7 @@ class Trainer:
         self.run = RunState()
         self.rng = np.random.default_rng([cfg.seed, 1])
         self.carried = None
-        self.saved_step = None  # step of the last.h5 this run can fall back to
+        self.saved_step: int | None = None  # step of the last.h5 this run can fall back to
         self.skips_in_a_row = 0
         if ckpt:
             self._restore(ckpt)
@@ -332,7 +332,7 @@ class Trainer:
                 f"{self.run.step} (an update overflowed: is --lr too large?); "
                 f"{self._fallback()}"
             )
-        self.run.rng = self.rng.bit_generator.state
+        self.run.rng = dict(self.rng.bit_generator.state)
         try:
             save_checkpoint(
                 path,

@@ -14,7 +14,7 @@ import numpy as np
 
 
 class Workspace:
-    def __init__(self, backend=None):
+    def __init__(self, backend=None) -> None:
         if backend is None:
             from .kernels import get_backend
 

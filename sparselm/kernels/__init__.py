@@ -16,6 +16,8 @@ never picks the simulator, which runs each GPU thread as a Python thread: only a
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 from ..errors import ConfigError
 
@@ -60,6 +62,32 @@ class Backend:
     name: "cpu" | "cuda"; detail: what runs them (GPU name, "simulator", "NumPy + Numba");
     fallback: why "auto" did not get a GPU, or None.
     """
+
+    # The contract's functions, for the type checker (set from `functions` below).
+    csr_matmul: Callable[..., Any]
+    csr_matmul_t: Callable[..., Any]
+    csr_sddmm: Callable[..., Any]
+    csr_lstm_forward: Callable[..., Any]
+    csr_lstm_backward: Callable[..., Any]
+    lstm_cell_forward: Callable[..., Any]
+    lstm_cell_backward: Callable[..., Any]
+    softmax_xent: Callable[..., Any]
+    embedding_backward: Callable[..., Any]
+    sum_squares: Callable[..., Any]
+    sgd_update: Callable[..., Any]
+    adam_update: Callable[..., Any]
+    gemm: Callable[..., Any]
+    col_sum: Callable[..., Any]
+    fill: Callable[..., Any]
+    copy: Callable[..., Any]
+    mul: Callable[..., Any]
+    gather: Callable[..., Any]
+    grid_sums: Callable[..., Any]
+    grid_outer_add: Callable[..., Any]
+    empty: Callable[..., Any]
+    zeros: Callable[..., Any]
+    to_device: Callable[..., Any]
+    to_host: Callable[..., Any]
 
     def __init__(self, name: str, functions: dict, detail: str, fallback: str | None = None):
         self.name, self.detail, self.fallback = name, detail, fallback

@@ -743,10 +743,13 @@ def csr_lstm_forward(x, w_x, w_h, bias, hs, cs, gates, tanh_c) -> None:
     steps, nb, ni = x.shape
     ng = bias.shape[0]
     gx = empty((steps, nb, ng), x.dtype)
-    csr_matmul(*w_x, x.reshape(steps * nb, ni), gx.reshape(steps * nb, ng), False)
+    (x_data, x_indices, x_indptr), (h_data, h_indices, h_indptr) = w_x, w_h
+    csr_matmul(
+        x_data, x_indices, x_indptr, x.reshape(steps * nb, ni), gx.reshape(steps * nb, ng), False
+    )
     rec = empty((nb, ng), x.dtype)
     for t in range(steps):
-        csr_matmul(*w_h, hs[t], rec, False)
+        csr_matmul(h_data, h_indices, h_indptr, hs[t], rec, False)
         lstm_cell_forward(gx[t], rec, bias, cs[t], gates[t], cs[t + 1], tanh_c[t], hs[t + 1])
 
 
@@ -757,16 +760,19 @@ def csr_lstm_backward(
     dx for all steps at once."""
     steps, nb, nh = dout.shape
     dc = empty((2, nb, nh), dout.dtype)  # ping-pong: dc_t in, dc_{t-1} out
+    (hd, hp, hi, hr), (xd, xp, xi, xr) = w_h_t, w_x_t  # W^T: data, t_perm, t_indices, t_indptr
     copy(dh0, dh_last)  # dh0 carries dh^rec from step to step
     copy(dc[steps % 2], dc_last)
     for t in range(steps - 1, -1, -1):
         lstm_cell_backward(
             dout[t], dh0, dc[(t + 1) % 2], gates[t], cs[t], tanh_c[t], dgates[t], dc[t % 2]
         )
-        csr_matmul_t(*w_h_t, dgates[t], dh0, False)
+        csr_matmul_t(hd, hp, hi, hr, dgates[t], dh0, False)
     copy(dc0, dc[0])
     ni = dx.shape[2]
-    csr_matmul_t(*w_x_t, dgates.reshape(steps * nb, 4 * nh), dx.reshape(steps * nb, ni), False)
+    csr_matmul_t(
+        xd, xp, xi, xr, dgates.reshape(steps * nb, 4 * nh), dx.reshape(steps * nb, ni), False
+    )
 
 
 # Device copies of CSR patterns, keyed by the host `indices` array they were made from (shared
