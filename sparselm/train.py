@@ -36,6 +36,7 @@ from .checkpoint import Checkpoint, CSRPattern, load_checkpoint, save_checkpoint
 from .config import TrainConfig, make_config
 from .data import Corpus, Vocabulary, load_corpus, make_batcher
 from .errors import CheckpointError, ConfigError, NonFiniteError, SparseLMError
+from .kernels import cpu_cache_cold
 from .metrics import MetricsLog, Progress
 from .model import LanguageModel
 from .optim import Optimizer, learning_rate
@@ -252,6 +253,7 @@ class Trainer:
         quiet: bool = False,
     ):
         self.cfg, self.out, self.data_dir, self.quiet = cfg, Path(out), Path(data_dir), quiet
+        self.compile_started: float | None = None  # set while a first run compiles kernels
         self._lock = claim_run_folder(self.out, resume, overwrite)
         try:
             self._setup(resume, overwrite)
@@ -372,6 +374,7 @@ class Trainer:
             f"{steps_per_epoch} steps/epoch, {cfg.epochs} epochs on {self.backend.name} "
             f"({self.backend.detail}) -> {self.out}"
         )
+        self._note_compile()
         while run.epoch < cfg.epochs and not self._done():
             self._train_epoch(guard, steps_per_epoch)
             if guard.signum or self._done() and run.cursor < steps_per_epoch:
@@ -388,6 +391,19 @@ class Trainer:
                 guard.signum,
             )
         return summary
+
+    def _note_compile(self) -> None:
+        """Say once, before a first run's long silence, that the kernels are being compiled; the
+        first step (see _step) then reports how long it took."""
+        if self.backend.name == "cpu" and cpu_cache_cold(self.cfg.sparsity < 1.0):
+            self.say("compiling kernels (first run only: later runs load them from the cache) ...")
+            self.compile_started = time.perf_counter()
+
+    def _compile_done(self) -> None:
+        if self.compile_started is not None:
+            seconds = time.perf_counter() - self.compile_started
+            self.say(f"kernels compiled; the first step took {seconds:.0f} s")
+            self.compile_started = None
 
     def _done(self) -> bool:
         return bool(self.cfg.max_steps) and self.run.step >= self.cfg.max_steps
@@ -449,6 +465,7 @@ class Trainer:
             return res, norm, False
         self.carried = res.state
         self.skips_in_a_row = 0
+        self._compile_done()
         return res, norm, True
 
     def _nonfinite(self, loss: float, norm: float) -> None:

@@ -137,3 +137,14 @@ def test_help_is_fast_and_imports_no_numba():
     )
     assert proc.returncode == 0, proc.stderr
     assert "train" in proc.stdout and time.perf_counter() - start < 5
+
+
+def test_python_dash_m_runs_the_command():
+    import subprocess
+    import sys
+
+    res = subprocess.run(
+        [sys.executable, "-m", "sparselm", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("Usage: sparselm ") and "train" in res.stdout

@@ -134,3 +134,22 @@ def test_sparse_pattern_never_changes(tiny_corpus, tmp_path, optimizer):
         assert dense.sum() == len(ckpt.params[name]) < dense.size  # only stored entries exist
     state_sizes = {buf.size for buf in ckpt.optimizer.values()}
     assert state_sizes == {initial.params.flat.size}
+
+
+def test_a_cold_kernel_cache_is_announced_and_timed(tiny_corpus, tmp_path, monkeypatch, capsys):
+    """A first run compiles for a minute or more before its first step: it says so first, and
+    then how long the first step took. A warm cache says nothing."""
+    import sparselm.train as train_module
+    from sparselm.kernels import cpu, cpu_cache_cold
+
+    train(tiny_config(max_steps=1), tmp_path / "warm", tiny_corpus)
+    assert "compiling kernels" not in capsys.readouterr().err
+    assert not cpu_cache_cold(sparse=False)  # the step above left the softmax in the cache
+    monkeypatch.setattr(cpu.softmax_xent._cache._cache_file, "_load_index", lambda: {})
+    assert cpu_cache_cold(sparse=False)
+    monkeypatch.setattr(train_module, "cpu_cache_cold", lambda sparse: True)
+    train(tiny_config(max_steps=2), tmp_path / "cold", tiny_corpus)
+    err = capsys.readouterr().err
+    assert err.count("compiling kernels (first run only") == 1
+    assert err.count("kernels compiled; the first step took") == 1
+    assert err.index("compiling kernels") < err.index("kernels compiled")

@@ -145,3 +145,22 @@ def _cpu_backend(fallback: str | None = None) -> Backend:
     functions = {key: getattr(module(key), key) for key in _NUMBA_KERNELS}
     functions.update({key: getattr(cpu_arrays, key) for key in _ARRAY_OPS + ARRAYS})
     return Backend("cpu", functions, "NumPy + Numba", fallback)
+
+
+def cpu_cache_cold(sparse: bool) -> bool:
+    """Whether the CPU kernels of a training step still have to be compiled (no usable entry in
+    Numba's on-disk cache), so that the first step will take a minute or more.
+
+    Judged by representative kernels that every step uses (the softmax, and the fused sparse
+    recurrence when the gates are sparse): their cache index is missing or stale exactly on a
+    first run and after the package's sources change. Reads Numba's cache index through its
+    internal API; if that ever changes, the answer is "cold" (the notice is then merely extra).
+    """
+    from . import cpu, cpu_lstm
+
+    kernels = [cpu.softmax_xent] + ([cpu_lstm.csr_lstm_forward] if sparse else [])
+    try:
+        # _load_index() returns {} when the index file is absent or its source stamp is stale.
+        return any(not k._cache._cache_file._load_index() for k in kernels)
+    except Exception:  # noqa: BLE001 - any failure of the private API means "cannot tell"
+        return True

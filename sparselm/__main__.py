@@ -1,0 +1,6 @@
+"""``python -m sparselm ...`` runs the ``sparselm`` command."""
+
+from .cli import main
+
+if __name__ == "__main__":
+    main(prog_name="sparselm")
