@@ -511,22 +511,22 @@ def test_unknown_words_against_a_checkpoint(tmp_path):
 
 
 def test_full_disk_during_save(tiny_corpus, tmp_path, monkeypatch):
-    """ENOSPC in the middle of the 4th save: one line naming the file, the 3rd save stays."""
-    write, calls = checkpoint._write_hdf5, {"n": 0}
+    """ENOSPC at the end of the 4th save: one line naming the file, the 3rd save stays."""
+    write, calls = checkpoint._write_file, {"n": 0}
 
-    def full_disk(path, ckpt):
+    def full_disk(path, data):
         calls["n"] += 1
-        write(path, ckpt)  # the temporary file is written...
+        write(path, data)  # the temporary file is written...
         if calls["n"] == 4:  # ...and then the disk is full
             raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(checkpoint, "_write_hdf5", full_disk)
+    monkeypatch.setattr(checkpoint, "_write_file", full_disk)
     out = tmp_path / "run"
     result = invoke("train", "--data", tiny_corpus, "--out", out, *MODEL, "--max-steps", 9)
     one_line_error(
         result,
-        f"cannot save checkpoint {out / 'last.h5'}: no space left on device; "
-        f"training stopped at step 4; {out / 'last.h5'} holds step 3",
+        f"no space left on device while saving {out / 'last.h5'}; the previous checkpoint is "
+        f"intact; training stopped at step 4; {out / 'last.h5'} holds step 3",
     )
     assert saved_step(out) == 3 and temporaries(out) == []
 
