@@ -239,7 +239,7 @@ class SignalGuard:
 class Trainer:
     """One training run in a run folder; see the module docstring for what it guarantees.
 
-    The folder is locked (flock on .lock) from construction until train() returns or close().
+    The folder is locked (RunLock) from construction until train() returns or close().
     """
 
     def __init__(
@@ -319,9 +319,7 @@ class Trainer:
 
     def close(self) -> None:
         """Release the run folder's lock (idempotent)."""
-        if self._lock is not None:
-            self._lock.close()
-            self._lock = None
+        self._lock.close()
 
     def save(self, name: str = "last.h5") -> None:
         """Write the run's state atomically to out/name; the previous file survives any failure."""
@@ -647,10 +645,48 @@ def _keep_event(record: dict, run: RunState) -> bool:
 
 
 # -- the run folder ------------------------------------------------------------------------------
-def claim_run_folder(out: Path, resume: bool, overwrite: bool):
-    """Create and lock the folder; refuse one in use or holding another run. Returns the lock file.
+class RunLock:
+    """An exclusive flock on the run folder itself, held by an open descriptor for the whole run.
 
-    Raises RunFolderError before anything is written there (only the folder and .lock).
+    Locking the folder, not a file in it, means that no file can be deleted to break the lock
+    (the lock file of earlier versions, .lock, invited that), and a finished run leaves nothing
+    behind. The kernel drops the lock when the process ends, however it ends: no lock is stale.
+    """
+
+    def __init__(self, out: Path):
+        self.fd: int | None = os.open(out, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _retire_old_lock_file(out)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the lock (idempotent)."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _retire_old_lock_file(out: Path) -> None:
+    """Remove the .lock file of an earlier sparselm, unless one of those still runs there."""
+    old = out / ".lock"
+    try:
+        fd = os.open(old, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: it is in use
+        old.unlink(missing_ok=True)
+    finally:
+        os.close(fd)
+
+
+def claim_run_folder(out: Path, resume: bool, overwrite: bool) -> RunLock:
+    """Create and lock the folder; refuse one in use or holding another run. Returns the lock.
+
+    Raises RunFolderError before anything is written there (only the folder itself).
     """
     if out.exists() and not out.is_dir():
         raise RunFolderError(f"output folder {out} is a file")
@@ -659,18 +695,20 @@ def claim_run_folder(out: Path, resume: bool, overwrite: bool):
         probe = out / f".write-test-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
-        lock = open(out / ".lock", "a")
     except OSError as exc:
         raise RunFolderError(
             f"output folder {out} is not writable: {exc.strerror or exc}"
         ) from None
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        lock = RunLock(out)
+    except BlockingIOError:
+        raise RunFolderError(f"{out} is in use by another sparselm process") from None
+    except OSError as exc:  # e.g. a filesystem without flock
+        raise RunFolderError(f"cannot lock output folder {out}: {exc.strerror or exc}") from None
+    try:
         check_run_folder(out, resume, overwrite)
-    except BaseException as exc:
+    except BaseException:
         lock.close()
-        if isinstance(exc, BlockingIOError):
-            raise RunFolderError(f"{out} is in use by another sparselm process") from None
         raise
     return lock
 

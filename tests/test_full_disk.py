@@ -58,7 +58,8 @@ def test_resume_into_a_full_disk_stops_cleanly_and_resumes_bit_exactly(
         pytest.skip(f"needs a real full disk (a tmpfs): {why}")
     ref, start = tmp_path / "ref", tmp_path / "start"
     for out, steps in ((ref, 6), (start, 3)):
-        assert invoke("train", "--data", tiny_corpus, "--out", out, *TRAIN, "--max-steps", steps)
+        done = invoke("train", "--data", tiny_corpus, "--out", out, *TRAIN, "--max-steps", steps)
+        assert done.exit_code == 0, done.output
     save = SCAN.pages((start / "last.h5").stat().st_size)
     stops = set()
     with SCAN.tmpfs(SCAN.PAGE * (4 * save + 16)) as disk:

@@ -34,7 +34,7 @@ from sparselm.config import make_config
 from sparselm.errors import DataError
 from sparselm.metrics import MetricsLog
 from sparselm.model import LanguageModel
-from sparselm.train import RUN_FILES, SignalGuard, train
+from sparselm.train import RUN_FILES, SignalGuard, claim_run_folder, train
 
 REPO = Path(__file__).resolve().parent.parent
 # A tiny model that saves after every step: most of its time is spent saving, so random kills
@@ -449,12 +449,56 @@ def test_output_folder_holding_a_run(tiny_corpus, tmp_path):
     )
     assert (out / "last.h5").read_bytes() == first and (out / "metrics.jsonl").exists()
     # a folder in use by another process is refused
-    with open(out / ".lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         one_line_error(
             invoke("train", "--data", tiny_corpus, "--out", out, *MODEL, "--resume"),
             "in use by another sparselm process",
         )
+    finally:
+        os.close(fd)
+
+
+def test_lock_survives_deleting_every_file(tiny_corpus, tmp_path):
+    """The lock is on the folder: no lock file to delete, none left in a finished run."""
+    out = tmp_path / "run"
+    assert (
+        invoke("train", "--data", tiny_corpus, "--out", out, *MODEL, "--max-steps", 2).exit_code
+        == 0
+    )
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "last.h5", "metrics.jsonl"]
+    lock = claim_run_folder(out, resume=True, overwrite=False)  # a run in progress
+    try:
+        for path in out.iterdir():
+            path.unlink()
+        one_line_error(
+            invoke("train", "--data", tiny_corpus, "--out", out, *MODEL, "--overwrite"),
+            "in use by another sparselm process",
+        )
+    finally:
+        lock.close()
+    assert (
+        invoke("train", "--data", tiny_corpus, "--out", out, *MODEL, "--max-steps", 1).exit_code
+        == 0
+    )
+
+
+def test_lock_file_of_an_earlier_version(tiny_corpus, tmp_path):
+    """A stale .lock from an earlier sparselm is removed; one that is held still refuses."""
+    out = tmp_path / "run"
+    out.mkdir()
+    with open(out / ".lock", "a") as old:
+        fcntl.flock(old, fcntl.LOCK_EX)
+        one_line_error(
+            invoke("train", "--data", tiny_corpus, "--out", out, *MODEL),
+            "in use by another sparselm process",
+        )
+    assert (
+        invoke("train", "--data", tiny_corpus, "--out", out, *MODEL, "--max-steps", 1).exit_code
+        == 0
+    )
+    assert not (out / ".lock").exists()
 
 
 def test_resume_problems(tiny_corpus, tmp_path):
