@@ -209,9 +209,12 @@ def evaluate(ckpt, data, split, batch_size, threads, device, as_json):
 
     def body():
         from .data import load_corpus
+        from .errors import ConfigError
         from .train import evaluate as run_eval
         from .train import load_model, resolve_device
 
+        if batch_size is not None and batch_size < 1:  # 0 must not mean "the default"
+            raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
         overrides = {"eval_batch_size": batch_size} if batch_size else {}
         backend = resolve_device(device, lambda note: click.echo(note, err=True))
         model, vocab, _ = load_model(ckpt, overrides, backend)

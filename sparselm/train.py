@@ -153,6 +153,11 @@ def _all_finite(flat: np.ndarray) -> bool:
     return flat.size == 0 or (math.isfinite(flat.max()) and math.isfinite(flat.min()))
 
 
+def perplexity(loss: float) -> float:
+    """exp(loss), capped at exp(700): a diverged run's loss of 1e6 per token must not overflow."""
+    return math.exp(min(loss, 700.0))
+
+
 # -- evaluation ----------------------------------------------------------------------------------
 def evaluate(
     model: LanguageModel, corpus: Corpus, split: str, progress: bool = False, stop=None
@@ -183,7 +188,7 @@ def evaluate(
     seconds = time.perf_counter() - start
     return {
         "loss": loss,
-        "ppl": math.exp(min(loss, 700.0)),
+        "ppl": perplexity(loss),
         "tokens": count,
         "tokens_per_s": count / max(seconds, 1e-9),
     }
@@ -502,7 +507,7 @@ class Trainer:
             "tokens": run.tokens,
             "lr": lr,
             "loss": loss,
-            "ppl": math.exp(min(loss, 700.0)),
+            "ppl": perplexity(loss),
             "grad_norm": norm,
             "tokens_per_s": speed,
             "elapsed": elapsed,
@@ -543,7 +548,7 @@ class Trainer:
     def _finish(self, guard: SignalGuard) -> dict | None:
         """The summary, with test and valid perplexity after the last epoch; None on a signal."""
         run = self.run
-        best = math.exp(run.best_valid) if math.isfinite(run.best_valid) else None
+        best = perplexity(run.best_valid) if math.isfinite(run.best_valid) else None
         summary = {
             "step": run.step,
             "epoch": run.epoch,

@@ -416,6 +416,7 @@ def test_missing_data_folder(tmp_path):
         (["--lr", "-0.5"], "--lr must be a positive number"),
         (["--lr", "inf"], "--lr must be a positive number"),
         (["--init-scale", "inf"], "--init-scale must be a positive number"),
+        (["--init-scale", "1e300"], "--init-scale must be a positive number <= 10, got 1e+300"),
         (["--clip", "nan"], "--clip must be a number >= 0"),
         (["--seed", "-1"], "--seed must be >= 0"),
         (["--dropout", "1"], "--dropout must be in [0, 1)"),
@@ -552,6 +553,47 @@ def test_unknown_words_against_a_checkpoint(tmp_path):
         invoke("evaluate", out / "last.h5", "--data", data, "--batch-size", 100),
         f"{data / 'ptb.valid.txt'}: split of 40 tokens is too short for batch size 100",
     )
+
+
+@pytest.fixture
+def tiny_run(tiny_corpus, tmp_path) -> Path:
+    """A run folder of one training step on the tiny corpus."""
+    out = tmp_path / "run"
+    assert (
+        invoke("train", "--data", tiny_corpus, "--out", out, *MODEL, "--max-steps", 1).exit_code
+        == 0
+    )
+    return out
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["generate", "LAST", "--temperature", "nan"], "--temperature must be a positive number"),
+        (["generate", "LAST", "--temperature", "inf"], "--temperature must be a positive number"),
+        (["generate", "LAST", "--seed", "-1"], "--seed must be >= 0, got -1"),
+        (["evaluate", "LAST", "--data", "DATA", "--batch-size", "0"], "--batch-size must be >= 1"),
+        (["info", "--vocab-size", "-5"], "--vocab-size must be >= 1, got -5"),
+        (["info", "--vocab-size", "0"], "--vocab-size must be >= 1, got 0"),
+        (
+            ["sweep", "--set", "sparsity=0.5,nan", "--dry-run", "--out", "OUT"],
+            "--set: run sparsitynan: --sparsity is a density and must be in (0, 1], got nan",
+        ),
+    ],
+)
+def test_bad_values_of_other_commands(tiny_run, tiny_corpus, tmp_path, args, needle):
+    where = {"LAST": tiny_run / "last.h5", "DATA": tiny_corpus, "OUT": tmp_path / "grid"}
+    one_line_error(invoke(*[where.get(a, a) for a in args]), needle)
+
+
+def test_huge_finite_validation_loss_ends_the_run(tiny_run, tiny_corpus):
+    """A diverged run's best validation loss of 5000 per token: exp() must not overflow."""
+    ckpt = load_checkpoint(tiny_run / "last.h5")
+    ckpt.progress["best_valid"] = 5000.0
+    checkpoint.save_checkpoint(tiny_run / "last.h5", ckpt)
+    result = invoke("train", "--data", tiny_corpus, "--out", tiny_run, "--resume", "--max-steps", 2)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output.splitlines()[-1])["best_valid_ppl"] == math.exp(700)
 
 
 def test_full_disk_during_save(tiny_corpus, tmp_path, monkeypatch):
