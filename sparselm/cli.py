@@ -8,10 +8,23 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
-import click
+
+def _interrupted_early(signum, frame):
+    """Ctrl-C before a command has started (while Python imports click, numpy...): one line."""
+    os.write(2, b"error: interrupted\n")
+    os._exit(128 + signum)  # nothing has been written yet: there is nothing to clean up
+
+
+# As the program (python -m sparselm.cli, the sparselm script, cli.py), Ctrl-C in the imports
+# below would print a KeyboardInterrupt traceback; run_guarded hands SIGINT back to Python.
+if __name__ == "__main__" or os.path.basename(sys.argv[0]) in ("sparselm", "cli.py"):
+    signal.signal(signal.SIGINT, _interrupted_early)
+
+import click  # noqa: E402
 
 DEFAULT_DATA = "data/ptb"
 
@@ -47,6 +60,8 @@ def run_guarded(fn, *args, **kwargs):
     """
     from .errors import SparseLMError
 
+    if signal.getsignal(signal.SIGINT) is _interrupted_early:  # from here on: KeyboardInterrupt
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return fn(*args, **kwargs)
     except SparseLMError as exc:

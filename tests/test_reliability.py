@@ -196,6 +196,16 @@ def test_second_signal_inside_a_finaliser_is_not_reported(monkeypatch):
     assert sys.unraisablehook != guard._unraisable  # restored on exit
 
 
+def test_ctrl_c_while_the_cli_imports_is_one_line():
+    """SIGINT after `sparselm` started but before a command runs (click, NumPy still loading)."""
+    code = (
+        "import os, signal, sys, time; sys.argv = ['sparselm', 'train']; import sparselm.cli; "
+        "os.kill(os.getpid(), signal.SIGINT); time.sleep(30)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, timeout=60)
+    assert (done.returncode, done.stderr) == (128 + signal.SIGINT, b"error: interrupted\n")
+
+
 def _interrupt(command, run: Path, signals, code: int) -> list[str]:
     """Run, send `signals` once training is under way; check the clean stop. Returns the
     printed resume command."""
