@@ -145,6 +145,13 @@ TRAIN_OPTIONS = [
         click.Choice(["stop", "skip"]),
         "What to do after a NaN/inf loss or gradient (the step is never applied).",
     ),
+    (
+        "--on-divergence",
+        "on_divergence",
+        click.Choice(["warn", "stop"]),
+        "What to do when the training loss stays far above the uniform model's (ln V) for "
+        "many steps: say so once (warn), or end the run without saving (stop).",
+    ),
 ]
 
 

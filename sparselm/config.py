@@ -33,6 +33,7 @@ CHOICES = {
     "device": ("auto", "cpu", "cuda"),
     "output": ("softmax", "factorized"),
     "on_nonfinite": ("stop", "skip"),
+    "on_divergence": ("warn", "stop"),
 }
 
 
@@ -81,6 +82,7 @@ class TrainConfig:
     save_every: int = 1000  # steps between last.h5 saves (also saved every epoch)
     eval_batch_size: int = 10
     on_nonfinite: str = "stop"
+    on_divergence: str = "warn"  # the training loss stays far above ln V (train.DIVERGED_*)
     extra: dict = field(default_factory=dict)  # free-form notes a user wants kept with the run
 
     def to_dict(self) -> dict:

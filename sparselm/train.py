@@ -13,6 +13,8 @@ Faults, and what they leave behind (docs/RELIABILITY.md has the experiments):
   logged after it are dropped from metrics.jsonl when the run resumes.
 - a non-finite loss or gradient norm: the step is never applied; --on-nonfinite stop (default)
   ends the run without saving, skip goes on with the next batch.
+- a finite loss far above the uniform model's (2 ln V) for 50 steps in a row: said once;
+  --on-divergence stop ends the run there without saving.
 - bad data, options or folders are found before the first step, each as one SparseLMError.
 """
 
@@ -35,7 +37,7 @@ import numpy as np
 from .checkpoint import Checkpoint, CSRPattern, load_checkpoint, save_checkpoint
 from .config import TrainConfig, make_config
 from .data import Corpus, Vocabulary, load_corpus, make_batcher
-from .errors import CheckpointError, ConfigError, NonFiniteError, SparseLMError
+from .errors import CheckpointError, ConfigError, DivergedError, NonFiniteError, SparseLMError
 from .metrics import MetricsLog, Progress
 from .model import LanguageModel
 from .optim import Optimizer, learning_rate
@@ -49,6 +51,11 @@ _TEMPORARY = re.compile(r"\.(last\.h5|best\.h5|config\.json|metrics\.jsonl)\..+\
 # (e.g. finite but huge weights that overflow every forward pass), and skipping would only burn
 # the rest of the run.
 MAX_SKIPS_IN_A_ROW = 20
+# A model that predicts every word equally scores ln V per token, and a fresh model starts near it.
+# A finite training loss above DIVERGED_FACTOR * ln V for DIVERGED_STEPS steps in a row means the
+# run has diverged (e.g. --lr 1e6 kept the loss near 1e6 per token, and the run went on silently).
+DIVERGED_FACTOR = 2.0
+DIVERGED_STEPS = 50
 
 
 class Interrupted(SparseLMError):
@@ -297,6 +304,8 @@ class Trainer:
         self.carried = None
         self.saved_step = None  # step of the last.h5 this run can fall back to
         self.skips_in_a_row = 0
+        self.high_in_a_row = 0  # steps in a row with a loss far above ln V (DIVERGED_*)
+        self.said_diverged = False
         if ckpt:
             self._restore(ckpt)
         if overwrite and not resume:
@@ -452,7 +461,25 @@ class Trainer:
             return res, norm, False
         self.carried = res.state
         self.skips_in_a_row = 0
+        self._watch_divergence(res.nll_sum / max(res.n_tokens, 1))
         return res, norm, True
+
+    def _watch_divergence(self, loss: float) -> None:
+        """loss: this step's NLL per token. Say once (or stop) when it stays far above ln V."""
+        vocab = len(self.corpus.vocab)
+        limit = DIVERGED_FACTOR * math.log(vocab)
+        self.high_in_a_row = self.high_in_a_row + 1 if vocab > 1 and loss > limit else 0
+        if self.high_in_a_row < DIVERGED_STEPS or self.said_diverged:
+            return
+        message = (
+            f"the training loss has stayed above {limit:.3g} per token (twice ln V, the loss of "
+            f"a uniform guess over the {vocab} words) for {self.high_in_a_row} steps, now "
+            f"{loss:.4g} at step {self.run.step + 1}: the run has diverged (is --lr too large?)"
+        )
+        if self.cfg.on_divergence == "stop":
+            raise DivergedError(f"{message}; stopping (--on-divergence stop); {self._fallback()}")
+        self.said_diverged = True
+        print(f"warning: {message}", file=sys.stderr, flush=True)
 
     def _nonfinite(self, loss: float, norm: float) -> None:
         """Record a rejected step; raise NonFiniteError unless --on-nonfinite skip can go on."""
@@ -587,14 +614,15 @@ class Trainer:
 def resumed_fields(requested: TrainConfig, saved: dict) -> dict:
     """The fields a resumed run may change; every other field comes from the checkpoint.
 
-    max_steps, threads, device, on_nonfinite: the command line's (they steer this process).
+    max_steps, threads, device, on_nonfinite, on_divergence: the command line's (they steer this
+    process).
     epochs, log_every, save_every: the command line's when it differs from the default of the
     requested preset, else the checkpoint's, so that a bare `--resume` of a run of any preset
     continues with that run's own length and logging cadence.
     """
     fields = {
         name: getattr(requested, name)
-        for name in ("max_steps", "threads", "device", "on_nonfinite")
+        for name in ("max_steps", "threads", "device", "on_nonfinite", "on_divergence")
     }
     try:
         default = make_config(requested.preset)

@@ -28,6 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sparselm import checkpoint
+from sparselm import train as train_module
 from sparselm.checkpoint import load_checkpoint
 from sparselm.cli import main
 from sparselm.config import make_config
@@ -594,6 +595,25 @@ def tiny_run(tiny_corpus, tmp_path) -> Path:
 def test_bad_values_of_other_commands(tiny_run, tiny_corpus, tmp_path, args, needle):
     where = {"LAST": tiny_run / "last.h5", "DATA": tiny_corpus, "OUT": tmp_path / "grid"}
     one_line_error(invoke(*[where.get(a, a) for a in args]), needle)
+
+
+def test_divergence_is_said_once_or_stops_the_run(tiny_corpus, tmp_path, monkeypatch):
+    """--lr 1e6 keeps the loss finite but near 1e6 per token: a diverged run must say so."""
+    monkeypatch.setattr(train_module, "DIVERGED_STEPS", 5)  # 50 in real runs: keep this fast
+    args = [*MODEL, "--lr", "1e6", "--epochs", 1, "--save-every", 100]
+    result = invoke("train", "--data", tiny_corpus, "--out", tmp_path / "warn", *args)
+    assert result.exit_code == 0
+    warnings = [line for line in result.output.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "for 5 steps, now" in warnings[0]
+    assert "the run has diverged (is --lr too large?)" in warnings[0]
+    stop = invoke(
+        "train", "--data", tiny_corpus, "--out", tmp_path / "stop", *args, "--on-divergence", "stop"
+    )
+    one_line_error(
+        stop, "the run has diverged (is --lr too large?); stopping (--on-divergence stop)"
+    )
+    calm = invoke("train", "--data", tiny_corpus, "--out", tmp_path / "calm", *MODEL, "--epochs", 1)
+    assert calm.exit_code == 0 and "warning" not in calm.output
 
 
 def test_huge_finite_validation_loss_ends_the_run(tiny_run, tiny_corpus):
