@@ -7,25 +7,15 @@ hundreds of free-space amounts is scripts/scan_full_disk.py; this is its quick f
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import sys
 
 import pytest
-from test_reliability import MODEL, REPO, invoke, losses, temporaries
+from test_reliability import MODEL, invoke, losses, script_module, temporaries
 
 from sparselm.checkpoint import load_checkpoint
 
-
-def _scan_module():
-    path = REPO / "scripts" / "scan_full_disk.py"
-    spec = importlib.util.spec_from_file_location("scan_full_disk", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-SCAN = _scan_module()
+SCAN = script_module("scan_full_disk")
 TRAIN = [*MODEL, "--threads", "1"]
 RESUME = ["--resume", "--quiet", "--threads", "1", "--max-steps", "6"]
 

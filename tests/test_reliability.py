@@ -717,15 +717,15 @@ def test_same_seed_same_losses_bit_for_bit(tiny_corpus, tmp_path):
 
 
 # -- 5. the corpus reader under random bytes -----------------------------------------------------
-def _fuzz_module():
-    path = REPO / "scripts" / "fuzz_corpus.py"
-    spec = importlib.util.spec_from_file_location("fuzz_corpus", path)
+def script_module(name: str):
+    """scripts/<name>.py imported as a module (the scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-FUZZ = _fuzz_module()
+FUZZ = script_module("fuzz_corpus")
 TEXTY = st.text(alphabet=st.sampled_from(list("ab <unk>\n\r\t\x0b\x85\u2028\x00é")), max_size=80)
 CONTENT = st.one_of(st.none(), st.binary(max_size=120), TEXTY.map(str.encode))
 
