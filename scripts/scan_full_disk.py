@@ -313,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
         "--no-resume-check", action="store_true", help="skip resuming each stopped run"
     )
     args = parser.parse_args(argv)
+    # SIGTERM, or SIGINT in a background job (which starts with it ignored), must still unmount.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     why = mount_problem()
     if why:
         print(f"error: cannot scan: {why}", file=sys.stderr)
