@@ -19,9 +19,18 @@ def _interrupted_early(signum, frame):
     os._exit(128 + signum)  # nothing has been written yet: there is nothing to clean up
 
 
-# As the program (python -m sparselm.cli, the sparselm script, cli.py), Ctrl-C in the imports
-# below would print a KeyboardInterrupt traceback; run_guarded hands SIGINT back to Python.
-if __name__ == "__main__" or os.path.basename(sys.argv[0]) in ("sparselm", "cli.py"):
+def _is_the_program() -> bool:
+    """Run as the `sparselm` script, `python -m sparselm[.cli]` or cli.py, not imported."""
+    argv0 = sys.argv[0] if sys.argv else ""
+    return __name__ == "__main__" or (
+        os.path.basename(argv0) in ("sparselm", "cli.py")
+        or argv0.endswith(os.path.join("sparselm", "__main__.py"))
+    )
+
+
+# As the program, Ctrl-C in the imports below would print a KeyboardInterrupt traceback;
+# run_guarded hands SIGINT back to Python once a command runs.
+if _is_the_program():
     signal.signal(signal.SIGINT, _interrupted_early)
 
 import click  # noqa: E402

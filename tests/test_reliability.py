@@ -197,14 +197,20 @@ def test_second_signal_inside_a_finaliser_is_not_reported(monkeypatch):
     assert sys.unraisablehook != guard._unraisable  # restored on exit
 
 
-def test_ctrl_c_while_the_cli_imports_is_one_line():
+@pytest.mark.parametrize("argv0", ["/usr/bin/sparselm", "cli.py", "/x/sparselm/__main__.py"])
+def test_ctrl_c_while_the_cli_imports_is_one_line(argv0):
     """SIGINT after `sparselm` started but before a command runs (click, NumPy still loading)."""
     code = (
-        "import os, signal, sys, time; sys.argv = ['sparselm', 'train']; import sparselm.cli; "
+        f"import os, signal, sys, time; sys.argv = [{argv0!r}, 'train']; import sparselm.cli; "
         "os.kill(os.getpid(), signal.SIGINT); time.sleep(30)"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, timeout=60)
     assert (done.returncode, done.stderr) == (128 + signal.SIGINT, b"error: interrupted\n")
+
+
+def test_importing_the_cli_leaves_ctrl_c_alone():
+    code = "import signal, sparselm.cli; assert signal.getsignal(2) is signal.default_int_handler"
+    assert subprocess.run([sys.executable, "-c", code], cwd=REPO, timeout=60).returncode == 0
 
 
 def _interrupt(command, run: Path, signals, code: int) -> list[str]:
