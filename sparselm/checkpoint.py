@@ -37,15 +37,19 @@ are fine in HDF5 names). Nothing is pickled or evaluated: only numeric and fixed
 data are read, and links other than plain hard links (soft, external), external storage,
 virtual datasets, filters and variable-length types are refused before any data is read.
 
-Saving writes a temporary file next to the target, fsyncs it, renames it over the target and
-fsyncs the directory, so the target always holds either the old or the new checkpoint. Every
-problem, on save or load, raises CheckpointError with a one-line message naming the file.
+Saving builds the whole file in memory (HDF5 never writes to the disk: h5py reports some write
+errors only from destructors, where they cannot be raised), writes it to a temporary file next to
+the target with checked os.write calls, fsyncs it, renames it over the target and fsyncs the
+directory, so the target always holds either the old or the new checkpoint, complete. Every
+problem, on save or load, raises CheckpointError with a one-line message naming the file; a full
+disk says "no space left on device while saving PATH; the previous checkpoint is intact".
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import json
 import math
 import os
@@ -71,6 +75,7 @@ HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 # Loads never allocate more than this unless the caller passes max_bytes explicitly.
 ABSOLUTE_MAX_BYTES = 32 * 2**30
 _CHUNK = 1 << 20  # bytes per read while hashing
+_WRITE_CHUNK = 1 << 24  # bytes per os.write: small enough for any platform's write limit
 MAX_ATTR_BYTES = 60_000  # an HDF5 object header message holds at most 64 KiB
 _INT32_MAX = np.iinfo(np.int32).max
 _NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*\Z")
@@ -255,6 +260,10 @@ def _validate(ckpt) -> None:
 def save_checkpoint(path, ckpt: Checkpoint) -> None:
     """Write `ckpt` to `path` atomically: the file holds the old or the new checkpoint, never a mix.
 
+    The whole file is built in memory first, so HDF5 never writes to the disk itself: h5py writes
+    small datasets while closing them, inside destructors that print a full disk's error instead
+    of raising it (the file then held a hole under a valid checksum). Our own checked os.write
+    calls put every byte on the disk, then fsync, rename and fsync the folder.
     Raises CheckpointError (one line, naming the path) for an invalid `ckpt` (nothing is written)
     and for I/O failures such as a full disk (the temporary file is removed, the target untouched).
     """
@@ -263,26 +272,35 @@ def save_checkpoint(path, ckpt: Checkpoint) -> None:
         _validate(ckpt)
     except _Invalid as exc:
         raise CheckpointError(f"cannot save checkpoint {path}: {exc}") from None
-    if not path.parent.is_dir():  # HDF5's own message for this is five lines of internals
+    if not path.parent.is_dir():  # checked before building the file, which may take a while
         raise CheckpointError(f"cannot save checkpoint {path}: no directory {path.parent}")
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
     try:
-        _write_hdf5(tmp, ckpt)
-        _seal(tmp)
+        _write_file(tmp, _build_image(ckpt))
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
     except BaseException as exc:  # also KeyboardInterrupt: never leave the temporary file behind
         _remove_quietly(tmp)
-        if isinstance(exc, (OSError, RuntimeError)):
-            raise CheckpointError(f"cannot save checkpoint {path}: {_save_reason(exc)}") from exc
+        if isinstance(exc, (OSError, RuntimeError)):  # RuntimeError: HDF5's, building the image
+            raise CheckpointError(_save_failure(path, exc)) from None
         raise
+    try:
+        _fsync_dir(path.parent)
+    except OSError as exc:  # the new file is complete and in place; only the rename may not last
+        raise CheckpointError(
+            f"saved {path}, but syncing its folder failed ({_one_line(exc)}): after a power "
+            "loss it may hold the previous checkpoint"
+        ) from None
 
 
-def _save_reason(exc: BaseException) -> str:
+def _save_failure(path: Path, exc: OSError | RuntimeError) -> str:
+    """The one-line message of a failed save; the target was not touched."""
+    kept = "the previous checkpoint is intact" if path.exists() else "nothing was written there"
+    code = getattr(exc, "errno", None)
     # HDF5 reports a full disk inside its own message, without setting errno on the exception.
-    if getattr(exc, "errno", None) == errno.ENOSPC or "No space left" in str(exc):
-        return "no space left on device"
-    return _one_line(exc)
+    if code == errno.ENOSPC or "No space left" in str(exc):
+        return f"no space left on device while saving {path}; {kept}"
+    reason = getattr(exc, "strerror", None) or _one_line(exc)
+    return f"cannot save checkpoint {path}: {reason}; {kept}"
 
 
 def _remove_quietly(path: Path) -> None:
@@ -292,18 +310,46 @@ def _remove_quietly(path: Path) -> None:
         pass
 
 
-def _write_hdf5(path: Path, ckpt: Checkpoint) -> None:
-    # "x": the name is fresh, so an existing file means something else owns it.
-    with h5py.File(path, "x", userblock_size=HEADER_SIZE, locking=False) as f:
-        _set_text(f, "format", FORMAT)
-        f.attrs["format_version"] = np.int64(FORMAT_VERSION)
-        _set_text(f, "sparselm_version", __version__)
-        _set_text(f, "config", _to_json("config", ckpt.config))
-        _set_text(f, "progress", _to_json("progress", ckpt.progress))
-        _write_params(f.create_group("params"), ckpt.params, ckpt.patterns)
-        f.create_dataset("vocab", data=_text(json.dumps(ckpt.vocab, ensure_ascii=False)))
-        _write_arrays(f.create_group("optimizer"), ckpt.optimizer)
-        _write_arrays(f.create_group("state"), ckpt.state)
+def _build_image(ckpt: Checkpoint) -> memoryview:
+    """The complete checkpoint file (sealed header + HDF5 part) as bytes, built in memory."""
+    buf = io.BytesIO()
+    with h5py.File(buf, "w", userblock_size=HEADER_SIZE, locking=False) as f:
+        _write_hdf5(f, ckpt)
+    image = buf.getbuffer()
+    digest = hashlib.blake2b(image[HEADER_SIZE:], digest_size=32).hexdigest()
+    image[:HEADER_SIZE] = _header(len(image) - HEADER_SIZE, digest)
+    return image
+
+
+def _write_file(path: Path, data: memoryview) -> None:
+    """Create `path` (it must not exist) holding exactly `data`, on the disk when this returns.
+
+    Every os.write is checked (a short write is continued, ENOSPC raises), then fsync reports
+    any error the filesystem deferred. Raises OSError.
+    """
+    # O_EXCL: the name is fresh, so an existing file means something else owns it.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+    try:
+        done = 0
+        while done < len(data):
+            done += os.write(fd, data[done : done + _WRITE_CHUNK])
+        os.fsync(fd)
+        if os.fstat(fd).st_size != len(data):  # cannot happen on a POSIX filesystem
+            raise OSError(errno.EIO, f"wrote {len(data)} bytes but the file holds a different size")
+    finally:
+        os.close(fd)
+
+
+def _write_hdf5(f: h5py.File, ckpt: Checkpoint) -> None:
+    _set_text(f, "format", FORMAT)
+    f.attrs["format_version"] = np.int64(FORMAT_VERSION)
+    _set_text(f, "sparselm_version", __version__)
+    _set_text(f, "config", _to_json("config", ckpt.config))
+    _set_text(f, "progress", _to_json("progress", ckpt.progress))
+    _write_params(f.create_group("params"), ckpt.params, ckpt.patterns)
+    f.create_dataset("vocab", data=_text(json.dumps(ckpt.vocab, ensure_ascii=False)))
+    _write_arrays(f.create_group("optimizer"), ckpt.optimizer)
+    _write_arrays(f.create_group("state"), ckpt.state)
 
 
 def _text(text: str) -> np.ndarray:
@@ -359,9 +405,10 @@ def _header(payload_bytes: int, digest: str) -> bytes:
 
 
 def _seal(path: Path) -> None:
-    """Write the user-block header (size and checksum of the HDF5 part) and fsync the file.
+    """(Re)write the user-block header of the HDF5 file at `path` (size and checksum) and fsync.
 
-    Runs after h5py has closed the file: HDF5 leaves the user block alone, we own it.
+    Saves seal the image in memory (_build_image); this is for tools and tests that edit a
+    checkpoint's HDF5 part in place and want a file whose checksum matches again.
     """
     with open(path, "r+b") as fh:
         digest, size = _digest(fh, HEADER_SIZE)

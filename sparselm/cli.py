@@ -8,10 +8,32 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
-import click
+
+def _interrupted_early(signum, frame):
+    """Ctrl-C before a command has started (while Python imports click, numpy...): one line."""
+    os.write(2, b"error: interrupted\n")
+    os._exit(128 + signum)  # nothing has been written yet: there is nothing to clean up
+
+
+def _is_the_program() -> bool:
+    """Run as the `sparselm` script, `python -m sparselm[.cli]` or cli.py, not imported."""
+    argv0 = sys.argv[0] if sys.argv else ""
+    return __name__ == "__main__" or (
+        os.path.basename(argv0) in ("sparselm", "cli.py")
+        or argv0.endswith(os.path.join("sparselm", "__main__.py"))
+    )
+
+
+# As the program, Ctrl-C in the imports below would print a KeyboardInterrupt traceback;
+# run_guarded hands SIGINT back to Python once a command runs.
+if _is_the_program():
+    signal.signal(signal.SIGINT, _interrupted_early)
+
+import click  # noqa: E402
 
 DEFAULT_DATA = "data/ptb"
 
@@ -47,6 +69,8 @@ def run_guarded(fn, *args, **kwargs):
     """
     from .errors import SparseLMError
 
+    if signal.getsignal(signal.SIGINT) is _interrupted_early:  # from here on: KeyboardInterrupt
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return fn(*args, **kwargs)
     except SparseLMError as exc:
@@ -130,6 +154,13 @@ TRAIN_OPTIONS = [
         click.Choice(["stop", "skip"]),
         "What to do after a NaN/inf loss or gradient (the step is never applied).",
     ),
+    (
+        "--on-divergence",
+        "on_divergence",
+        click.Choice(["warn", "stop"]),
+        "What to do when the training loss stays far above the uniform model's (ln V) for "
+        "many steps: say so once (warn), or end the run without saving (stop).",
+    ),
 ]
 
 
@@ -209,9 +240,12 @@ def evaluate(ckpt, data, split, batch_size, threads, device, as_json):
 
     def body():
         from .data import load_corpus
+        from .errors import ConfigError
         from .train import evaluate as run_eval
         from .train import load_model, resolve_device
 
+        if batch_size is not None and batch_size < 1:  # 0 must not mean "the default"
+            raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
         overrides = {"eval_batch_size": batch_size} if batch_size else {}
         backend = resolve_device(device, lambda note: click.echo(note, err=True))
         model, vocab, _ = load_model(ckpt, overrides, backend)

@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 
 from .errors import ConfigError
 
+# U(-s, s) with s beyond this saturates every gate and overflows float32 logits in the first
+# forward pass (s = 1e300 did, and the error then blamed --lr); the usual values are 0.04-0.1.
+MAX_INIT_SCALE = 10.0
 CHOICES = {
     "batching": ("stream", "sentence"),
     "optimizer": ("sgd", "adam"),
@@ -30,6 +33,7 @@ CHOICES = {
     "device": ("auto", "cpu", "cuda"),
     "output": ("softmax", "factorized"),
     "on_nonfinite": ("stop", "skip"),
+    "on_divergence": ("warn", "stop"),
 }
 
 
@@ -78,6 +82,7 @@ class TrainConfig:
     save_every: int = 1000  # steps between last.h5 saves (also saved every epoch)
     eval_batch_size: int = 10
     on_nonfinite: str = "stop"
+    on_divergence: str = "warn"  # the training loss stays far above ln V (train.DIVERGED_*)
     extra: dict = field(default_factory=dict)  # free-form notes a user wants kept with the run
 
     def to_dict(self) -> dict:
@@ -225,8 +230,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     checks = [
         (cfg.lr > 0 and math.isfinite(cfg.lr), f"--lr must be a positive number, got {cfg.lr}"),
         (
-            0 < cfg.init_scale < math.inf,
-            f"--init-scale must be a positive number, got {cfg.init_scale}",
+            0 < cfg.init_scale <= MAX_INIT_SCALE,
+            f"--init-scale must be a positive number <= {MAX_INIT_SCALE:g}, got {cfg.init_scale}",
         ),
         (0 <= cfg.clip < math.inf, f"--clip must be a number >= 0 (0 disables), got {cfg.clip}"),
         (0 < cfg.eps < math.inf, f"Adam eps must be a positive number, got {cfg.eps}"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .config import TrainConfig
+from .errors import ConfigError
 from .model import build_patterns, gate_names, gate_shape
 from .output import output_shapes
 
@@ -40,6 +41,8 @@ def _totals(rows: list[dict]) -> dict:
 
 def count_from_config(cfg: TrainConfig, vocab_size: int) -> dict:
     """Counts of the model this config builds (the patterns are drawn as training would)."""
+    if vocab_size < 1:
+        raise ConfigError(f"--vocab-size must be >= 1, got {vocab_size}")
     patterns = build_patterns(cfg, np.random.default_rng(cfg.seed))
     shapes: dict[str, tuple[int, ...]] = {"embedding.weight": (vocab_size, cfg.emb)}
     for layer in range(cfg.layers):

@@ -23,3 +23,7 @@ class CheckpointError(SparseLMError):
 
 class NonFiniteError(SparseLMError):
     """A loss or gradient norm became NaN or infinite."""
+
+
+class DivergedError(SparseLMError):
+    """The training loss stayed far above the uniform model's (--on-divergence stop)."""

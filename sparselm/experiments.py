@@ -222,6 +222,8 @@ def sweep_runs(preset: str, grid: dict, fixed: dict | None = None) -> list[RunSp
     """
     import itertools
 
+    from .errors import ConfigError
+
     fields = list(grid)
     runs = []
     for values in itertools.product(*(grid[f] for f in fields)):
@@ -234,6 +236,11 @@ def sweep_runs(preset: str, grid: dict, fixed: dict | None = None) -> list[RunSp
         runs.append(
             RunSpec(name, "sweep", "grid", {**(fixed or {}), **dict(zip(fields, values))}, preset)
         )
+    for spec in runs:  # every run's config is valid before any is listed or trained
+        try:
+            spec.make_config()
+        except ConfigError as exc:
+            raise ConfigError(f"--set: run {spec.name}: {exc}") from None
     return runs
 
 

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .data import EOS, Vocabulary
-from .errors import DataError
+from .errors import ConfigError, DataError
 
 
 def sample_text(
     model, vocab: Vocabulary, words: int, temperature: float, prompt: str = "", seed: int = 0
 ) -> str:
     """Feed the prompt (or <eos>), then draw `words` words from softmax(logits / temperature)."""
+    if not (0 < temperature < math.inf):  # NaN too
+        raise ConfigError(f"--temperature must be a positive number, got {temperature}")
+    if seed < 0:
+        raise ConfigError(f"--seed must be >= 0, got {seed}")
     rng = np.random.default_rng(seed)
     unknown = [w for w in prompt.split() if w not in vocab.index]
     if unknown:

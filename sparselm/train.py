@@ -13,6 +13,8 @@ Faults, and what they leave behind (docs/RELIABILITY.md has the experiments):
   logged after it are dropped from metrics.jsonl when the run resumes.
 - a non-finite loss or gradient norm: the step is never applied; --on-nonfinite stop (default)
   ends the run without saving, skip goes on with the next batch.
+- a finite loss far above the uniform model's (2 ln V) for 50 steps in a row: said once;
+  --on-divergence stop ends the run there without saving.
 - bad data, options or folders are found before the first step, each as one SparseLMError.
 """
 
@@ -35,7 +37,7 @@ import numpy as np
 from .checkpoint import Checkpoint, CSRPattern, load_checkpoint, save_checkpoint
 from .config import TrainConfig, make_config
 from .data import Corpus, Vocabulary, load_corpus, make_batcher
-from .errors import CheckpointError, ConfigError, NonFiniteError, SparseLMError
+from .errors import CheckpointError, ConfigError, DivergedError, NonFiniteError, SparseLMError
 from .kernels import cpu_cache_cold
 from .metrics import MetricsLog, Progress
 from .model import LanguageModel
@@ -50,6 +52,11 @@ _TEMPORARY = re.compile(r"\.(last\.h5|best\.h5|config\.json|metrics\.jsonl)\..+\
 # (e.g. finite but huge weights that overflow every forward pass), and skipping would only burn
 # the rest of the run.
 MAX_SKIPS_IN_A_ROW = 20
+# A model that predicts every word equally scores ln V per token, and a fresh model starts near it.
+# A finite training loss above DIVERGED_FACTOR * ln V for DIVERGED_STEPS steps in a row means the
+# run has diverged (e.g. --lr 1e6 kept the loss near 1e6 per token, and the run went on silently).
+DIVERGED_FACTOR = 2.0
+DIVERGED_STEPS = 50
 
 
 class Interrupted(SparseLMError):
@@ -154,6 +161,11 @@ def _all_finite(flat: np.ndarray) -> bool:
     return flat.size == 0 or (math.isfinite(flat.max()) and math.isfinite(flat.min()))
 
 
+def perplexity(loss: float) -> float:
+    """exp(loss), capped at exp(700): a diverged run's loss of 1e6 per token must not overflow."""
+    return math.exp(min(loss, 700.0))
+
+
 # -- evaluation ----------------------------------------------------------------------------------
 def evaluate(
     model: LanguageModel, corpus: Corpus, split: str, progress: bool = False, stop=None
@@ -184,7 +196,7 @@ def evaluate(
     seconds = time.perf_counter() - start
     return {
         "loss": loss,
-        "ppl": math.exp(min(loss, 700.0)),
+        "ppl": perplexity(loss),
         "tokens": count,
         "tokens_per_s": count / max(seconds, 1e-9),
     }
@@ -240,7 +252,7 @@ class SignalGuard:
 class Trainer:
     """One training run in a run folder; see the module docstring for what it guarantees.
 
-    The folder is locked (flock on .lock) from construction until train() returns or close().
+    The folder is locked (RunLock) from construction until train() returns or close().
     """
 
     def __init__(
@@ -294,6 +306,8 @@ class Trainer:
         self.carried = None
         self.saved_step: int | None = None  # step of the last.h5 this run can fall back to
         self.skips_in_a_row = 0
+        self.high_in_a_row = 0  # steps in a row with a loss far above ln V (DIVERGED_*)
+        self.said_diverged = False
         if ckpt:
             self._restore(ckpt)
         if overwrite and not resume:
@@ -321,9 +335,7 @@ class Trainer:
 
     def close(self) -> None:
         """Release the run folder's lock (idempotent)."""
-        if self._lock is not None:
-            self._lock.close()
-            self._lock = None
+        self._lock.close()
 
     def save(self, name: str = "last.h5") -> None:
         """Write the run's state atomically to out/name; the previous file survives any failure."""
@@ -466,7 +478,25 @@ class Trainer:
         self.carried = res.state
         self.skips_in_a_row = 0
         self._compile_done()
+        self._watch_divergence(res.nll_sum / max(res.n_tokens, 1))
         return res, norm, True
+
+    def _watch_divergence(self, loss: float) -> None:
+        """loss: this step's NLL per token. Say once (or stop) when it stays far above ln V."""
+        vocab = len(self.corpus.vocab)
+        limit = DIVERGED_FACTOR * math.log(vocab)
+        self.high_in_a_row = self.high_in_a_row + 1 if vocab > 1 and loss > limit else 0
+        if self.high_in_a_row < DIVERGED_STEPS or self.said_diverged:
+            return
+        message = (
+            f"the training loss has stayed above {limit:.3g} per token (twice ln V, the loss of "
+            f"a uniform guess over the {vocab} words) for {self.high_in_a_row} steps, now "
+            f"{loss:.4g} at step {self.run.step + 1}: the run has diverged (is --lr too large?)"
+        )
+        if self.cfg.on_divergence == "stop":
+            raise DivergedError(f"{message}; stopping (--on-divergence stop); {self._fallback()}")
+        self.said_diverged = True
+        print(f"warning: {message}", file=sys.stderr, flush=True)
 
     def _nonfinite(self, loss: float, norm: float) -> None:
         """Record a rejected step; raise NonFiniteError unless --on-nonfinite skip can go on."""
@@ -521,7 +551,7 @@ class Trainer:
             "tokens": run.tokens,
             "lr": lr,
             "loss": loss,
-            "ppl": math.exp(min(loss, 700.0)),
+            "ppl": perplexity(loss),
             "grad_norm": norm,
             "tokens_per_s": speed,
             "elapsed": elapsed,
@@ -562,7 +592,7 @@ class Trainer:
     def _finish(self, guard: SignalGuard) -> dict | None:
         """The summary, with test and valid perplexity after the last epoch; None on a signal."""
         run = self.run
-        best = math.exp(run.best_valid) if math.isfinite(run.best_valid) else None
+        best = perplexity(run.best_valid) if math.isfinite(run.best_valid) else None
         summary = {
             "step": run.step,
             "epoch": run.epoch,
@@ -601,14 +631,15 @@ class Trainer:
 def resumed_fields(requested: TrainConfig, saved: dict) -> dict:
     """The fields a resumed run may change; every other field comes from the checkpoint.
 
-    max_steps, threads, device, on_nonfinite: the command line's (they steer this process).
+    max_steps, threads, device, on_nonfinite, on_divergence: the command line's (they steer this
+    process).
     epochs, log_every, save_every: the command line's when it differs from the default of the
     requested preset, else the checkpoint's, so that a bare `--resume` of a run of any preset
     continues with that run's own length and logging cadence.
     """
     fields = {
         name: getattr(requested, name)
-        for name in ("max_steps", "threads", "device", "on_nonfinite")
+        for name in ("max_steps", "threads", "device", "on_nonfinite", "on_divergence")
     }
     try:
         default = make_config(requested.preset)
@@ -664,10 +695,48 @@ def _keep_event(record: dict, run: RunState) -> bool:
 
 
 # -- the run folder ------------------------------------------------------------------------------
-def claim_run_folder(out: Path, resume: bool, overwrite: bool):
-    """Create and lock the folder; refuse one in use or holding another run. Returns the lock file.
+class RunLock:
+    """An exclusive flock on the run folder itself, held by an open descriptor for the whole run.
 
-    Raises RunFolderError before anything is written there (only the folder and .lock).
+    Locking the folder, not a file in it, means that no file can be deleted to break the lock
+    (the lock file of earlier versions, .lock, invited that), and a finished run leaves nothing
+    behind. The kernel drops the lock when the process ends, however it ends: no lock is stale.
+    """
+
+    def __init__(self, out: Path):
+        self.fd: int | None = os.open(out, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _retire_old_lock_file(out)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the lock (idempotent)."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _retire_old_lock_file(out: Path) -> None:
+    """Remove the .lock file of an earlier sparselm, unless one of those still runs there."""
+    old = out / ".lock"
+    try:
+        fd = os.open(old, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: it is in use
+        old.unlink(missing_ok=True)
+    finally:
+        os.close(fd)
+
+
+def claim_run_folder(out: Path, resume: bool, overwrite: bool) -> RunLock:
+    """Create and lock the folder; refuse one in use or holding another run. Returns the lock.
+
+    Raises RunFolderError before anything is written there (only the folder itself).
     """
     if out.exists() and not out.is_dir():
         raise RunFolderError(f"output folder {out} is a file")
@@ -676,18 +745,20 @@ def claim_run_folder(out: Path, resume: bool, overwrite: bool):
         probe = out / f".write-test-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
-        lock = open(out / ".lock", "a")
     except OSError as exc:
         raise RunFolderError(
             f"output folder {out} is not writable: {exc.strerror or exc}"
         ) from None
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        lock = RunLock(out)
+    except BlockingIOError:
+        raise RunFolderError(f"{out} is in use by another sparselm process") from None
+    except OSError as exc:  # e.g. a filesystem without flock
+        raise RunFolderError(f"cannot lock output folder {out}: {exc.strerror or exc}") from None
+    try:
         check_run_folder(out, resume, overwrite)
-    except BaseException as exc:
+    except BaseException:
         lock.close()
-        if isinstance(exc, BlockingIOError):
-            raise RunFolderError(f"{out} is in use by another sparselm process") from None
         raise
     return lock
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import importlib.util
+import io
 import json
 import os
 import random
@@ -320,9 +321,55 @@ def test_full_disk_is_a_one_line_checkpoint_error(saved, monkeypatch, where):
         )
     with pytest.raises(CheckpointError) as info:
         save_checkpoint(saved, base_checkpoint())
-    assert str(info.value) == f"cannot save checkpoint {saved}: no space left on device"
+    assert str(info.value) == (
+        f"no space left on device while saving {saved}; the previous checkpoint is intact"
+    )
     assert saved.read_bytes() == before
     assert os.listdir(saved.parent) == [saved.name]
+
+
+def test_short_writes_are_continued_and_enospc_after_some_bytes_fails(saved, monkeypatch):
+    """write(2) may write part of a buffer; on a full disk the next call fails with ENOSPC."""
+    before, written = saved.read_bytes(), []
+    real_write = os.write
+
+    def short_write(fd, data):
+        if sum(written) > 3000:  # the disk fills up after a few KiB
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        written.append(real_write(fd, bytes(data[:1000])))
+        return written[-1]
+
+    monkeypatch.setattr(ckmod.os, "write", short_write)
+    with pytest.raises(CheckpointError, match="^no space left on device while saving"):
+        save_checkpoint(saved, base_checkpoint(np.float64))
+    assert saved.read_bytes() == before
+    assert os.listdir(saved.parent) == [saved.name]
+    written.clear()
+    monkeypatch.setattr(ckmod.os, "write", lambda fd, data: real_write(fd, bytes(data[:1000])))
+    save_checkpoint(saved, base_checkpoint(np.float64))  # short writes alone are fine
+    assert_same(base_checkpoint(np.float64), load_checkpoint(saved))
+
+
+def test_first_save_failing_says_nothing_was_written(tmp_path, monkeypatch):
+    monkeypatch.setattr(ckmod.os, "fsync", _enospc)
+    with pytest.raises(CheckpointError) as info:
+        save_checkpoint(tmp_path / "c.h5", base_checkpoint())
+    assert str(info.value).endswith("; nothing was written there")
+    assert os.listdir(tmp_path) == []
+
+
+def test_save_never_lets_hdf5_write_to_the_disk(saved, monkeypatch):
+    """HDF5 builds the file in memory: a file-backed h5py.File during a save is a regression."""
+    opened = []
+    real_file = ckmod.h5py.File
+
+    def spy(name, *args, **kwargs):
+        opened.append(name)
+        return real_file(name, *args, **kwargs)
+
+    monkeypatch.setattr(ckmod.h5py, "File", spy)
+    save_checkpoint(saved, base_checkpoint())
+    assert opened and all(isinstance(name, io.BytesIO) for name in opened)
 
 
 def test_real_write_failure_file_size_limit(saved):

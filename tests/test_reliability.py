@@ -28,13 +28,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sparselm import checkpoint
+from sparselm import train as train_module
 from sparselm.checkpoint import load_checkpoint
 from sparselm.cli import main
 from sparselm.config import make_config
 from sparselm.errors import DataError
 from sparselm.metrics import MetricsLog
 from sparselm.model import LanguageModel
-from sparselm.train import RUN_FILES, SignalGuard, train
+from sparselm.train import RUN_FILES, SignalGuard, claim_run_folder, train
 
 REPO = Path(__file__).resolve().parent.parent
 # A tiny model that saves after every step: most of its time is spent saving, so random kills
@@ -194,6 +195,25 @@ def test_second_signal_inside_a_finaliser_is_not_reported(monkeypatch):
         Finalised(ValueError("boom"))  # anything else: reported
     assert seen == [KeyboardInterrupt, ValueError]
     assert sys.unraisablehook != guard._unraisable  # restored on exit
+
+
+@pytest.mark.parametrize("argv0", ["/usr/bin/sparselm", "cli.py", "/x/sparselm/__main__.py"])
+def test_ctrl_c_while_the_cli_imports_is_one_line(argv0):
+    """SIGINT after `sparselm` started but before a command runs (click, NumPy still loading)."""
+    code = (
+        f"import os, signal, sys, time; sys.argv = [{argv0!r}, 'train']; import sparselm.cli; "
+        "os.kill(os.getpid(), signal.SIGINT); time.sleep(30)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, timeout=60)
+    assert (done.returncode, done.stderr) == (128 + signal.SIGINT, b"error: interrupted\n")
+
+
+def test_importing_the_cli_leaves_ctrl_c_alone():
+    code = (  # compared with the inherited handler: a background job starts with SIGINT ignored
+        "import signal; was = signal.getsignal(2); import sparselm.cli; "
+        "assert signal.getsignal(2) is was"
+    )
+    assert subprocess.run([sys.executable, "-c", code], cwd=REPO, timeout=60).returncode == 0
 
 
 def _interrupt(command, run: Path, signals, code: int) -> list[str]:
@@ -416,6 +436,7 @@ def test_missing_data_folder(tmp_path):
         (["--lr", "-0.5"], "--lr must be a positive number"),
         (["--lr", "inf"], "--lr must be a positive number"),
         (["--init-scale", "inf"], "--init-scale must be a positive number"),
+        (["--init-scale", "1e300"], "--init-scale must be a positive number <= 10, got 1e+300"),
         (["--clip", "nan"], "--clip must be a number >= 0"),
         (["--seed", "-1"], "--seed must be >= 0"),
         (["--dropout", "1"], "--dropout must be in [0, 1)"),
@@ -449,12 +470,56 @@ def test_output_folder_holding_a_run(tiny_corpus, tmp_path):
     )
     assert (out / "last.h5").read_bytes() == first and (out / "metrics.jsonl").exists()
     # a folder in use by another process is refused
-    with open(out / ".lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         one_line_error(
             invoke("train", "--data", tiny_corpus, "--out", out, *MODEL, "--resume"),
             "in use by another sparselm process",
         )
+    finally:
+        os.close(fd)
+
+
+def test_lock_survives_deleting_every_file(tiny_corpus, tmp_path):
+    """The lock is on the folder: no lock file to delete, none left in a finished run."""
+    out = tmp_path / "run"
+    assert (
+        invoke("train", "--data", tiny_corpus, "--out", out, *MODEL, "--max-steps", 2).exit_code
+        == 0
+    )
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "last.h5", "metrics.jsonl"]
+    lock = claim_run_folder(out, resume=True, overwrite=False)  # a run in progress
+    try:
+        for path in out.iterdir():
+            path.unlink()
+        one_line_error(
+            invoke("train", "--data", tiny_corpus, "--out", out, *MODEL, "--overwrite"),
+            "in use by another sparselm process",
+        )
+    finally:
+        lock.close()
+    assert (
+        invoke("train", "--data", tiny_corpus, "--out", out, *MODEL, "--max-steps", 1).exit_code
+        == 0
+    )
+
+
+def test_lock_file_of_an_earlier_version(tiny_corpus, tmp_path):
+    """A stale .lock from an earlier sparselm is removed; one that is held still refuses."""
+    out = tmp_path / "run"
+    out.mkdir()
+    with open(out / ".lock", "a") as old:
+        fcntl.flock(old, fcntl.LOCK_EX)
+        one_line_error(
+            invoke("train", "--data", tiny_corpus, "--out", out, *MODEL),
+            "in use by another sparselm process",
+        )
+    assert (
+        invoke("train", "--data", tiny_corpus, "--out", out, *MODEL, "--max-steps", 1).exit_code
+        == 0
+    )
+    assert not (out / ".lock").exists()
 
 
 def test_resume_problems(tiny_corpus, tmp_path):
@@ -510,23 +575,83 @@ def test_unknown_words_against_a_checkpoint(tmp_path):
     )
 
 
-def test_full_disk_during_save(tiny_corpus, tmp_path, monkeypatch):
-    """ENOSPC in the middle of the 4th save: one line naming the file, the 3rd save stays."""
-    write, calls = checkpoint._write_hdf5, {"n": 0}
+@pytest.fixture
+def tiny_run(tiny_corpus, tmp_path) -> Path:
+    """A run folder of one training step on the tiny corpus."""
+    out = tmp_path / "run"
+    assert (
+        invoke("train", "--data", tiny_corpus, "--out", out, *MODEL, "--max-steps", 1).exit_code
+        == 0
+    )
+    return out
 
-    def full_disk(path, ckpt):
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["generate", "LAST", "--temperature", "nan"], "--temperature must be a positive number"),
+        (["generate", "LAST", "--temperature", "inf"], "--temperature must be a positive number"),
+        (["generate", "LAST", "--seed", "-1"], "--seed must be >= 0, got -1"),
+        (["evaluate", "LAST", "--data", "DATA", "--batch-size", "0"], "--batch-size must be >= 1"),
+        (["info", "--vocab-size", "-5"], "--vocab-size must be >= 1, got -5"),
+        (["info", "--vocab-size", "0"], "--vocab-size must be >= 1, got 0"),
+        (
+            ["sweep", "--set", "sparsity=0.5,nan", "--dry-run", "--out", "OUT"],
+            "--set: run sparsitynan: --sparsity is a density and must be in (0, 1], got nan",
+        ),
+    ],
+)
+def test_bad_values_of_other_commands(tiny_run, tiny_corpus, tmp_path, args, needle):
+    where = {"LAST": tiny_run / "last.h5", "DATA": tiny_corpus, "OUT": tmp_path / "grid"}
+    one_line_error(invoke(*[where.get(a, a) for a in args]), needle)
+
+
+def test_divergence_is_said_once_or_stops_the_run(tiny_corpus, tmp_path, monkeypatch):
+    """--lr 1e6 keeps the loss finite but near 1e6 per token: a diverged run must say so."""
+    monkeypatch.setattr(train_module, "DIVERGED_STEPS", 5)  # 50 in real runs: keep this fast
+    args = [*MODEL, "--lr", "1e6", "--epochs", 1, "--save-every", 100]
+    result = invoke("train", "--data", tiny_corpus, "--out", tmp_path / "warn", *args)
+    assert result.exit_code == 0
+    warnings = [line for line in result.output.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "for 5 steps, now" in warnings[0]
+    assert "the run has diverged (is --lr too large?)" in warnings[0]
+    stop = invoke(
+        "train", "--data", tiny_corpus, "--out", tmp_path / "stop", *args, "--on-divergence", "stop"
+    )
+    one_line_error(
+        stop, "the run has diverged (is --lr too large?); stopping (--on-divergence stop)"
+    )
+    calm = invoke("train", "--data", tiny_corpus, "--out", tmp_path / "calm", *MODEL, "--epochs", 1)
+    assert calm.exit_code == 0 and "warning" not in calm.output
+
+
+def test_huge_finite_validation_loss_ends_the_run(tiny_run, tiny_corpus):
+    """A diverged run's best validation loss of 5000 per token: exp() must not overflow."""
+    ckpt = load_checkpoint(tiny_run / "last.h5")
+    ckpt.progress["best_valid"] = 5000.0
+    checkpoint.save_checkpoint(tiny_run / "last.h5", ckpt)
+    result = invoke("train", "--data", tiny_corpus, "--out", tiny_run, "--resume", "--max-steps", 2)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output.splitlines()[-1])["best_valid_ppl"] == math.exp(700)
+
+
+def test_full_disk_during_save(tiny_corpus, tmp_path, monkeypatch):
+    """ENOSPC at the end of the 4th save: one line naming the file, the 3rd save stays."""
+    write, calls = checkpoint._write_file, {"n": 0}
+
+    def full_disk(path, data):
         calls["n"] += 1
-        write(path, ckpt)  # the temporary file is written...
+        write(path, data)  # the temporary file is written...
         if calls["n"] == 4:  # ...and then the disk is full
             raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(checkpoint, "_write_hdf5", full_disk)
+    monkeypatch.setattr(checkpoint, "_write_file", full_disk)
     out = tmp_path / "run"
     result = invoke("train", "--data", tiny_corpus, "--out", out, *MODEL, "--max-steps", 9)
     one_line_error(
         result,
-        f"cannot save checkpoint {out / 'last.h5'}: no space left on device; "
-        f"training stopped at step 4; {out / 'last.h5'} holds step 3",
+        f"no space left on device while saving {out / 'last.h5'}; the previous checkpoint is "
+        f"intact; training stopped at step 4; {out / 'last.h5'} holds step 3",
     )
     assert saved_step(out) == 3 and temporaries(out) == []
 
@@ -601,15 +726,15 @@ def test_same_seed_same_losses_bit_for_bit(tiny_corpus, tmp_path):
 
 
 # -- 5. the corpus reader under random bytes -----------------------------------------------------
-def _fuzz_module():
-    path = REPO / "scripts" / "fuzz_corpus.py"
-    spec = importlib.util.spec_from_file_location("fuzz_corpus", path)
+def script_module(name: str):
+    """scripts/<name>.py imported as a module (the scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-FUZZ = _fuzz_module()
+FUZZ = script_module("fuzz_corpus")
 TEXTY = st.text(alphabet=st.sampled_from(list("ab <unk>\n\r\t\x0b\x85\u2028\x00é")), max_size=80)
 CONTENT = st.one_of(st.none(), st.binary(max_size=120), TEXTY.map(str.encode))
 
