@@ -78,6 +78,7 @@ class TrainConfig:
     save_every: int = 1000  # steps between last.h5 saves (also saved every epoch)
     eval_batch_size: int = 10
     on_nonfinite: str = "stop"
+    data: str = ""  # the corpus trained on: "builtin" or a folder's absolute path ("": unknown)
     extra: dict = field(default_factory=dict)  # free-form notes a user wants kept with the run
 
     def to_dict(self) -> dict:
