@@ -100,32 +100,32 @@ def _local_archive(source: str, work: Path, say) -> Path:
 
 
 def _extract(archive: Path, folder: Path, sums: dict[str, str], source: str) -> None:
-    """Copy the three PTB members of the .tgz into folder, verifying each sum; the whole
-    archive is read, so a truncated or corrupt one is refused even after the members."""
-    found = set()
+    """Copy the three PTB members of the .tgz into folder, then verify each sum. The whole
+    archive is read first, so a truncated or corrupt one is named as such, even past the members.
+    """
+    digests = {}
     try:
         with gzip.open(archive, "rb") as stream:
             with tarfile.open(fileobj=stream, mode="r|") as tar:
                 for member in tar:
                     name = _ptb_name(member)
                     if name:
-                        digest = _copy(tar.extractfile(member), folder / name)
-                        if digest != sums[name]:
-                            raise FetchError(
-                                f"{source}: {name} has SHA-256 {digest}, expected {sums[name]} "
-                                "(a damaged or different archive)"
-                            )
-                        found.add(name)
+                        digests[name] = _copy(tar.extractfile(member), folder / name)
             while stream.read(CHUNK):  # to the end: gzip checks its CRC and length there
                 pass
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
         raise FetchError(f"{source}: truncated or corrupt archive ({exc})") from None
-    missing = [name for name in PTB_FILES if name not in found]
-    if missing:
-        raise FetchError(
-            f"{source}: no simple-examples/data/{missing[0]} in the archive; is it "
-            "Mikolov's simple-examples.tgz?"
-        )
+    for name in PTB_FILES:
+        if name not in digests:
+            raise FetchError(
+                f"{source}: no simple-examples/data/{name} in the archive; is it "
+                "Mikolov's simple-examples.tgz?"
+            )
+        if digests[name] != sums[name]:
+            raise FetchError(
+                f"{source}: {name} has SHA-256 {digests[name]}, expected {sums[name]} "
+                "(a damaged or different archive)"
+            )
 
 
 def _ptb_name(member: tarfile.TarInfo) -> str | None:
