@@ -256,7 +256,7 @@ class Trainer:
         overwrite: bool = False,
         quiet: bool = False,
     ):
-        self.cfg, self.out, self.data_dir, self.quiet = cfg, Path(out), data_dir, quiet
+        self.cfg, self.out, self.data_dir, self.quiet = cfg, Path(out), str(data_dir or ""), quiet
         self._lock = claim_run_folder(self.out, resume, overwrite)
         try:
             self._setup(resume, overwrite)
@@ -273,7 +273,7 @@ class Trainer:
         if resume:
             ckpt = load_checkpoint(self.out / "last.h5")
             recorded = str(ckpt.config.get("data", ""))
-        # None: no --data and no $SPARSELM_DATA; a resumed run then finds its own corpus again
+        # "": no --data and no $SPARSELM_DATA; a resumed run then finds its own corpus again
         self.data_dir = find_corpus(self.data_dir, recorded, self.device_notes.append)
         data = source_record(self.data_dir)
         if ckpt:
