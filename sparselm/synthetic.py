@@ -4,15 +4,16 @@ A newcomer can train with nothing on disk, and see how close the model gets to w
 at all: the corpus is sampled from a known probabilistic grammar, so the best possible perplexity
 (the *oracle*'s) is computed exactly, not estimated.
 
-The language. About 440 invented words (consonant-vowel syllables drawn from the seed; no
+The language. 442 invented words (consonant-vowel syllables drawn from the seed; no
 third-party text) in classes: determiners, names, adjectives, nouns (singular and plural:
 stem + "s"), intransitive and transitive verbs (singular: stem + "t", plural: the stem),
 prepositions, adverbs, relative pronouns, conjunctions. Within a class the words follow a Zipf law
 (p ∝ 1/rank). Sentences follow a right-linear (regular) grammar, ``GRAMMAR`` below, with
-subject-verb agreement across an optional relative clause ("the tall sofit that tabu a ronis
-pemat ..."), adjective chains, prepositional phrases and coordination. One determiner word is
-shared by the singular and the plural class (like English "the"), so the grammar's state is
-ambiguous until the noun comes.
+subject-verb agreement across an optional relative clause, adjective chains, prepositional
+phrases and coordination. A valid sentence: "belo fedevi rugut gono defes dukut bokide gose gosi"
+(a name; a relative clause whose object, "gono defes", is plural; then the main verb "dukut",
+singular like "belo"). One determiner word is shared by the singular and the plural class (like
+English "the"), so the grammar's state is ambiguous until the noun comes.
 
 The oracle. The grammar is a probabilistic finite automaton: from state s, a rule emits a word of
 class c and moves to state s'. For each word w, M[w][s, s'] = sum over the rules s -> (c, s') of
@@ -26,8 +27,9 @@ tokens its batching predicts (data.predicted_positions: stream batching skips th
 each of the B streams and the < B tokens cut off the end). The oracle's perplexity is taken over
 exactly the same tokens. Sentences are sampled independently, so the best possible prediction of
 a token conditions on its own sentence's prefix only: the model, which carries its state across
-sentences in stream batching, can do no better than the oracle, and the first word of a sentence
-is predicted by both from the start state.
+sentences in stream batching, can do no better than the oracle in expectation. The oracle
+predicts a sentence's first word from the start state, which the model can tell from the <eos>
+before it.
 """
 
 from __future__ import annotations
@@ -39,10 +41,11 @@ from pathlib import Path
 import numpy as np
 
 from .data import EOS, SPLITS, Corpus, Vocabulary
+from .errors import DataError
 
 SEED = 2026
-# Sentences per split: ~9.7 tokens each (with <eos>), so ~190k train tokens: one teach epoch
-# (B = T = 20) is ~480 steps, a minute or two on 2 cores.
+# Sentences per split: 8.9 tokens each on average (with <eos>), so 177,402 train tokens: one
+# teach epoch (B = T = 20) is 443 steps (docs/RESULTS.md has its time and perplexities).
 SIZES = {"train": 20000, "valid": 2000, "test": 2000}
 SOURCE = "the built-in synthetic corpus (sparselm/synthetic.py)"
 
@@ -271,5 +274,10 @@ def builtin_corpus(
     if vocab is None:
         counts = Vocabulary.from_lines(_split_sentences(seed, "train", sizes["train"]))
         vocab = Vocabulary(counts.words + [w for w in grammar.words if w not in counts.index])
+    elif set(vocab.words) != set(grammar.words):  # a PTB model would map it all to <unk>
+        raise DataError(
+            f"{SOURCE}: the checkpoint's vocabulary ({len(vocab)} words) is not this corpus's "
+            f"({len(grammar.words)}); it was trained on another corpus: pass that one with --data"
+        )
     lines = {split: vocab.encode_lines(tokens[split], Path(SOURCE)) for split in splits}
     return Corpus(vocab, lines, {}, oracle=Oracle(grammar, vocab, lines))

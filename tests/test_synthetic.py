@@ -15,6 +15,7 @@ from sparselm.data import (
     make_batcher,
     predicted_positions,
 )
+from sparselm.errors import DataError
 from sparselm.synthetic import GRAMMAR, Grammar, builtin_corpus
 
 SMALL = {"train": 300, "valid": 40, "test": 40}
@@ -141,3 +142,8 @@ def test_load_corpus_builtin_with_a_checkpoints_vocabulary(corpus):
     again = load_corpus("builtin", splits=("valid",), vocab=corpus.vocab)
     assert again.vocab is corpus.vocab and again.oracle is not None
     assert 5 < again.oracle_ppl("valid", "stream", 10) < 100
+
+
+def test_a_foreign_vocabulary_is_refused(corpus):
+    with pytest.raises(DataError, match="trained on another corpus"):
+        load_corpus("builtin", splits=("valid",), vocab=Vocabulary(["the", "cat", EOS, "<unk>"]))
