@@ -219,7 +219,10 @@ def _zipf(n: int) -> np.ndarray:
 
 
 class Oracle:
-    """Exact per-token NLL of the corpus under the grammar that generated it."""
+    """Exact per-token NLL of the corpus under the grammar that generated it.
+
+    lines: split -> the corpus's encoded sentences, each (n,) int32 ending with <eos>.
+    """
 
     def __init__(self, grammar: Grammar, vocab: Vocabulary, lines: dict[str, list[np.ndarray]]):
         self.m = grammar.transition_tensor(vocab)  # (V, S, S)
