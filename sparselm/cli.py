@@ -35,12 +35,20 @@ if _is_the_program():
 
 import click  # noqa: E402
 
-DEFAULT_DATA = "data/ptb"
+DATA_HELP = (
+    "Corpus: a folder with ptb.{train,valid,test}.txt or {train,valid,test}.txt, or 'builtin' "
+    "(a synthetic language, nothing on disk). Default: $SPARSELM_DATA, then ./data/ptb, then "
+    "the folder of `sparselm data fetch ptb`, else builtin."
+)
 
 
-def data_dir(value: str | None) -> Path:
-    """--data, else $SPARSELM_DATA, else ./data/ptb."""
-    return Path(value or os.environ.get("SPARSELM_DATA") or DEFAULT_DATA)
+def data_source(value: str | None) -> str | None:
+    """--data, else $SPARSELM_DATA, else None: found later (data.find_corpus)."""
+    return value or os.environ.get("SPARSELM_DATA") or None
+
+
+def notice(message: str) -> None:
+    click.echo(message, err=True)
 
 
 def set_threads(threads: int | None) -> None:
@@ -177,13 +185,7 @@ def main():
 
 
 @main.command()
-@click.option(
-    "--data",
-    "data",
-    default=None,
-    help="Corpus folder (default $SPARSELM_DATA, "
-    "then ./data/ptb) with ptb.{train,valid,test}.txt or {train,valid,test}.txt.",
-)
+@click.option("--data", "data", default=None, help=DATA_HELP)
 @click.option(
     "--preset",
     default="small",
@@ -206,7 +208,7 @@ def train(data, preset, out, resume, overwrite, quiet, **overrides):
 
         cfg = make_config(preset, **overrides)
         folder = Path(out) if out else Path("checkpoints") / preset
-        summary = run_training(cfg, folder, data_dir(data), resume, overwrite, quiet)
+        summary = run_training(cfg, folder, data_source(data), resume, overwrite, quiet)
         click.echo(json.dumps(summary))
 
     run_guarded(body)
@@ -215,7 +217,9 @@ def train(data, preset, out, resume, overwrite, quiet, **overrides):
 @main.command()
 @click.argument("ckpt", type=click.Path(dir_okay=False))
 @click.option(
-    "--data", default=None, help="Corpus folder (default $SPARSELM_DATA, then ./data/ptb)."
+    "--data",
+    default=None,
+    help=DATA_HELP.replace("$SPARSELM_DATA,", "$SPARSELM_DATA, then the checkpoint's own corpus,"),
 )
 @click.option(
     "--split",
@@ -239,7 +243,7 @@ def evaluate(ckpt, data, split, batch_size, threads, device, as_json):
     set_threads(threads)
 
     def body():
-        from .data import load_corpus
+        from .data import find_corpus, load_corpus
         from .errors import ConfigError
         from .train import evaluate as run_eval
         from .train import load_model, resolve_device
@@ -248,16 +252,19 @@ def evaluate(ckpt, data, split, batch_size, threads, device, as_json):
             raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
         overrides = {"eval_batch_size": batch_size} if batch_size else {}
         backend = resolve_device(device, lambda note: click.echo(note, err=True))
-        model, vocab, _ = load_model(ckpt, overrides, backend)
-        corpus = load_corpus(data_dir(data), splits=(split,), vocab=vocab)
+        model, vocab, checkpoint = load_model(ckpt, overrides, backend)
+        source = find_corpus(data_source(data), str(checkpoint.config.get("data", "")), notice)
+        corpus = load_corpus(source, splits=(split,), vocab=vocab)
         result = run_eval(model, corpus, split, progress=not as_json)
         result.update(split=split, checkpoint=str(ckpt))
         if as_json:
             click.echo(json.dumps(result))
         else:
+            oracle = result.get("oracle_ppl")
             click.echo(
                 f"{split}: loss {result['loss']:.4f}  perplexity {result['ppl']:.2f}  "
                 f"({result['tokens']:,} tokens, {result['tokens_per_s']:,.0f} tokens/s)"
+                + (f"\noracle perplexity {oracle:.2f} (the corpus's own grammar)" if oracle else "")
             )
 
     run_guarded(body)
@@ -370,6 +377,37 @@ def plot_curves(runs, out):
     run_guarded(body)
 
 
+@main.group()
+def data():
+    """Corpora: fetch the Penn Treebank (the built-in corpus needs nothing)."""
+
+
+@data.command()
+@click.argument("name", type=click.Choice(["ptb"]))
+@click.option(
+    "--dest",
+    default=None,
+    help="Folder to create (default: $XDG_DATA_HOME/sparselm/ptb or ~/.local/share/sparselm/ptb, "
+    "which --data finds by itself).",
+)
+@click.option(
+    "--from",
+    "source",
+    default=None,
+    metavar="FILE_OR_URL",
+    help="simple-examples.tgz from this path or URL instead of Mikolov's site.",
+)
+def fetch(name, dest, source):
+    """Download and verify a corpus (ptb: Mikolov's simple-examples.tgz, SHA-256 checked)."""
+
+    def body():
+        from .fetch import fetch_ptb
+
+        fetch_ptb(Path(dest) if dest else None, source, say=notice)
+
+    run_guarded(body)
+
+
 # -- grids of runs: the study's experiments and explicit sweeps ----------------------------------
 def grid_options(fn):
     """Options shared by `experiment` and `sweep`."""
@@ -382,8 +420,7 @@ def grid_options(fn):
         click.option(
             "--data",
             default=None,
-            help="Corpus folder (default $SPARSELM_DATA, then "
-            "./data/ptb); Dask workers must see it at the same path.",
+            help=DATA_HELP + " Dask workers must see a folder at the same path.",
         ),
         click.option(
             "--jobs",
@@ -428,6 +465,7 @@ def grid_options(fn):
 
 def run_grid_command(specs, out, title, data, jobs, scheduler, threads, only, dry_run):
     """Run (or list) the specs under out, then write the results table and curves."""
+    from .data import find_corpus
     from .experiments import run_grid, run_status, write_results
 
     chosen = [s for s in specs if not only or only in s.name]
@@ -439,16 +477,17 @@ def run_grid_command(specs, out, title, data, jobs, scheduler, threads, only, dr
     if jobs == 1 and not scheduler:
         set_threads(threads)
     click.echo(f"{len(chosen)} runs -> {out}", err=True)
+    data = find_corpus(data_source(data), say=notice)
     results = run_grid(
         chosen,
         out,
-        data_dir(data),
+        data,
         jobs,
         scheduler,
         threads or 0,
         report=lambda line: click.echo(line, err=True),
     )
-    paths = write_results(specs, out, data_dir(data), title)  # every run of the grid so far
+    paths = write_results(specs, out, data, title)  # every run of the grid so far
     click.echo(
         f"wrote {paths['csv']}, {paths['md']}" + (f", {paths['png']}" if paths["png"] else "")
     )

@@ -83,6 +83,7 @@ class TrainConfig:
     eval_batch_size: int = 10
     on_nonfinite: str = "stop"
     on_divergence: str = "warn"  # the training loss stays far above ln V (train.DIVERGED_*)
+    data: str = ""  # the corpus trained on: "builtin" or a folder's absolute path ("": unknown)
     extra: dict = field(default_factory=dict)  # free-form notes a user wants kept with the run
 
     def to_dict(self) -> dict:

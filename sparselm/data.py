@@ -16,9 +16,12 @@ exactly how many they predicted, so perplexity = exp(sum of NLL / number of pred
 
 from __future__ import annotations
 
+import os
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -31,6 +34,38 @@ PTB_SOURCE = (
     "Mikolov's simple-examples.tgz (simple-examples/data/ptb.*.txt), "
     "e.g. from https://www.fit.vutbr.cz/~imikolov/rnnlm/"
 )
+BUILTIN = "builtin"  # --data builtin: sparselm/synthetic.py's corpus, nothing on disk
+DEFAULT_DATA = Path("data/ptb")
+
+
+def user_data_dir() -> Path:
+    """The per-user data folder: $XDG_DATA_HOME/sparselm, else ~/.local/share/sparselm."""
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "sparselm"
+
+
+def find_corpus(given: str | None, recorded: str = "", say: Callable[[str], Any] = print) -> str:
+    """The corpus to use: `given` (--data or $SPARSELM_DATA) when set; else the one a checkpoint
+    `recorded` when it is still there; else ./data/ptb, then the per-user PTB folder (where
+    `sparselm data fetch ptb` puts it); else the built-in corpus, with one notice through `say`.
+    """
+    if given:
+        return str(given)
+    if recorded == BUILTIN or recorded and Path(recorded).is_dir():
+        return recorded
+    for folder in (DEFAULT_DATA, user_data_dir() / "ptb"):
+        if folder.is_dir():
+            return str(folder)
+    say(
+        f"note: no PTB folder found ({DEFAULT_DATA}, {user_data_dir() / 'ptb'}); using the "
+        "built-in synthetic corpus (--data builtin); `sparselm data fetch ptb` installs PTB"
+    )
+    return BUILTIN
+
+
+def source_record(source) -> str:
+    """How a run's config records its corpus: "builtin" or the folder's absolute path."""
+    return BUILTIN if str(source) == BUILTIN else str(Path(source).resolve())
 
 
 def split_path(data_dir: Path, split: str) -> Path:
@@ -38,8 +73,8 @@ def split_path(data_dir: Path, split: str) -> Path:
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise DataError(
-            f"data folder {data_dir} not found; get the Penn Treebank from "
-            f"{PTB_SOURCE} and pass --data DIR or set SPARSELM_DATA"
+            f"data folder {data_dir} not found; `sparselm data fetch ptb` installs the Penn "
+            f"Treebank ({PTB_SOURCE}); or pass --data DIR, set SPARSELM_DATA, or use --data builtin"
         )
     for name in (f"ptb.{split}.txt", f"{split}.txt"):
         if (data_dir / name).is_file():
@@ -110,11 +145,16 @@ class Vocabulary:
 
 @dataclass
 class Corpus:
-    """A vocabulary and the encoded lines of each split that was loaded (paths: for messages)."""
+    """A vocabulary and the encoded lines of each split that was loaded (paths: for messages).
+
+    oracle: for a corpus sampled from a known model (synthetic.py), an object whose
+    token_nll(split) gives the exact -log P of every token of the split's stream, (N,) float64.
+    """
 
     vocab: Vocabulary
     lines: dict[str, list[np.ndarray]]
     paths: dict[str, Path] = field(default_factory=dict)
+    oracle: Any = None
 
     def stream(self, split: str) -> np.ndarray:
         """All ids of a split as one stream: (N,) int32."""
@@ -123,9 +163,41 @@ class Corpus:
     def n_tokens(self, split: str) -> int:
         return sum(len(x) for x in self.lines[split])
 
+    def oracle_ppl(self, split: str, batching: str, batch_size: int) -> float | None:
+        """The oracle's perplexity over exactly the tokens an evaluation with this batching and
+        batch size predicts (see predicted_positions); None without an oracle."""
+        if self.oracle is None:
+            return None
+        nll = self.oracle.token_nll(split)[
+            predicted_positions(len(self.stream(split)), batching, batch_size)
+        ]
+        return float(np.exp(nll.mean()))
+
+
+def predicted_positions(n: int, batching: str, batch_size: int) -> np.ndarray:
+    """(n,) bool: which tokens of a split's n-token stream an evaluation predicts.
+
+    sentence: all of them. stream (evaluation keeps the last partial window): the stream is cut
+    into B rows of n // B tokens; the first token of each row is only an input, and the n % B
+    tokens after the cut are dropped.
+    """
+    keep = np.ones(n, dtype=bool)
+    if batching == "stream":
+        row = n // batch_size
+        keep[row * batch_size :] = False
+        keep[: row * batch_size : row] = False
+    return keep
+
 
 def load_corpus(data_dir, splits=SPLITS, vocab: Vocabulary | None = None) -> Corpus:
-    """Read the splits; build the vocabulary from train unless one (a checkpoint's) is given."""
+    """Read the splits; build the vocabulary from train unless one (a checkpoint's) is given.
+
+    data_dir "builtin" is the built-in synthetic corpus (synthetic.py), generated, not read.
+    """
+    if str(data_dir) == BUILTIN:
+        from .synthetic import builtin_corpus
+
+        return builtin_corpus(splits, vocab)
     needed = {*splits, *([] if vocab else ["train"])}
     paths = {split: split_path(data_dir, split) for split in needed}
     tokens = {split: read_lines(paths[split]) for split in splits}

@@ -338,7 +338,9 @@ def run_grid(
 ) -> list[dict]:
     """Run every spec: in this process (jobs=1), in `jobs` local processes, or on the Dask
     cluster at `scheduler`. report(line) is called once per finished run. Returns the results."""
-    out, data = Path(out).resolve(), Path(data).resolve()
+    from .data import source_record
+
+    out, data = Path(out).resolve(), source_record(data)
     out.mkdir(parents=True, exist_ok=True)
     if scheduler:
         return _run_dask(specs, out, data, scheduler, report)
@@ -358,7 +360,7 @@ def _result_line(result: dict) -> str:
     return f"{result['action']:>11}  {result['name']}{tail}"
 
 
-def _run_processes(specs, out: Path, data: Path, jobs: int, threads: int, report) -> list[dict]:
+def _run_processes(specs, out: Path, data: str, jobs: int, threads: int, report) -> list[dict]:
     """ProcessPoolExecutor with fresh ("spawn") workers, each sized to threads (default
     cores // jobs) before it imports Numba, so the jobs do not oversubscribe the cores."""
     import multiprocessing
@@ -379,7 +381,7 @@ def _run_processes(specs, out: Path, data: Path, jobs: int, threads: int, report
     return results
 
 
-def _run_dask(specs, out: Path, data: Path, address: str, report) -> list[dict]:
+def _run_dask(specs, out: Path, data: str, address: str, report) -> list[dict]:
     """Submit each run as one task to the Dask scheduler at `address`. Workers must see `out`
     and `data` at the same paths (a shared file system)."""
     from .errors import ConfigError
@@ -440,7 +442,10 @@ COLUMNS = (
 
 def vocab_size(data) -> int:
     """V of the corpus in `data`: the vocabulary training builds from its train split."""
-    from .data import Vocabulary, read_lines, split_path
+    from .data import BUILTIN, Vocabulary, load_corpus, read_lines, split_path
+
+    if str(data) == BUILTIN:
+        return len(load_corpus(BUILTIN, splits=("train",)).vocab)
 
     return len(Vocabulary.from_lines(read_lines(split_path(Path(data), "train"))))
 

@@ -20,6 +20,7 @@ Faults, and what they leave behind (docs/RELIABILITY.md has the experiments):
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import math
@@ -36,7 +37,7 @@ import numpy as np
 
 from .checkpoint import Checkpoint, CSRPattern, load_checkpoint, save_checkpoint
 from .config import TrainConfig, make_config
-from .data import Corpus, Vocabulary, load_corpus, make_batcher
+from .data import Corpus, Vocabulary, find_corpus, load_corpus, make_batcher, source_record
 from .errors import CheckpointError, ConfigError, DivergedError, NonFiniteError, SparseLMError
 from .kernels import cpu_cache_cold
 from .metrics import MetricsLog, Progress
@@ -194,12 +195,16 @@ def evaluate(
     bar.close()
     loss = total / max(count, 1)
     seconds = time.perf_counter() - start
-    return {
+    result = {
         "loss": loss,
         "ppl": perplexity(loss),
         "tokens": count,
         "tokens_per_s": count / max(seconds, 1e-9),
     }
+    oracle = corpus.oracle_ppl(split, cfg.batching, cfg.eval_batch_size)
+    if oracle is not None:  # the same tokens, scored by the model that generated the corpus
+        result["oracle_ppl"] = oracle
+    return result
 
 
 # -- signals -------------------------------------------------------------------------------------
@@ -259,12 +264,12 @@ class Trainer:
         self,
         cfg: TrainConfig,
         out: Path,
-        data_dir: Path,
+        data_dir: Path | str | None,
         resume: bool = False,
         overwrite: bool = False,
         quiet: bool = False,
     ):
-        self.cfg, self.out, self.data_dir, self.quiet = cfg, Path(out), Path(data_dir), quiet
+        self.cfg, self.out, self.data_dir, self.quiet = cfg, Path(out), str(data_dir or ""), quiet
         self.compile_started: float | None = None  # set while a first run compiles kernels
         self._lock = claim_run_folder(self.out, resume, overwrite)
         try:
@@ -278,11 +283,19 @@ class Trainer:
         self.device_notes: list[str] = []  # said when training starts, not before a setup error
         self.backend = resolve_device(self.cfg.device, self.device_notes.append)
         ckpt = vocab = None
+        recorded = ""
         if resume:
             ckpt = load_checkpoint(self.out / "last.h5")
-            fields = resumed_fields(self.cfg, ckpt.config)
+            recorded = str(ckpt.config.get("data", ""))
+        # "": no --data and no $SPARSELM_DATA; a resumed run then finds its own corpus again
+        self.data_dir = find_corpus(self.data_dir, recorded, self.device_notes.append)
+        data = source_record(self.data_dir)
+        if ckpt:
+            fields = {**resumed_fields(self.cfg, ckpt.config), "data": data}
             self.model, vocab = _model_from(ckpt, self.out / "last.h5", fields, self.backend)
             self.cfg = self.model.cfg
+        else:
+            self.cfg = dataclasses.replace(self.cfg, data=data)
         cfg = self.cfg
         self.corpus = load_corpus(self.data_dir, vocab=vocab)
         self.batcher = make_batcher(
@@ -579,7 +592,7 @@ class Trainer:
                 "elapsed": run.elapsed,
             }
         )
-        self.say(f"epoch {run.epoch + 1}: valid ppl {result['ppl']:.2f}")
+        self.say(f"epoch {run.epoch + 1}: valid ppl {result['ppl']:.2f}{_oracle_note(result)}")
         run.epoch += 1
         run.cursor = 0
         self.carried = None
@@ -619,12 +632,25 @@ class Trainer:
                 }
             )
             summary.update(test_ppl=test["ppl"], valid_ppl=valid["ppl"])
+            if "oracle_ppl" in test:
+                summary.update(
+                    oracle_test_ppl=test["oracle_ppl"], oracle_valid_ppl=valid["oracle_ppl"]
+                )
             self.say(f"done: valid ppl {valid['ppl']:.2f}, test ppl {test['ppl']:.2f}")
+            if "oracle_ppl" in test:
+                self.say(
+                    f"oracle (the grammar that generated the corpus, same tokens): valid ppl "
+                    f"{valid['oracle_ppl']:.2f}, test ppl {test['oracle_ppl']:.2f}"
+                )
         return summary
 
     def say(self, message: str) -> None:
         if not self.quiet:
             print(message, file=sys.stderr, flush=True)
+
+
+def _oracle_note(result: dict) -> str:
+    return f" (oracle {result['oracle_ppl']:.2f})" if "oracle_ppl" in result else ""
 
 
 # -- resume --------------------------------------------------------------------------------------
@@ -651,7 +677,7 @@ def resumed_fields(requested: TrainConfig, saved: dict) -> dict:
     return fields
 
 
-def resume_command(cfg: TrainConfig, out: Path, data_dir: Path) -> str:
+def resume_command(cfg: TrainConfig, out: Path, data_dir: Path | str) -> str:
     """The command line that continues this run exactly."""
     words = ["sparselm", "train", "--out", str(out), "--data", str(data_dir), "--resume"]
     for flag, name, default in (
@@ -833,8 +859,10 @@ def resolve_device(device: str, say):
 def train(cfg: TrainConfig, out, data_dir, resume=False, overwrite=False, quiet=False) -> dict:
     """Train a model as configured; returns a summary dict. See Trainer.
 
+    data_dir: a corpus folder, "builtin", or None to find one (data.find_corpus).
+
     Signals are caught from the start, so a Ctrl-C while loading still ends in a clean save.
     """
     with SignalGuard() as guard:
-        trainer = Trainer(cfg, Path(out), Path(data_dir), resume, overwrite, quiet)
+        trainer = Trainer(cfg, Path(out), data_dir, resume, overwrite, quiet)
         return trainer.train(guard)

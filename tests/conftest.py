@@ -34,6 +34,17 @@ def ptb_path() -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def small_builtin():
+    """`--data builtin` at a few thousand sentences (seconds, not a minute) for a whole module;
+    the same sizes for every command of the module, so its splits stay the same."""
+    from sparselm import synthetic
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(synthetic, "SIZES", {"train": 3000, "valid": 300, "test": 300})
+        yield "builtin"
+
+
 @pytest.fixture
 def tiny_corpus(tmp_path) -> Path:
     """A tiny corpus folder in PTB format (train/valid/test), fast enough for any test."""
