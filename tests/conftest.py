@@ -13,11 +13,52 @@ import os
 if os.environ.get("SPARSELM_REAL_CUDA") != "1":
     os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
 
+import functools  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+# -- coverage: not inside Numba -------------------------------------------------------------------
+# Coverage measures our Python (sparselm/kernels/ is omitted: it runs as machine code or in the
+# CUDA simulator). On Python 3.11 its tracer still sees every Python call, and Numba's compiler
+# and the simulator's per-thread machinery are millions of them: a cold suite took 3x as long
+# under coverage. Both are paused around those two entry points, where none of the measured code
+# runs (depth-counted: compiling a kernel compiles its callees).
+_paused = 0
+
+
+def _outside_coverage(fn):
+    @functools.wraps(fn)
+    def untraced(*args, **kwargs):
+        global _paused
+        import coverage
+
+        cov = coverage.Coverage.current() if _paused == 0 else None
+        if cov is not None:
+            cov.stop()
+        _paused += 1
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _paused -= 1
+            if cov is not None:
+                cov.start()
+
+    return untraced
+
+
+def pytest_configure(config):
+    if config.pluginmanager.hasplugin("_cov") and getattr(config.option, "cov_source", None):
+        from numba.core.dispatcher import Dispatcher
+
+        Dispatcher.compile = _outside_coverage(Dispatcher.compile)
+        if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+            from numba.cuda.simulator.kernel import FakeCUDAKernel
+
+            FakeCUDAKernel.__call__ = _outside_coverage(FakeCUDAKernel.__call__)
 
 
 def ptb_dir() -> Path:
