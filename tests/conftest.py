@@ -24,9 +24,9 @@ REPO = Path(__file__).resolve().parent.parent
 # -- coverage: not inside Numba -------------------------------------------------------------------
 # Coverage measures our Python (sparselm/kernels/ is omitted: it runs as machine code or in the
 # CUDA simulator). On Python 3.11 its tracer still sees every Python call, and Numba's compiler
-# and the simulator's per-thread machinery are millions of them: a cold suite took 3x as long
-# under coverage. Both are paused around those two entry points, where none of the measured code
-# runs (depth-counted: compiling a kernel compiles its callees).
+# and the simulator's per-thread machinery are millions of them (a cold one-process suite reached
+# the same test about 15% later under coverage). Both are paused around those two entry points,
+# where none of the measured code runs (depth-counted: compiling a kernel compiles its callees).
 _paused = 0
 
 
