@@ -251,7 +251,7 @@ def evaluate(ckpt, data, split, batch_size, threads, device, as_json):
         if batch_size is not None and batch_size < 1:  # 0 must not mean "the default"
             raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
         overrides = {"eval_batch_size": batch_size} if batch_size else {}
-        backend = resolve_device(device, lambda note: click.echo(note, err=True))
+        backend = resolve_device(device, notice)
         model, vocab, checkpoint = load_model(ckpt, overrides, backend)
         source = find_corpus(data_source(data), str(checkpoint.config.get("data", "")), notice)
         corpus = load_corpus(source, splits=(split,), vocab=vocab)
@@ -485,7 +485,7 @@ def run_grid_command(specs, out, title, data, jobs, scheduler, threads, only, dr
         jobs,
         scheduler,
         threads or 0,
-        report=lambda line: click.echo(line, err=True),
+        report=notice,
     )
     paths = write_results(specs, out, data, title)  # every run of the grid so far
     click.echo(
