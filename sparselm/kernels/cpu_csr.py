@@ -45,6 +45,7 @@ from numba.core.errors import NumbaPerformanceWarning
 from numba.extending import intrinsic
 
 from .simd import (
+    VEC_BYTES,
     aligned_empty,
     data_ptr,
     fma,
@@ -79,6 +80,13 @@ _SDDMM_WEIGHT = 4
 # parallel caller avoids it.
 # Those callers have no loop of their own, so Numba's warning that it found nothing to split
 # is expected there (and only there: the message names this file).
+#
+# Entry points in Python: csr_matmul, csr_matmul_t and csr_sddmm are plain Python functions that
+# choose a call's form and call one compiled kernel, not compiled dispatchers themselves. Numba
+# links every callee's code into its caller and optimises the whole module again at each level
+# of calls, so a compiled entry point above the kernels costs as much compile time as the
+# kernels (csr_sddmm's own level took 16 of its 50 s, cold, for one signature). The Python call
+# costs about a microsecond, against a CSRMatrix method's validation of several.
 warnings.filterwarnings(
     "ignore",
     message=r"(?s).*'parallel=True' was specified.*cpu_csr\.py",
@@ -935,22 +943,20 @@ def _spmm(vals, perm, cols, ptr, a, out, accumulate, out_rows):
             )
 
 
-@njit(parallel=True, cache=True)  # calls parallel kernels: see 'Nested parallel calls'
-def csr_matmul(data, indices, indptr, x, out, accumulate, out_rows=False):
+def csr_matmul(data, indices, indptr, x, out, accumulate, out_rows=False) -> None:
     """out (M, R) = x @ W^T, or out += x @ W^T when accumulate.
 
     W (R, C) in CSR: data (N,) float32|float64, indices (N,) int32, indptr (R+1,) int32.
     x: (M, C) same dtype, C-contiguous; out: (M, R) same dtype, C-contiguous, or when
     out_rows (R, M) C-contiguous receiving the result transposed (feature-major), which is
-    written straight from registers.
+    written straight from registers. (A Python entry point: see 'Entry points in Python'.)
     """
-    _spmm(data, None, indices, indptr, x, out, accumulate, out_rows)
+    _spmm(data, None, indices, indptr, x, out, bool(accumulate), bool(out_rows))
 
 
-@njit(parallel=True, cache=True)  # calls parallel kernels: see 'Nested parallel calls'
 def csr_matmul_t(
     data, t_perm, t_indices, t_indptr, dy, out, accumulate, out_rows=False, pattern=None
-):
+) -> None:
     """out (M, C) = dy @ W, or out += dy @ W when accumulate, without atomics.
 
     Row c of W^T holds entries k in t_indptr[c]:t_indptr[c+1] with row index t_indices[k] of W
@@ -960,7 +966,9 @@ def csr_matmul_t(
     of W itself; with it a large W and a batch of at most 4 registers take the scatter
     product (_spmm_t_scatter), which reads the values in storage order.
     """
-    if pattern is not None and _scatter_pays(data.size, dy.shape[0], t_indptr.size - 1, _lanes(dy)):
+    accumulate, out_rows = bool(accumulate), bool(out_rows)
+    lanes = VEC_BYTES // dy.itemsize
+    if pattern is not None and _scatter_pays(data.size, dy.shape[0], t_indptr.size - 1, lanes):
         _spmm_t_scatter(data, pattern[0], pattern[1], dy, out, accumulate, out_rows)
     else:
         _spmm(data, t_perm, t_indices, t_indptr, dy, out, accumulate, out_rows)
@@ -1125,8 +1133,7 @@ def _sddmm_own_xt(indices, indptr, dy, x, out, accumulate, col_sums, pair, cost)
         )
 
 
-@njit(parallel=True, cache=True)  # calls parallel kernels: see 'Nested parallel calls'
-def csr_sddmm(indices, indptr, dy, x, out, accumulate, col_sums=None, pair=None):
+def csr_sddmm(indices, indptr, dy, x, out, accumulate, col_sums=None, pair=None) -> None:
     """out[k] = sum_m dy[m, row_k] * x[m, col_k] for every stored entry k (or += when accumulate).
 
     The gradient of a loss through y = x @ W^T with respect to W's stored values.
@@ -1136,8 +1143,10 @@ def csr_sddmm(indices, indptr, dy, x, out, accumulate, col_sums=None, pair=None)
     transposed blocks of dy the product reads anyway instead of another pass over dy.
     pair: None, or (indices2, indptr2, x2, out2) of a second matrix W2 (R, C2) of the same rows
     and the same dy (W_x next to W_h of one gate layer): out2 likewise, from the same blocks.
+    (A Python entry point choosing the call's form: see 'Entry points in Python'.)
     """
     m, rows = dy.shape
+    accumulate = bool(accumulate)
     if pair is None:
         form, cost = _sddmm_form(out.size, m, rows, x), indptr
     else:
@@ -1147,17 +1156,7 @@ def csr_sddmm(indices, indptr, dy, x, out, accumulate, col_sums=None, pair=None)
         _sddmm_from_x(indices, indptr, dy, x, 0, rows, out, accumulate, col_sums, pair)
     elif form == _OWN_XT:
         _sddmm_own_xt(indices, indptr, dy, x, out, accumulate, col_sums, pair, cost)
-    elif pair is None:
-        _sddmm_tasks(indices, indptr, dy, _transposed(x), out, accumulate, col_sums, None, cost)
     else:
-        _sddmm_tasks(
-            indices,
-            indptr,
-            dy,
-            _transposed(x),
-            out,
-            accumulate,
-            col_sums,
-            (pair[0], pair[1], _transposed(pair[2]), pair[3]),
-            cost,
-        )
+        if pair is not None:
+            pair = (pair[0], pair[1], _transposed(pair[2]), pair[3])
+        _sddmm_tasks(indices, indptr, dy, _transposed(x), out, accumulate, col_sums, pair, cost)
