@@ -19,7 +19,9 @@ the SDDMM); dense is NumPy's BLAS (the full dy^T x for the gradient). Time per c
 median of --reps repetitions, each looping the call for about --target-ms; repetitions of ours
 and the peers are interleaved, each after a short sleep and an untimed warm-up of the same
 length, and x_peer is the median of the ratios within each round of repetitions (see
-`compare`). GFLOP/s = 2 * nnz * M / time.
+`compare`). GFLOP/s = 2 * nnz * M / time. Before timing a point, each of ours' formulations
+is checked against the plain-loop specification (sparselm.kernels.reference): a wrong result
+stops the run. That check loops in Python over W's entries (seconds at H = 2500, d = 0.1).
 Ends with one JSON line summarising the run.
 """
 
@@ -204,6 +206,30 @@ def ours(np, w, w_t, x, dy):
     }
 
 
+def check_against_reference(np, w, x, dy, mine):
+    """Runs each of ours' callables once and checks its result against the plain-loop
+    specification (sparselm.kernels.reference) before anything is timed: a fast wrong kernel
+    must not make a figure. Raises AssertionError naming the op and the point."""
+    from sparselm.kernels import reference
+
+    m, (rows, cols) = x.shape[0], w.shape
+    want = {
+        "matmul": np.zeros((m, rows), w.dtype),
+        "matmul_t": np.zeros((m, cols), w.dtype),
+        "sddmm": np.zeros(w.nnz, w.dtype),
+    }
+    reference.csr_matmul(w.data, w.indices, w.indptr, x, want["matmul"], False)
+    t_arrays = (w.data, w.t_perm, w.t_indices, w.t_indptr)
+    reference.csr_matmul_t(*t_arrays, dy, want["matmul_t"], False)
+    reference.csr_sddmm(w.indices, w.indptr, dy, x, want["sddmm"], False)
+    for op, fns in mine.items():
+        scale = max(1.0, float(np.abs(want[op]).max(initial=0.0)))
+        for i, fn in enumerate(fns):
+            got = fn()
+            if not np.allclose(got, want[op], rtol=1e-4, atol=1e-4 * scale):
+                raise AssertionError(f"{op} (form {i}) differs from kernels.reference at {w!r}")
+
+
 LAYOUTS = ("C", "F", "CT", "FT")  # ours' formulations, in the order `ours` lists them
 IN_PLACE = 2  # matmul_t: the first two read W's values in place
 
@@ -227,6 +253,7 @@ def measure(args, np, sp, torch, csr_random, CSRMatrix):
                 st = w.to_scipy().T.tocsr()
                 w_t = CSRMatrix(st.data, st.indices, st.indptr, st.shape)
                 mine, theirs = ours(np, w, w_t, x, dy), peers(np, sp, torch, w, x, dy)
+                check_against_reference(np, w, x, dy, mine)
                 for op in OPS:
                     fns = {"ours": mine[op]}
                     fns.update((p, theirs[op][p]) for p in ("scipy", "torch") if p in theirs[op])

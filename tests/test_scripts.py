@@ -62,3 +62,37 @@ def test_profile_step_shows_the_sparse_kernels():
     assert res.stdout.startswith("16:0.25: median step")
     for name in ("csr_lstm_forward", "csr_lstm_backward", "csr_sddmm", "softmax_xent"):
         assert name in res.stdout, res.stdout
+
+
+def test_bench_kernels_refuses_a_wrong_kernel():
+    """The benchmark checks ours against kernels.reference before timing: a kernel that returns
+    a wrong result (here the SDDMM off by one entry) stops it with the op named."""
+    import numpy as np
+    import pytest
+
+    from sparselm.csr import CSRMatrix, csr_random
+
+    bench = runpy_module("bench_kernels.py")
+    rng = np.random.default_rng(0)
+    w = csr_random(40, 10, 0.3, rng, dtype=np.float32)
+    x, dy = rng.standard_normal((3, 10), np.float32), rng.standard_normal((3, 40), np.float32)
+    st = w.to_scipy().T.tocsr()
+    mine = bench.ours(np, w, CSRMatrix(st.data, st.indices, st.indptr, st.shape), x, dy)
+    bench.check_against_reference(np, w, x, dy, mine)  # the real kernels pass
+
+    def off_by_one():
+        grad = w.sddmm(dy, x)
+        grad[0] += 1.0
+        return grad
+
+    mine["sddmm"] = [off_by_one]
+    with pytest.raises(AssertionError, match="sddmm"):
+        bench.check_against_reference(np, w, x, dy, mine)
+
+
+def runpy_module(name: str):
+    """scripts/<name> loaded as a module (its main() not run)."""
+    import runpy
+    import types
+
+    return types.SimpleNamespace(**runpy.run_path(str(SCRIPTS / name), run_name="bench"))
