@@ -179,3 +179,27 @@ def test_embedding_backward_and_optimisers(be, dtype):
         close(run_both(be, be.sgd_update, reference.sgd_update, args, [0, 2]), dtype)
     args = [p, g, m, np.abs(v), 1e-2, 0.7, 0.9, 0.999, 1e-8, 3]
     close(run_both(be, be.adam_update, reference.adam_update, args, [0, 2, 3]), dtype)
+
+
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_array_operations(be, dtype, accumulate):
+    rng = np.random.default_rng(6)
+    n, side = 7, 3
+    a, b = rng.standard_normal((2, n, 9)).astype(dtype)
+    for trans_a, trans_b, size in ((True, False, 9), (False, True, n)):
+        out = rng.standard_normal((size, size)).astype(dtype)
+        args = [a, b, out, accumulate, trans_a, trans_b]
+        close(run_both(be, be.gemm, reference.gemm, args, [2]), dtype)
+    sums = rng.standard_normal(9).astype(dtype)
+    close(run_both(be, be.col_sum, reference.col_sum, [a, sums, accumulate], [1]), dtype)
+    close(run_both(be, be.mul, reference.mul, [a, b, np.zeros_like(a)], [2]), dtype)
+    close(run_both(be, be.copy, reference.copy, [np.zeros_like(a), b], [0]), dtype)
+    close(run_both(be, be.fill, reference.fill, [np.zeros_like(a), 2.5], [0]), dtype)
+    ids = rng.integers(0, n, 11).astype(np.int32)
+    out = np.zeros((11, 9), dtype)
+    close(run_both(be, be.gather, reference.gather, [a, ids, out], [2]), dtype)
+    h = rng.standard_normal((n, side * side)).astype(dtype)
+    grids = [np.zeros((n, side), dtype), np.zeros((n, side), dtype)]
+    close(run_both(be, be.grid_sums, reference.grid_sums, [h, *grids], [1, 2]), dtype)
+    args = [grids[0] + 1, grids[1] - 2, np.zeros_like(h)]
+    close(run_both(be, be.grid_outer_add, reference.grid_outer_add, args, [2]), dtype)

@@ -1,6 +1,7 @@
-"""Backend selection: one kernel contract, run on the CPU (kernels.cpu, kernels.cpu_csr,
-kernels.cpu_arrays) or on a CUDA GPU (kernels.cuda). The model, the LSTM, the output layer and
-the optimiser call only these, so one step implementation runs on both.
+"""Backend selection: one kernel contract (kernels/contract.py), run on the CPU (kernels.cpu,
+kernels.cpu_csr, kernels.cpu_lstm, kernels.cpu_arrays) or on a CUDA GPU (kernels.cuda). The
+model, the LSTM, the output layer and the optimiser call only these, so one step implementation
+runs on both.
 
     be = get_backend(cfg.device)        # "cpu" | "cuda" | "auto"
     be.csr_matmul(data, indices, indptr, x, out, False); be.name -> "cpu" | "cuda"
@@ -16,86 +17,17 @@ never picks the simulator, which runs each GPU thread as a Python thread: only a
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
-from typing import Any
 
 from ..errors import ConfigError
+from .contract import ARRAY_OPS, ARRAYS, KERNEL_OPS, KERNELS, Backend
+
+__all__ = ["ARRAYS", "DEVICES", "KERNELS", "Backend", "FallbackWarning", "get_backend"]
 
 DEVICES = ("auto", "cpu", "cuda")
-# What every backend provides: the kernels (same names, arguments and meaning on both) and the
-# array operations a step needs around them.
-_NUMBA_KERNELS = (
-    "csr_matmul",
-    "csr_matmul_t",
-    "csr_sddmm",  # kernels.cpu_csr
-    "csr_lstm_forward",
-    "csr_lstm_backward",  # kernels.cpu_lstm
-    "lstm_cell_forward",
-    "lstm_cell_backward",
-    "softmax_xent",  # kernels.cpu
-    "embedding_backward",
-    "sum_squares",
-    "sgd_update",
-    "adam_update",
-)
-_ARRAY_OPS = (
-    "gemm",
-    "col_sum",
-    "fill",
-    "copy",
-    "mul",
-    "gather",
-    "grid_sums",
-    "grid_outer_add",
-)  # kernels.cpu_arrays
-KERNELS = _NUMBA_KERNELS + _ARRAY_OPS
-ARRAYS = ("empty", "zeros", "to_device", "to_host")
 
 
 class FallbackWarning(UserWarning):
     """--device auto found no GPU and runs on the CPU."""
-
-
-class Backend:
-    """The kernels of one device (attributes named in KERNELS and ARRAYS).
-
-    name: "cpu" | "cuda"; detail: what runs them (GPU name, "simulator", "NumPy + Numba");
-    fallback: why "auto" did not get a GPU, or None.
-    """
-
-    # The contract's functions, for the type checker (set from `functions` below).
-    csr_matmul: Callable[..., Any]
-    csr_matmul_t: Callable[..., Any]
-    csr_sddmm: Callable[..., Any]
-    csr_lstm_forward: Callable[..., Any]
-    csr_lstm_backward: Callable[..., Any]
-    lstm_cell_forward: Callable[..., Any]
-    lstm_cell_backward: Callable[..., Any]
-    softmax_xent: Callable[..., Any]
-    embedding_backward: Callable[..., Any]
-    sum_squares: Callable[..., Any]
-    sgd_update: Callable[..., Any]
-    adam_update: Callable[..., Any]
-    gemm: Callable[..., Any]
-    col_sum: Callable[..., Any]
-    fill: Callable[..., Any]
-    copy: Callable[..., Any]
-    mul: Callable[..., Any]
-    gather: Callable[..., Any]
-    grid_sums: Callable[..., Any]
-    grid_outer_add: Callable[..., Any]
-    empty: Callable[..., Any]
-    zeros: Callable[..., Any]
-    to_device: Callable[..., Any]
-    to_host: Callable[..., Any]
-
-    def __init__(self, name: str, functions: dict, detail: str, fallback: str | None = None):
-        self.name, self.detail, self.fallback = name, detail, fallback
-        for key in KERNELS + ARRAYS:
-            setattr(self, key, functions[key])
-
-    def __repr__(self) -> str:
-        return f"Backend({self.name!r}, {self.detail!r})"
 
 
 _fallback_noted = False  # "auto" says it fell back once per process
@@ -142,8 +74,8 @@ def _cpu_backend(fallback: str | None = None) -> Backend:
             return cpu_lstm
         return cpu_csr if key.startswith("csr_") else cpu
 
-    functions = {key: getattr(module(key), key) for key in _NUMBA_KERNELS}
-    functions.update({key: getattr(cpu_arrays, key) for key in _ARRAY_OPS + ARRAYS})
+    functions = {key: getattr(module(key), key) for key in KERNEL_OPS}
+    functions.update({key: getattr(cpu_arrays, key) for key in tuple(ARRAY_OPS) + ARRAYS})
     return Backend("cpu", functions, "NumPy + Numba", fallback)
 
 

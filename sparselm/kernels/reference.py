@@ -139,8 +139,8 @@ def csr_lstm_forward(x, w_x, w_h, bias, hs, cs, gates, tanh_c) -> None:
     steps, nb = x.shape[:2]
     for t in range(steps):
         r = np.empty((nb, bias.size), x.dtype)
-        csr_matmul(*w_x, x[t], r, False)
-        csr_matmul(*w_h, hs[t], r, True)
+        csr_matmul(w_x[0], w_x[1], w_x[2], x[t], r, False)
+        csr_matmul(w_h[0], w_h[1], w_h[2], hs[t], r, True)
         lstm_cell_forward(None, r, bias, cs[t], gates[t], cs[t + 1], tanh_c[t], hs[t + 1])
 
 
@@ -158,8 +158,8 @@ def csr_lstm_backward(
     for t in range(dout.shape[0] - 1, -1, -1):
         dc_prev = np.empty_like(dc)
         lstm_cell_backward(dout[t], dh_rec, dc, gates[t], cs[t], tanh_c[t], dgates[t], dc_prev)
-        csr_matmul_t(*w_h_t, dgates[t], dh_rec, False)
-        csr_matmul_t(*w_x_t, dgates[t], dx[t], False)
+        csr_matmul_t(w_h_t[0], w_h_t[1], w_h_t[2], w_h_t[3], dgates[t], dh_rec, False)
+        csr_matmul_t(w_x_t[0], w_x_t[1], w_x_t[2], w_x_t[3], dgates[t], dx[t], False)
         dc = dc_prev
     dh0[...], dc0[...] = dh_rec, dc
 
@@ -219,3 +219,61 @@ def adam_update(p, g, m, v, lr, scale, beta1, beta2, eps, step) -> None:
     v[...] = beta2 * v + (1 - beta2) * sg * sg
     correction = np.sqrt(1.0 - beta2**step)
     p -= lr * correction / (1.0 - beta1**step) * m / (np.sqrt(v) + eps * correction)
+
+
+# ---------------------------------------------------------------------------------------------
+# the array operations of a step
+
+
+def gemm(a, b, out, accumulate=False, trans_a=False, trans_b=False) -> None:
+    """out (M, N) (+)= op(a) @ op(b), op transposing when its flag is set: (M, K) @ (K, N)."""
+    a, b = (a.T if trans_a else a), (b.T if trans_b else b)
+    y = np.zeros(out.shape, out.dtype)
+    for i in range(out.shape[0]):
+        for k in range(a.shape[1]):
+            y[i] += a[i, k] * b[k]
+    _write(out, y, accumulate)
+
+
+def col_sum(a, out, accumulate) -> None:
+    """out (V,) (+)= the column sums of a (N, V)."""
+    y = np.zeros(out.shape, out.dtype)
+    for n in range(a.shape[0]):
+        y += a[n]
+    _write(out, y, accumulate)
+
+
+def fill(a, value) -> None:
+    """a[...] = value."""
+    a[...] = value
+
+
+def copy(dst, src) -> None:
+    """dst[...] = src (same shape and dtype)."""
+    dst[...] = src
+
+
+def mul(a, b, out) -> None:
+    """out = a * b element-wise (out may be a or b)."""
+    out[...] = a * b
+
+
+def gather(table, ids, out) -> None:
+    """out[n] = table[ids[n]]: the embedding lookup. table: (V, E); ids: (N,) int32."""
+    for n in range(ids.size):
+        out[n] = table[ids[n]]
+
+
+def grid_sums(h, rows, cols) -> None:
+    """h (N, S*S) read as S x S grids: rows[n, i] = sum_j h[n, iS+j], cols[n, j] = sum_i."""
+    side = rows.shape[1]
+    for n in range(h.shape[0]):
+        grid = h[n].reshape(side, side)
+        rows[n], cols[n] = grid.sum(axis=1), grid.sum(axis=0)
+
+
+def grid_outer_add(drows, dcols, dh) -> None:
+    """dh[n, iS + j] = drows[n, i] + dcols[n, j] (overwritten): the gradient of grid_sums."""
+    side = drows.shape[1]
+    for n in range(dh.shape[0]):
+        dh[n] = (drows[n][:, None] + dcols[n][None, :]).reshape(side * side)
