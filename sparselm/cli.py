@@ -245,8 +245,8 @@ def evaluate(ckpt, data, split, batch_size, threads, device, as_json):
     def body():
         from .data import find_corpus, load_corpus
         from .errors import ConfigError
-        from .train import evaluate as run_eval
-        from .train import load_model, resolve_device
+        from .evaluation import evaluate as run_eval
+        from .model_io import load_model, resolve_device
 
         if batch_size is not None and batch_size < 1:  # 0 must not mean "the default"
             raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
@@ -293,7 +293,7 @@ def generate(ckpt, words, temperature, prompt, seed):
 
     def body():
         from .generate import sample_text
-        from .train import load_model
+        from .model_io import load_model
 
         model, vocab, _ = load_model(ckpt, {"dtype": "float64"})
         click.echo(sample_text(model, vocab, words, temperature, prompt, seed))

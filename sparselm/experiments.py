@@ -288,7 +288,8 @@ def run_one(spec: RunSpec, out: str, data: str, quiet: bool = True) -> dict:
     Returns {"name", "action": skipped|trained|resumed|failed|interrupted, "error"}.
     """
     from .errors import SparseLMError
-    from .train import Interrupted, train
+    from .signals import Interrupted
+    from .train import train
 
     folder = Path(out) / spec.name
     status = run_status(folder)
