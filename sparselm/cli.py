@@ -35,6 +35,8 @@ if _is_the_program():
 
 import click  # noqa: E402
 
+from .threads import set_threads  # noqa: E402
+
 DATA_HELP = (
     "Corpus: a folder with ptb.{train,valid,test}.txt or {train,valid,test}.txt, or 'builtin' "
     "(a synthetic language, nothing on disk). Default: $SPARSELM_DATA, then ./data/ptb, then "
@@ -49,18 +51,6 @@ def data_source(value: str | None) -> str | None:
 
 def notice(message: str) -> None:
     click.echo(message, err=True)
-
-
-def set_threads(threads: int | None) -> None:
-    """Size Numba's and BLAS's pools before either starts (they take turns, never share cores)."""
-    if threads:
-        for var in (
-            "NUMBA_NUM_THREADS",
-            "OPENBLAS_NUM_THREADS",
-            "OMP_NUM_THREADS",
-            "MKL_NUM_THREADS",
-        ):
-            os.environ[var] = str(threads)
 
 
 def fail(message: str, code: int = 1):

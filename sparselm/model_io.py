@@ -61,30 +61,40 @@ def load_model(path, overrides: dict | None = None, backend=None):
     overrides: config fields to change (e.g. dtype, threads); never the architecture.
     backend: kernels.Backend to load onto (default the CPU); a checkpoint loads on either.
     """
-    ckpt = load_checkpoint(path)
+    ckpt = load_model_checkpoint(path)
     return model_from(ckpt, path, overrides, backend) + (ckpt,)
 
 
+def load_model_checkpoint(path) -> Checkpoint:
+    """The checkpoint at `path`, its parameters checked against the shapes its own config and
+    vocabulary imply (load_checkpoint's expected_shapes); raises CheckpointError."""
+
+    def shapes(ckpt: Checkpoint) -> dict:
+        return expected_shapes(_config(ckpt, path, None), len(ckpt.vocab))
+
+    return load_checkpoint(path, expected_shapes=shapes)
+
+
 def model_from(ckpt: Checkpoint, path, overrides: dict | None, backend=None):
-    """(model, vocab) of a loaded checkpoint, its config updated by `overrides`."""
+    """(model, vocab) of a checkpoint from load_model_checkpoint, its config updated by
+    `overrides`."""
+    vocab = Vocabulary(ckpt.vocab)
+    model = LanguageModel(
+        _config(ckpt, path, overrides),
+        len(vocab),
+        params=ckpt.params,
+        patterns=ckpt.patterns,
+        backend=backend,
+    )
+    return model, vocab
+
+
+def _config(ckpt: Checkpoint, path, overrides: dict | None) -> TrainConfig:
+    """The checkpoint's config with `overrides`, validated; CheckpointError naming the file."""
     try:
-        cfg = TrainConfig.from_dict({**ckpt.config, **(overrides or {})})
+        return TrainConfig.from_dict({**ckpt.config, **(overrides or {})})
     except ConfigError as exc:
         raise CheckpointError(f"{path}: invalid config: {exc}") from None
-    _check_shapes(ckpt, expected_shapes(cfg, len(ckpt.vocab)), path)
-    vocab = Vocabulary(ckpt.vocab)
-    return LanguageModel(
-        cfg, len(vocab), params=ckpt.params, patterns=ckpt.patterns, backend=backend
-    ), vocab
-
-
-def _check_shapes(ckpt: Checkpoint, shapes: dict, path) -> None:
-    if list(ckpt.params) != list(shapes):
-        raise CheckpointError(f"{path}: parameters {list(ckpt.params)} do not match its config")
-    for name, shape in shapes.items():
-        got = tuple(ckpt.patterns[name].shape) if name in ckpt.patterns else ckpt.params[name].shape
-        if got != tuple(shape):
-            raise CheckpointError(f"{path}: {name} has shape {got}, its config says {shape}")
 
 
 def resolve_device(device: str, say):

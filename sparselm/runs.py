@@ -10,7 +10,6 @@ run (resume_command). It never touches a model: the loop (train.py) and model_io
 from __future__ import annotations
 
 import fcntl
-import json
 import math
 import os
 import re
@@ -20,6 +19,7 @@ from pathlib import Path
 
 from .config import TrainConfig, make_config
 from .errors import ConfigError
+from .metrics import read_lines
 
 RUN_FILES = ("metrics.jsonl", "last.h5", "best.h5", "config.json")
 # Temporary files of interrupted atomic writes: ours (config.json, metrics.jsonl) and
@@ -94,11 +94,10 @@ def truncate_metrics(path: Path, run: RunState) -> None:
     if not path.exists():
         return
     kept = []
-    for line in path.read_text(errors="replace").splitlines():
+    for line, record in read_lines(path):
         try:
-            record = json.loads(line)
             keep = _keep_event(record, run)
-        except (ValueError, TypeError, KeyError):
+        except (TypeError, KeyError):  # no step, or one that is not a number: not ours
             continue
         if keep:
             kept.append(line)

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import Checkpoint, all_finite, save_checkpoint
 from .config import TrainConfig
 from .data import find_corpus, load_corpus, make_batcher, source_record
 from .errors import CheckpointError, DivergedError, NonFiniteError
@@ -40,7 +40,7 @@ from .evaluation import evaluate, perplexity
 from .kernels import cpu_cache_cold
 from .metrics import MetricsLog, Progress
 from .model import LanguageModel
-from .model_io import model_checkpoint, model_from, resolve_device
+from .model_io import load_model_checkpoint, model_checkpoint, model_from, resolve_device
 from .optim import Optimizer, learning_rate
 from .runs import (
     RunFolderError,
@@ -64,11 +64,6 @@ MAX_SKIPS_IN_A_ROW = 20
 # run has diverged (e.g. --lr 1e6 kept the loss near 1e6 per token, and the run went on silently).
 DIVERGED_FACTOR = 2.0
 DIVERGED_STEPS = 50
-
-
-def _all_finite(flat: np.ndarray) -> bool:
-    """flat: (P,) float. max and min propagate NaN and show inf: two passes, no temporary."""
-    return flat.size == 0 or (math.isfinite(flat.max()) and math.isfinite(flat.min()))
 
 
 # -- the loop ------------------------------------------------------------------------------------
@@ -103,7 +98,7 @@ class Trainer:
         ckpt = vocab = None
         recorded = ""
         if resume:
-            ckpt = load_checkpoint(self.out / "last.h5")
+            ckpt = load_model_checkpoint(self.out / "last.h5")
             recorded = str(ckpt.config.get("data", ""))
         # "": no --data and no $SPARSELM_DATA; a resumed run then finds its own corpus again
         self.data_dir = find_corpus(self.data_dir, recorded, self.device_notes.append)
@@ -171,7 +166,7 @@ class Trainer:
     def save(self, name: str = "last.h5") -> None:
         """Write the run's state atomically to out/name; the previous file survives any failure."""
         path = self.out / name
-        if not _all_finite(self.model.params.host_flat()):
+        if not all_finite(self.model.params.host_flat()):
             raise NonFiniteError(
                 f"not saving {path}: the parameters became non-finite by step "
                 f"{self.run.step} (an update overflowed: is --lr too large?); "
@@ -336,7 +331,7 @@ class Trainer:
             f"non-finite {what} at step {step} (loss {loss}, grad norm {norm}); the step "
             "was rejected"
         )
-        if not _all_finite(self.model.params.host_flat()):
+        if not all_finite(self.model.params.host_flat()):
             # Only an update can do this (an overflow, e.g. lr far too large); it cannot be undone
             # in memory, so skipping would only reject every later step too.
             raise NonFiniteError(
