@@ -1,7 +1,9 @@
 """The `sparselm` command line.
 
 Heavy modules (NumPy, Numba, h5py) are imported inside the commands, so `sparselm --help`
-answers at once, and `--threads` can set the thread pools before they start.
+answers at once, and `--threads` can set the thread pools before they start. The training
+options of `train` and `info` are made from TrainConfig's fields (config.setting: help, group,
+choices), so this file names no hyper-parameter; the presets are config.PRESETS'.
 """
 
 from __future__ import annotations

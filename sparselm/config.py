@@ -1,5 +1,9 @@
 """Training configuration: one dataclass, the named presets, and validation with clear messages.
 
+Each TrainConfig field is declared with `setting(default, help, group, choices=, minimum=)`: the
+command line's flags (cli.py), their --help sections and validate's choice and minimum checks are
+all made from that one declaration.
+
 Loss-scale convention (read this before changing a learning rate). Zaremba et al. (2014) and the
 TensorFlow PTB tutorial differentiate the cross-entropy *summed over the T steps and averaged over
 the batch*; their lr = 1.0 and clip = 5 refer to that loss. Our presets use the same convention
