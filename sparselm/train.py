@@ -110,20 +110,7 @@ class Trainer:
         else:
             self.cfg = dataclasses.replace(self.cfg, data=data)
         cfg = self.cfg
-        self.corpus = load_corpus(self.data_dir, vocab=vocab)
-        self.batcher = make_batcher(
-            self.corpus, "train", cfg.batching, cfg.batch_size, cfg.bptt, seed=cfg.seed, train=True
-        )
-        for split in ("valid", "test"):  # too short for the eval batch: fail now, not in an hour
-            make_batcher(
-                self.corpus,
-                split,
-                cfg.batching,
-                cfg.eval_batch_size,
-                cfg.bptt,
-                seed=cfg.seed,
-                train=False,
-            )
+        self._load_data(vocab)
         if not resume:
             self.model = LanguageModel(cfg, len(self.corpus.vocab), backend=self.backend)
         self.optimizer = Optimizer(cfg, self.model.params.flat.size, self.model.dtype, self.backend)
@@ -136,10 +123,34 @@ class Trainer:
         self.said_diverged = False
         if ckpt:
             self._restore(ckpt)
-        if overwrite and not resume:
+        self._prepare_folder(clear=overwrite and not resume)
+
+    def _load_data(self, vocab) -> None:
+        """The corpus and the training batcher; every split is batched now, so a split too
+        short for its batch fails before the first step, not after an epoch."""
+        cfg = self.cfg
+        self.corpus = load_corpus(self.data_dir, vocab=vocab)
+        self.batcher = make_batcher(
+            self.corpus, "train", cfg.batching, cfg.batch_size, cfg.bptt, seed=cfg.seed, train=True
+        )
+        for split in ("valid", "test"):
+            make_batcher(
+                self.corpus,
+                split,
+                cfg.batching,
+                cfg.eval_batch_size,
+                cfg.bptt,
+                seed=cfg.seed,
+                train=False,
+            )
+
+    def _prepare_folder(self, clear: bool) -> None:
+        """Once everything has loaded: the old run's files gone (--overwrite), leftovers of killed
+        writes removed, config.json written, metrics.jsonl cut back to the restored step."""
+        if clear:
             clear_run(self.out)
         remove_temporaries(self.out)
-        write_atomic(self.out / "config.json", cfg.to_json() + "\n")
+        write_atomic(self.out / "config.json", self.cfg.to_json() + "\n")
         self.log = MetricsLog(self.out / "metrics.jsonl")
         truncate_metrics(self.log.path, self.run)
 
