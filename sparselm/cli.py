@@ -149,17 +149,14 @@ def preset_option(help_text: str):
     )
 
 
-def preset_table() -> str:
+def preset_table(note: str = "flags override single fields") -> str:
     """--help's epilog: every preset's value of every field some preset sets (flags as rows)."""
     configs = {name: make_config(name) for name in PRESETS}
-    names = [
-        f.name
-        for f in dataclasses.fields(TrainConfig)
-        if any(f.name in p for p in PRESETS.values())
+    shown = [
+        f for f in dataclasses.fields(TrainConfig) if any(f.name in p for p in PRESETS.values())
     ]
     rows = [["", *configs]] + [
-        ["--" + n.replace("_", "-"), *(_shown(getattr(c, n)) for c in configs.values())]
-        for n in names
+        [flag_name(f), *(_shown(getattr(c, f.name)) for c in configs.values())] for f in shown
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [
@@ -168,7 +165,7 @@ def preset_table() -> str:
         )
         for row in rows
     ]
-    return "\b\nPresets (flags override single fields):\n" + "\n".join(lines)
+    return f"\b\nPresets ({note}):\n" + "\n".join(lines)
 
 
 def _shown(value) -> str:
@@ -538,7 +535,7 @@ def parse_settings(settings) -> dict:
     return grid
 
 
-@main.command(epilog=preset_table())
+@main.command(epilog=preset_table("--set replaces single fields"))
 @preset_option("Configuration every run starts from.")
 @click.option(
     "--set",

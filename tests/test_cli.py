@@ -191,3 +191,20 @@ def test_help_groups_the_options_and_shows_every_preset():
     assert rows["--hidden"] == ["128", "200", "650", "1500", "2500"]
     assert rows["--optimizer"] == ["sgd", "sgd", "sgd", "sgd", "adam"]
     assert rows["--lr"][-1] == "0.0005"
+
+
+def test_one_thread_setup_for_the_cli_and_the_grid_workers(monkeypatch):
+    """threads.set_threads sizes all four pools; 0/None leave them alone. The CLI and the grid's
+    worker processes use this one function."""
+    import os
+
+    from sparselm import cli, experiments, threads
+
+    for var in threads.POOL_VARIABLES:
+        monkeypatch.setenv(var, "7")
+    threads.set_threads(0)
+    threads.set_threads(None)
+    assert {os.environ[v] for v in threads.POOL_VARIABLES} == {"7"}
+    threads.set_threads(3)
+    assert [os.environ[v] for v in threads.POOL_VARIABLES] == ["3"] * 4
+    assert cli.set_threads is threads.set_threads is experiments.set_threads
