@@ -74,9 +74,9 @@ def parse_args():
 def set_threads(n: int) -> None:
     """Thread counts for every pool, then import sparselm: as in the CLI, the package sets
     OpenBLAS's thread timeout, which only takes effect if it comes before NumPy loads BLAS."""
-    for var in ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(n)
-    import sparselm  # noqa: F401
+    from sparselm.threads import set_threads as set_pools
+
+    set_pools(n)
 
 
 def config_for(name: str):

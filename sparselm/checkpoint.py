@@ -56,6 +56,7 @@ import os
 import re
 import secrets
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -142,14 +143,18 @@ def _check_float_array(what: str, arr, ndim: int | None = None) -> None:
         raise _Invalid(f"{what} has dtype {arr.dtype}, expected float32 or float64")
     if ndim is not None and arr.ndim != ndim:
         raise _Invalid(f"{what} has shape {arr.shape}, expected {ndim}-D")
-    if not _all_finite(arr):
+    if not all_finite(arr):
         raise _Invalid(f"{what} contains NaN or infinite values")
 
 
-def _all_finite(arr: np.ndarray) -> bool:
-    """arr: any-shape float array. Checked in slices so the boolean temporary stays small."""
-    flat = arr.reshape(-1)
-    return all(np.isfinite(flat[i : i + _CHUNK]).all() for i in range(0, flat.size, _CHUNK))
+def all_finite(arr: np.ndarray) -> bool:
+    """arr: any-shape float32/float64 array (host memory). True when no value is NaN or inf.
+
+    max and min propagate NaN and are inf when any value is: two passes and no temporary array
+    (np.isfinite would allocate one of booleans as large as the parameters). The one finiteness
+    check of the package: the trainer uses it before every save, and the loader on every array.
+    """
+    return arr.size == 0 or (math.isfinite(arr.max()) and math.isfinite(arr.min()))
 
 
 def _check_pattern(name: str, pattern, data: np.ndarray) -> None:
@@ -434,12 +439,17 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def load_checkpoint(
-    path, *, expected_shapes: dict[str, tuple] | None = None, max_bytes: int | None = None
+    path,
+    *,
+    expected_shapes: dict[str, tuple] | Callable[[Checkpoint], dict] | None = None,
+    max_bytes: int | None = None,
 ) -> Checkpoint:
     """Read and fully validate the checkpoint at `path`.
 
     expected_shapes: optional name -> shape of every parameter (for a CSR parameter the dense
-    shape (R, C)); the file must hold exactly these parameters with these shapes.
+    shape (R, C)); the file must hold exactly these parameters with these shapes. Or a function
+    of the validated Checkpoint that returns that dict, when the shapes follow from the file's
+    own config and vocabulary (model_io.py); a CheckpointError it raises passes through as is.
     max_bytes: most bytes the arrays may take once read; checked against every dataset's declared
     size before it is read. Default: 4x the file size + 1 MiB, at most ABSOLUTE_MAX_BYTES.
     Raises CheckpointError, with a one-line message naming the file, for every problem.
@@ -447,8 +457,9 @@ def load_checkpoint(
 
     def read(f, budget):
         ckpt = _read_checkpoint(f, budget)
-        _check_expected_shapes(ckpt, expected_shapes)
         _validate(ckpt)
+        shapes = expected_shapes(ckpt) if callable(expected_shapes) else expected_shapes
+        _check_expected_shapes(ckpt, shapes)
         return ckpt
 
     return _guarded(path, read, max_bytes)
@@ -473,6 +484,8 @@ def _guarded(path, reader, max_bytes):
         raise _Invalid("the file keeps being replaced while it is read; try again")
     except _Invalid as exc:
         raise CheckpointError(f"checkpoint {shown}: {exc}") from None
+    except CheckpointError:  # from an expected_shapes function: already says what is wrong
+        raise
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {shown} not found") from None
     except MemoryError:

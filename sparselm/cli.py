@@ -1,11 +1,14 @@
 """The `sparselm` command line.
 
 Heavy modules (NumPy, Numba, h5py) are imported inside the commands, so `sparselm --help`
-answers at once, and `--threads` can set the thread pools before they start.
+answers at once, and `--threads` can set the thread pools before they start. The training
+options of `train` and `info` are made from TrainConfig's fields (config.setting: help, group,
+choices), so this file names no hyper-parameter; the presets are config.PRESETS'.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -35,6 +38,9 @@ if _is_the_program():
 
 import click  # noqa: E402
 
+from .config import PRESETS, TrainConfig, cli_fields, flag_name, make_config  # noqa: E402
+from .threads import set_threads  # noqa: E402
+
 DATA_HELP = (
     "Corpus: a folder with ptb.{train,valid,test}.txt or {train,valid,test}.txt, or 'builtin' "
     "(a synthetic language, nothing on disk). Default: $SPARSELM_DATA, then ./data/ptb, then "
@@ -49,18 +55,6 @@ def data_source(value: str | None) -> str | None:
 
 def notice(message: str) -> None:
     click.echo(message, err=True)
-
-
-def set_threads(threads: int | None) -> None:
-    """Size Numba's and BLAS's pools before either starts (they take turns, never share cores)."""
-    if threads:
-        for var in (
-            "NUMBA_NUM_THREADS",
-            "OPENBLAS_NUM_THREADS",
-            "OMP_NUM_THREADS",
-            "MKL_NUM_THREADS",
-        ):
-            os.environ[var] = str(threads)
 
 
 def fail(message: str, code: int = 1):
@@ -98,84 +92,84 @@ def one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-# (flag, config field, type, help). Every training hyper-parameter is a flag; unset flags keep the
-# preset's value.
-TRAIN_OPTIONS = [
-    ("--emb", "emb", int, "Embedding size E."),
-    ("--hidden", "hidden", int, "LSTM units per layer H."),
-    ("--layers", "layers", int, "Number of LSTM layers L."),
-    (
-        "--sparsity",
-        "sparsity",
-        float,
-        "Density of every gate weight matrix: fraction of non-zeros in (0, 1]; 1.0 = dense.",
-    ),
-    (
-        "--mask",
-        "mask",
-        click.Choice(["fanin", "uniform"]),
-        "Sparsity pattern: 'fanin' (same number of inputs per gate row) or 'uniform'.",
-    ),
-    ("--init", "init", click.Choice(["uniform", "glorot"]), "Gate weight initialisation."),
-    ("--init-scale", "init_scale", float, "Uniform init range: U(-s, s)."),
-    ("--dropout", "dropout", float, "Dropout rate on non-recurrent connections, in [0, 1)."),
-    (
-        "--batching",
-        "batching",
-        click.Choice(["stream", "sentence"]),
-        "'stream' (truncated BPTT, state carried) or 'sentence' (padded lines, state reset).",
-    ),
-    ("--batch-size", "batch_size", int, "Batch size B."),
-    ("--bptt", "bptt", int, "Steps per window T (stream batching)."),
-    ("--epochs", "epochs", int, "Number of epochs."),
-    ("--max-steps", "max_steps", int, "Stop after this many optimiser steps (0: no limit)."),
-    ("--optimizer", "optimizer", click.Choice(["sgd", "adam"]), "Optimiser."),
-    ("--lr", "lr", float, "Learning rate (see --loss-reduction for its scale)."),
-    ("--momentum", "momentum", float, "SGD momentum (0: plain SGD)."),
-    ("--warmup", "warmup", click.Choice(["none", "linear", "t2t"]), "Learning-rate warmup."),
-    ("--warmup-steps", "warmup_steps", int, "Warmup length in steps."),
-    (
-        "--decay",
-        "decay",
-        click.Choice(["constant", "step", "halving"]),
-        "Decay: 'step' (x decay-rate per epoch after decay-start), 'halving' or 'constant'.",
-    ),
-    ("--decay-rate", "decay_rate", float, "lr factor per epoch once decay has started."),
-    ("--decay-start", "decay_start", int, "Epochs at full lr before step decay starts."),
-    ("--clip", "clip", float, "Clip the global gradient norm to this value (0: off)."),
-    (
-        "--loss-reduction",
-        "loss_reduction",
-        click.Choice(["batch", "token"]),
-        "Differentiated loss: 'batch' = summed over T, mean over B (Zaremba/TF); 'token' = mean.",
-    ),
-    ("--output", "output", click.Choice(["softmax", "factorized"]), "Output layer."),
-    ("--seed", "seed", int, "Random seed (patterns, init, dropout)."),
-    ("--dtype", "dtype", click.Choice(["float32", "float64"]), "Floating-point type."),
-    ("--device", "device", click.Choice(["auto", "cpu", "cuda"]), "Where to train."),
-    ("--threads", "threads", int, "Threads for Numba and BLAS (default: all cores)."),
-    ("--log-every", "log_every", int, "Steps between metric lines."),
-    ("--save-every", "save_every", int, "Steps between saves of last.h5."),
-    (
-        "--on-nonfinite",
-        "on_nonfinite",
-        click.Choice(["stop", "skip"]),
-        "What to do after a NaN/inf loss or gradient (the step is never applied).",
-    ),
-    (
-        "--on-divergence",
-        "on_divergence",
-        click.Choice(["warn", "stop"]),
-        "What to do when the training loss stays far above the uniform model's (ln V) for "
-        "many steps: say so once (warn), or end the run without saving (stop).",
-    ),
-]
+# -- options made from TrainConfig's fields (config.setting): one edit adds a hyper-parameter -----
+_TYPES = {"int": int, "float": float, "str": str}  # TrainConfig's annotations are strings
+
+
+class GroupedOption(click.Option):
+    """An option shown under a heading of --help (its TrainConfig field's group)."""
+
+    def __init__(self, *args, group: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.group = group
+
+
+class GroupedCommand(click.Command):
+    """A command whose --help lists its TrainConfig options by group ("Model options:", ...)
+    after its own options."""
+
+    def format_options(self, ctx, formatter) -> None:
+        sections: dict[str, list] = {"Options": []}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            group = getattr(param, "group", None)
+            if record is not None:
+                title = f"{group.capitalize()} options" if group else "Options"
+                # padded to click's widest first column, so that every section lines up
+                sections.setdefault(title, []).append((record[0].ljust(30), record[1]))
+        for title, rows in sections.items():
+            with formatter.section(title):
+                formatter.write_dl(rows)
 
 
 def train_options(fn):
-    for flag, field, kind, help_text in reversed(TRAIN_OPTIONS):
-        fn = click.option(flag, field, type=kind, default=None, help=help_text)(fn)
+    """A click option for every TrainConfig field with a flag; unset flags keep the preset's."""
+    for f in reversed(cli_fields()):
+        choices = f.metadata["choices"]
+        fn = click.option(
+            flag_name(f),
+            f.name,
+            type=click.Choice(list(choices)) if choices else _TYPES[str(f.type)],
+            default=None,
+            help=f.metadata["help"],
+            cls=GroupedOption,
+            group=f.metadata["group"],
+        )(fn)
     return fn
+
+
+def preset_option(help_text: str):
+    """--preset, choosing among config.PRESETS (default small)."""
+    return click.option(
+        "--preset",
+        default="small",
+        show_default=True,
+        type=click.Choice(list(PRESETS)),
+        help=help_text,
+    )
+
+
+def preset_table(note: str = "flags override single fields") -> str:
+    """--help's epilog: every preset's value of every field some preset sets (flags as rows)."""
+    configs = {name: make_config(name) for name in PRESETS}
+    shown = [
+        f for f in dataclasses.fields(TrainConfig) if any(f.name in p for p in PRESETS.values())
+    ]
+    rows = [["", *configs]] + [
+        [flag_name(f), *(_shown(getattr(c, f.name)) for c in configs.values())] for f in shown
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [
+        "  ".join(
+            cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))
+        )
+        for row in rows
+    ]
+    return f"\b\nPresets ({note}):\n" + "\n".join(lines)
+
+
+def _shown(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -184,15 +178,9 @@ def main():
     """sparselm: LSTM language models with sparse gate weights, by hand in NumPy + Numba."""
 
 
-@main.command()
+@main.command(cls=GroupedCommand, epilog=preset_table())
 @click.option("--data", "data", default=None, help=DATA_HELP)
-@click.option(
-    "--preset",
-    default="small",
-    show_default=True,
-    type=click.Choice(["teach", "small", "medium", "large", "study"]),
-    help="Named configuration; flags override single fields.",
-)
+@preset_option("Named configuration; flags override single fields.")
 @click.option("--out", default=None, help="Run folder (default checkpoints/<preset>).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last.h5.")
 @click.option("--overwrite", is_flag=True, help="Replace a run already in --out.")
@@ -245,8 +233,8 @@ def evaluate(ckpt, data, split, batch_size, threads, device, as_json):
     def body():
         from .data import find_corpus, load_corpus
         from .errors import ConfigError
-        from .train import evaluate as run_eval
-        from .train import load_model, resolve_device
+        from .evaluation import evaluate as run_eval
+        from .model_io import load_model, resolve_device
 
         if batch_size is not None and batch_size < 1:  # 0 must not mean "the default"
             raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
@@ -293,7 +281,7 @@ def generate(ckpt, words, temperature, prompt, seed):
 
     def body():
         from .generate import sample_text
-        from .train import load_model
+        from .model_io import load_model
 
         model, vocab, _ = load_model(ckpt, {"dtype": "float64"})
         click.echo(sample_text(model, vocab, words, temperature, prompt, seed))
@@ -301,15 +289,9 @@ def generate(ckpt, words, temperature, prompt, seed):
     run_guarded(body)
 
 
-@main.command()
+@main.command(cls=GroupedCommand, epilog=preset_table())
 @click.argument("ckpt", required=False, type=click.Path(dir_okay=False))
-@click.option(
-    "--preset",
-    default="small",
-    show_default=True,
-    type=click.Choice(["teach", "small", "medium", "large", "study"]),
-    help="Configuration to count when no checkpoint is given.",
-)
+@preset_option("Configuration to count when no checkpoint is given.")
 @click.option(
     "--vocab-size",
     type=int,
@@ -553,14 +535,8 @@ def parse_settings(settings) -> dict:
     return grid
 
 
-@main.command()
-@click.option(
-    "--preset",
-    default="small",
-    show_default=True,
-    type=click.Choice(["teach", "small", "medium", "large", "study"]),
-    help="Configuration every run starts from.",
-)
+@main.command(epilog=preset_table("--set replaces single fields"))
+@preset_option("Configuration every run starts from.")
 @click.option(
     "--set",
     "settings",

@@ -1,5 +1,9 @@
 """Training configuration: one dataclass, the named presets, and validation with clear messages.
 
+Each TrainConfig field is declared with `setting(default, help, group, choices=, minimum=)`: the
+command line's flags (cli.py), their --help sections and validate's choice and minimum checks are
+all made from that one declaration.
+
 Loss-scale convention (read this before changing a learning rate). Zaremba et al. (2014) and the
 TensorFlow PTB tutorial differentiate the cross-entropy *summed over the T steps and averaged over
 the batch*; their lr = 1.0 and clip = 5 refer to that loss. Our presets use the same convention
@@ -15,76 +19,154 @@ import json
 import math
 import numbers
 from dataclasses import dataclass, field
+from typing import Any
 
 from .errors import ConfigError
 
 # U(-s, s) with s beyond this saturates every gate and overflows float32 logits in the first
 # forward pass (s = 1e300 did, and the error then blamed --lr); the usual values are 0.04-0.1.
 MAX_INIT_SCALE = 10.0
-CHOICES = {
-    "batching": ("stream", "sentence"),
-    "optimizer": ("sgd", "adam"),
-    "warmup": ("none", "linear", "t2t"),
-    "decay": ("constant", "step", "halving"),
-    "mask": ("fanin", "uniform"),
-    "init": ("uniform", "glorot"),
-    "loss_reduction": ("batch", "token"),
-    "dtype": ("float32", "float64"),
-    "device": ("auto", "cpu", "cuda"),
-    "output": ("softmax", "factorized"),
-    "on_nonfinite": ("stop", "skip"),
-    "on_divergence": ("warn", "stop"),
-}
+
+# The groups of `sparselm train --help`, in the order shown.
+GROUPS = ("model", "data", "optimisation", "run")
+
+
+def setting(
+    default,
+    help: str,
+    group: str,
+    *,
+    choices: tuple = (),
+    minimum: int | None = None,
+    cli: bool = True,
+    factory=None,
+) -> Any:
+    """A TrainConfig field with what the rest of the package needs to know about it.
+
+    help: the flag's help text; group: one of GROUPS (the --help section); choices: the allowed
+    values (click.Choice, validate); minimum: the smallest value validate accepts; cli: whether
+    `sparselm train` has a flag for it (--name-with-dashes, see flag_name). factory: a
+    default_factory instead of `default` (mutable defaults).
+    """
+    assert group in GROUPS, group
+    meta = {"help": help, "group": group, "choices": choices, "minimum": minimum, "cli": cli}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
 class TrainConfig:
-    """Every hyper-parameter of a run; the presets below fill it, flags override single fields."""
+    """Every hyper-parameter of a run; the presets below fill it, flags override single fields.
 
-    preset: str = "small"
+    Each field carries its flag's help text, group, choices and minimum (`setting`): the command
+    line's options (cli.train_options), their --help sections and validate's checks are made from
+    them, so a new hyper-parameter is this one line (and its use).
+    """
+
+    preset: str = setting(
+        "small", "Named configuration; flags override single fields.", "run", cli=False
+    )
     # model
-    emb: int = 200  # E, embedding size
-    hidden: int = 200  # H, LSTM units per layer
-    layers: int = 2  # L
-    sparsity: float = 1.0  # density of every gate weight matrix; 1.0 = dense
-    mask: str = "fanin"  # sparsity pattern builder
-    init: str = "uniform"  # gate weight initialisation
-    init_scale: float = 0.1  # U(-s, s) for every parameter (Zaremba)
-    dropout: float = 0.0  # inverted dropout on non-recurrent connections
-    output: str = "softmax"  # output layer: dense softmax or the study's factorised layer
+    emb: int = setting(200, "Embedding size E.", "model", minimum=1)
+    hidden: int = setting(200, "LSTM units per layer H.", "model", minimum=1)
+    layers: int = setting(2, "Number of LSTM layers L.", "model", minimum=1)
+    sparsity: float = setting(
+        1.0,
+        "Density of every gate weight matrix: fraction of non-zeros in (0, 1]; 1.0 = dense.",
+        "model",
+    )
+    mask: str = setting(
+        "fanin",
+        "Sparsity pattern: 'fanin' (same number of inputs per gate row) or 'uniform'.",
+        "model",
+        choices=("fanin", "uniform"),
+    )
+    init: str = setting(
+        "uniform", "Gate weight initialisation.", "model", choices=("uniform", "glorot")
+    )
+    init_scale: float = setting(0.1, "Uniform init range: U(-s, s).", "model")  # every parameter
+    # inverted dropout: the kept units are scaled by 1 / (1 - rate) while training
+    dropout: float = setting(0.0, "Dropout rate on non-recurrent connections, in [0, 1).", "model")
+    # the dense softmax or the study's factorised layer (output.py)
+    output: str = setting("softmax", "Output layer.", "model", choices=("softmax", "factorized"))
     # data
-    batching: str = "stream"
-    batch_size: int = 20  # B
-    bptt: int = 20  # T
+    batching: str = setting(
+        "stream",
+        "'stream' (truncated BPTT, state carried) or 'sentence' (padded lines, state reset).",
+        "data",
+        choices=("stream", "sentence"),
+    )
+    batch_size: int = setting(20, "Batch size B.", "data", minimum=1)
+    bptt: int = setting(20, "Steps per window T (stream batching).", "data", minimum=1)
     # optimisation
-    optimizer: str = "sgd"
-    lr: float = 1.0
-    momentum: float = 0.0
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
-    clip: float = 5.0  # global gradient-norm clip; 0 disables
-    loss_reduction: str = "batch"
-    warmup: str = "none"
-    warmup_steps: int = 0
-    decay: str = "step"
-    decay_rate: float = 0.5  # lr multiplier per epoch after decay_start (step decay)
-    decay_start: int = 4  # last epoch at full lr (Zaremba's max_epoch)
-    halving_epochs: tuple = ()  # epochs (1-based) after which the lr halves (the study)
-    epochs: int = 13
-    max_steps: int = 0  # stop after this many optimiser steps; 0 = no limit
+    optimizer: str = setting("sgd", "Optimiser.", "optimisation", choices=("sgd", "adam"))
+    lr: float = setting(1.0, "Learning rate (see --loss-reduction for its scale).", "optimisation")
+    momentum: float = setting(0.0, "SGD momentum (0: plain SGD).", "optimisation")
+    beta1: float = setting(0.9, "Adam's beta1.", "optimisation", cli=False)
+    beta2: float = setting(0.999, "Adam's beta2.", "optimisation", cli=False)
+    eps: float = setting(1e-8, "Adam's epsilon.", "optimisation", cli=False)
+    clip: float = setting(
+        5.0, "Clip the global gradient norm to this value (0: off).", "optimisation"
+    )
+    loss_reduction: str = setting(
+        "batch",
+        "Differentiated loss: 'batch' = summed over T, mean over B (Zaremba/TF); 'token' = mean.",
+        "optimisation",
+        choices=("batch", "token"),
+    )
+    warmup: str = setting(
+        "none", "Learning-rate warmup.", "optimisation", choices=("none", "linear", "t2t")
+    )
+    warmup_steps: int = setting(0, "Warmup length in steps.", "optimisation")
+    decay: str = setting(
+        "step",
+        "Decay: 'step' (x decay-rate per epoch after decay-start), 'halving' or 'constant'.",
+        "optimisation",
+        choices=("constant", "step", "halving"),
+    )
+    decay_rate: float = setting(0.5, "lr factor per epoch once decay has started.", "optimisation")
+    # Zaremba's max_epoch
+    decay_start: int = setting(4, "Epochs at full lr before step decay starts.", "optimisation")
+    halving_epochs: tuple = setting(
+        (), "Epochs (1-based) after which the lr halves (the study).", "optimisation", cli=False
+    )
+    epochs: int = setting(13, "Number of epochs.", "optimisation", minimum=1)
+    max_steps: int = setting(
+        0, "Stop after this many optimiser steps (0: no limit).", "optimisation"
+    )
     # run
-    seed: int = 1234
-    dtype: str = "float32"
-    device: str = "auto"
-    threads: int = 0  # 0 = all cores
-    log_every: int = 50  # steps between progress/metrics lines
-    save_every: int = 1000  # steps between last.h5 saves (also saved every epoch)
-    eval_batch_size: int = 10
-    on_nonfinite: str = "stop"
-    on_divergence: str = "warn"  # the training loss stays far above ln V (train.DIVERGED_*)
-    data: str = ""  # the corpus trained on: "builtin" or a folder's absolute path ("": unknown)
-    extra: dict = field(default_factory=dict)  # free-form notes a user wants kept with the run
+    seed: int = setting(1234, "Random seed (patterns, init, dropout).", "run")
+    dtype: str = setting("float32", "Floating-point type.", "run", choices=("float32", "float64"))
+    device: str = setting("auto", "Where to train.", "run", choices=("auto", "cpu", "cuda"))
+    threads: int = setting(0, "Threads for Numba and BLAS (default: all cores).", "run")
+    log_every: int = setting(50, "Steps between metric lines.", "run", minimum=1)
+    # last.h5 is also saved at the end of every epoch
+    save_every: int = setting(1000, "Steps between saves of last.h5.", "run", minimum=1)
+    eval_batch_size: int = setting(10, "Evaluation batch size.", "run", minimum=1, cli=False)
+    on_nonfinite: str = setting(
+        "stop",
+        "What to do after a NaN/inf loss or gradient (the step is never applied).",
+        "run",
+        choices=("stop", "skip"),
+    )
+    # the training loss stays far above ln V: train.DIVERGED_*
+    on_divergence: str = setting(
+        "warn",
+        "What to do when the training loss stays far above the uniform model's (ln V) for "
+        "many steps: say so once (warn), or end the run without saving (stop).",
+        "run",
+        choices=("warn", "stop"),
+    )
+    data: str = setting(
+        "",
+        "The corpus trained on: 'builtin' or a folder's absolute path ('': unknown).",
+        "run",
+        cli=False,
+    )
+    extra: dict = setting(
+        None, "Free-form notes a user wants kept with the run.", "run", cli=False, factory=dict
+    )
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -194,6 +276,16 @@ PRESETS: dict[str, dict] = {
 }
 
 
+def flag_name(f: dataclasses.Field) -> str:
+    """The command-line flag of a TrainConfig field: --name-with-dashes."""
+    return "--" + f.name.replace("_", "-")
+
+
+def cli_fields() -> list[dataclasses.Field]:
+    """The TrainConfig fields that `sparselm train` has a flag for, in declaration order."""
+    return [f for f in dataclasses.fields(TrainConfig) if f.metadata["cli"]]
+
+
 def make_config(preset: str = "small", **overrides) -> TrainConfig:
     """The preset's config with the given fields replaced (None values are ignored), validated."""
     if preset not in PRESETS:
@@ -205,25 +297,17 @@ def make_config(preset: str = "small", **overrides) -> TrainConfig:
 def validate(cfg: TrainConfig) -> TrainConfig:
     """Raise ConfigError with a one-line message for any out-of-range or inconsistent field."""
     _check_types(cfg)
-    for name, allowed in CHOICES.items():
-        if getattr(cfg, name) not in allowed:
+    fields = dataclasses.fields(cfg)
+    for f in fields:  # every choice first, then every minimum: the order of the messages
+        allowed = f.metadata["choices"]
+        if allowed and getattr(cfg, f.name) not in allowed:
             raise ConfigError(
-                f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
-                f"got {getattr(cfg, name)!r}"
+                f"{flag_name(f)} must be one of {', '.join(allowed)}, got {getattr(cfg, f.name)!r}"
             )
-    for name in (
-        "emb",
-        "hidden",
-        "layers",
-        "batch_size",
-        "bptt",
-        "epochs",
-        "eval_batch_size",
-        "log_every",
-        "save_every",
-    ):
-        if int(getattr(cfg, name)) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
+    for f in fields:
+        minimum = f.metadata["minimum"]
+        if minimum is not None and int(getattr(cfg, f.name)) < minimum:
+            raise ConfigError(f"{flag_name(f)} must be >= {minimum}, got {getattr(cfg, f.name)}")
     if not (0.0 < cfg.sparsity <= 1.0) or math.isnan(cfg.sparsity):
         raise ConfigError(f"--sparsity is a density and must be in (0, 1], got {cfg.sparsity}")
     if not (0.0 <= cfg.dropout < 1.0):

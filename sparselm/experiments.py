@@ -40,6 +40,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .metrics import read_events
+from .threads import set_threads
+
 STUDY_DENSITIES = (0.0005, 0.001, 0.002, 0.005, 0.01)
 CONTROL_DENSITY = 1e-9  # the fan-in rule gives max(1, floor(d (I + H))) = 1 input per gate row
 DROPOUT = 0.5  # Zaremba's medium-model rate, for the dense baseline with dropout
@@ -245,26 +248,10 @@ def sweep_runs(preset: str, grid: dict, fixed: dict | None = None) -> list[RunSp
 
 
 # -- one run -------------------------------------------------------------------------------------
-def read_events(folder: Path) -> list[dict]:
-    """The events of a run's metrics.jsonl (lines cut short by a crash are skipped)."""
-    path = Path(folder) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    events = []
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
-            events.append(record)
-    return events
-
-
 def run_status(folder: Path) -> str:
     """ "done" (a test event is logged), "partial" (last.h5 without test event) or "new"."""
     folder = Path(folder)
-    if any(e.get("event") == "test" for e in read_events(folder)):
+    if any(e.get("event") == "test" for e in read_events(folder / "metrics.jsonl")):
         return "done"
     return "partial" if (folder / "last.h5").exists() else "new"
 
@@ -288,7 +275,8 @@ def run_one(spec: RunSpec, out: str, data: str, quiet: bool = True) -> dict:
     Returns {"name", "action": skipped|trained|resumed|failed|interrupted, "error"}.
     """
     from .errors import SparseLMError
-    from .train import Interrupted, train
+    from .signals import Interrupted
+    from .train import train
 
     folder = Path(out) / spec.name
     status = run_status(folder)
@@ -315,18 +303,6 @@ def run_one(spec: RunSpec, out: str, data: str, quiet: bool = True) -> dict:
 
 
 # -- running a grid: serial, local processes, or a Dask cluster ------------------------------------
-def _set_thread_env(threads: int) -> None:
-    """Size Numba's and BLAS's pools; effective only before they start (a fresh worker process)."""
-    if threads:
-        for var in (
-            "NUMBA_NUM_THREADS",
-            "OPENBLAS_NUM_THREADS",
-            "OMP_NUM_THREADS",
-            "MKL_NUM_THREADS",
-        ):
-            os.environ[var] = str(threads)
-
-
 def run_grid(
     specs: list[RunSpec],
     out,
@@ -367,9 +343,7 @@ def _run_processes(specs, out: Path, data: str, jobs: int, threads: int, report)
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     threads = threads or max(1, (os.cpu_count() or 1) // jobs)
-    pool = ProcessPoolExecutor(
-        jobs, multiprocessing.get_context("spawn"), _set_thread_env, (threads,)
-    )
+    pool = ProcessPoolExecutor(jobs, multiprocessing.get_context("spawn"), set_threads, (threads,))
     results = []
     try:
         futures = [pool.submit(run_one, spec, str(out), str(data)) for spec in specs]
@@ -462,7 +436,7 @@ def result_row(spec: RunSpec, folder: Path, vocab: int) -> dict:
     from .counting import count_from_config
 
     folder = Path(folder)
-    events = read_events(folder)
+    events = read_events(folder / "metrics.jsonl")
     cfg = (
         TrainConfig.from_dict(json.loads((folder / "config.json").read_text()))
         if (folder / "config.json").exists()
@@ -584,7 +558,7 @@ def write_results(specs: list[RunSpec], out, data, title: str) -> dict:
     plotted = [
         r["name"]
         for r in rows
-        if any(e.get("event") == "train" for e in read_events(out / r["name"]))
+        if any(e.get("event") == "train" for e in read_events(out / r["name"] / "metrics.jsonl"))
     ]
     if plotted:
         paths["png"] = plot_curves([out / n for n in plotted], out / "curves.png", labels=plotted)

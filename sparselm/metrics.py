@@ -1,8 +1,11 @@
-"""Run metrics (metrics.jsonl: one JSON object per event) and the progress display.
+"""Run metrics (metrics.jsonl: one JSON object per event): its one writer, its one reader, and
+the progress display.
 
 Events: "train" (every log_every steps: step, epoch (fractional), tokens, lr, loss, ppl, grad_norm,
-tokens_per_s, elapsed), "valid" (end of each epoch), "test" (end of training). Loss is the mean
-NLL per predicted token, ppl its exp.
+tokens_per_s, elapsed), "valid" (end of each epoch), "test" (end of training), "nonfinite" (a
+rejected step). Loss is the mean NLL per predicted token, ppl its exp. Readers (resume, the grid
+tables, the curves) go through read_lines / read_events / events_by_kind, which skip what a
+killed run leaves behind: a line cut short, a line that is not a JSON object.
 """
 
 from __future__ import annotations
@@ -27,6 +30,41 @@ class MetricsLog:
         }
         with self.path.open("a") as fh:
             fh.write(json.dumps(clean) + "\n")
+
+
+def read_lines(path: Path) -> list[tuple[str, dict]]:
+    """(line as written, its JSON object) of each event of a metrics.jsonl; [] if it is missing.
+
+    Blank lines and lines that are not JSON objects (e.g. a last line cut off by a kill) are
+    skipped; the text is kept so that resume can rewrite the kept lines byte for byte.
+    """
+    path = Path(path)
+    if not path.exists():
+        return []
+    pairs = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            pairs.append((line, record))
+    return pairs
+
+
+def read_events(path: Path) -> list[dict]:
+    """The event records of a metrics.jsonl, in order (see read_lines)."""
+    return [record for _, record in read_lines(path)]
+
+
+def events_by_kind(path: Path) -> dict[str, list[dict]]:
+    """Records of a metrics.jsonl grouped by event ("train", "valid", "test", ...); records
+    without a string "event" are left out."""
+    events: dict[str, list[dict]] = {}
+    for record in read_events(path):
+        if isinstance(record.get("event"), str):
+            events.setdefault(record["event"], []).append(record)
+    return events
 
 
 class Progress:

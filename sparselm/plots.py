@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from sparselm.errors import SparseLMError
+from sparselm.metrics import events_by_kind
 
 GATES = ("i", "f", "g", "o")
 MAX_CELLS = 256  # heatmaps are block-averaged down to at most this many cells per side
@@ -389,27 +390,6 @@ def _fmt(x) -> str:
     return f"{x:g}" if _is_number(x) else str(x)
 
 
-def read_metrics(path: Path) -> dict[str, list[dict]]:
-    """Records of metrics.jsonl grouped by event ("train", "valid", "test", ...).
-
-    Blank lines, lines that are not JSON objects (e.g. a last line cut off by an interrupted run)
-    and records without an "event" key are skipped: a live or killed run must still plot.
-    """
-    events: dict[str, list[dict]] = {}
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(rec, dict) and isinstance(rec.get("event"), str):
-                events.setdefault(rec["event"], []).append(rec)
-    return events
-
-
 def read_run(run: Path) -> tuple[dict, dict[str, list[dict]]]:
     """(config dict, metrics by event) of a run folder; SparseLMError if it has nothing to plot."""
     run = Path(run)
@@ -424,7 +404,7 @@ def read_run(run: Path) -> tuple[dict, dict[str, list[dict]]]:
     metrics_path = run / "metrics.jsonl"
     if not metrics_path.is_file():
         raise SparseLMError(f"no metrics in {run} (metrics.jsonl missing)")
-    events = read_metrics(metrics_path)
+    events = events_by_kind(metrics_path)
     if not any(_series(events.get(ev, []), "epoch", "loss")[0].size for ev in ("train", "valid")):
         raise SparseLMError(f"no metrics in {run} (no train or valid records with epoch and loss)")
     return cfg, events

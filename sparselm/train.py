@@ -1,4 +1,8 @@
-"""The training loop: epochs, logging, evaluation, checkpoints, interrupts and resume.
+"""The training loop: steps, epochs, logging, saves, and what each fault leaves behind.
+
+Around it, one concern per module: runs.py (the run folder, its lock, the resume policy),
+signals.py (Ctrl-C and SIGTERM), evaluation.py (validation and test perplexity) and model_io.py
+(model <-> checkpoint, the backend).
 
 A run folder holds config.json, metrics.jsonl, last.h5 (written every `save_every` steps, at the
 end of every epoch, at --max-steps and on Ctrl-C/SIGTERM) and best.h5 (lowest validation loss).
@@ -21,34 +25,36 @@ Faults, and what they leave behind (docs/RELIABILITY.md has the experiments):
 from __future__ import annotations
 
 import dataclasses
-import fcntl
-import json
 import math
-import os
-import re
-import shlex
-import signal
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import Checkpoint, CSRPattern, load_checkpoint, save_checkpoint
-from .config import TrainConfig, make_config
-from .data import Corpus, Vocabulary, find_corpus, load_corpus, make_batcher, source_record
-from .errors import CheckpointError, ConfigError, DivergedError, NonFiniteError, SparseLMError
+from .checkpoint import Checkpoint, all_finite, save_checkpoint
+from .config import TrainConfig
+from .data import find_corpus, load_corpus, make_batcher, source_record
+from .errors import CheckpointError, DivergedError, NonFiniteError
+from .evaluation import evaluate, perplexity
 from .kernels import cpu_cache_cold
 from .metrics import MetricsLog, Progress
 from .model import LanguageModel
+from .model_io import load_model_checkpoint, model_checkpoint, model_from, resolve_device
 from .optim import Optimizer, learning_rate
-from .output import output_shapes
+from .runs import (
+    RunFolderError,
+    RunState,
+    claim_run_folder,
+    clear_run,
+    remove_temporaries,
+    resume_command,
+    resumed_fields,
+    truncate_metrics,
+    write_atomic,
+)
+from .signals import SignalGuard
 
-RUN_FILES = ("metrics.jsonl", "last.h5", "best.h5", "config.json")
-# Temporary files of interrupted atomic writes: ours (config.json, metrics.jsonl) and
-# checkpoint.py's (.<name>.<pid>-<hex>.tmp).
-_TEMPORARY = re.compile(r"\.(last\.h5|best\.h5|config\.json|metrics\.jsonl)\..+\.tmp\Z")
 # --on-nonfinite skip gives up after this many rejected steps in a row: the model has diverged
 # (e.g. finite but huge weights that overflow every forward pass), and skipping would only burn
 # the rest of the run.
@@ -58,199 +64,6 @@ MAX_SKIPS_IN_A_ROW = 20
 # run has diverged (e.g. --lr 1e6 kept the loss near 1e6 per token, and the run went on silently).
 DIVERGED_FACTOR = 2.0
 DIVERGED_STEPS = 50
-
-
-class Interrupted(SparseLMError):
-    """Training stopped by a signal after saving last.h5."""
-
-    def __init__(self, message: str, signum: int):
-        super().__init__(message)
-        self.exit_code = 128 + signum
-
-
-class RunFolderError(ConfigError):
-    """The output folder holds another run, is in use, or cannot be written."""
-
-
-@dataclass
-class RunState:
-    """Where the run is: what resume restores besides parameters and optimiser state."""
-
-    step: int = 0  # optimiser steps done (rejected steps included)
-    epoch: int = 0  # current epoch (0-based)
-    cursor: int = 0  # batches of this epoch already done
-    tokens: int = 0  # training tokens seen
-    best_valid: float = math.inf  # lowest validation loss per token
-    skipped: int = 0  # steps rejected for a non-finite loss or gradient
-    elapsed: float = 0.0  # training seconds before this process
-    rng: dict = field(default_factory=dict)
-    log_nll: float = 0.0  # summed NLL and tokens of the steps not yet in a "train" line:
-    log_tokens: int = 0  # a resume in the middle of a window logs the same mean
-
-
-# -- model and checkpoint glue -------------------------------------------------------------------
-def model_checkpoint(
-    model: LanguageModel, vocab: Vocabulary, optimizer=None, run=None, carried=None
-) -> Checkpoint:
-    """The Checkpoint of a model (and optimiser, run state, carried [(h, c)] (B, H) per layer)."""
-    patterns = {
-        name: CSRPattern(p.indices, p.indptr, tuple(p.shape)) for name, p in model.patterns.items()
-    }
-    state = {}
-    if carried is not None:
-        carried = model.state_to_host(carried)
-        state["hidden"] = np.stack([np.stack(hc) for hc in carried])  # (L, 2, B, H)
-    progress = {} if run is None else {k: v for k, v in run.__dict__.items()}
-    if run is not None and not math.isfinite(run.best_valid):
-        progress["best_valid"] = None
-    return Checkpoint(
-        config=model.cfg.to_dict(),
-        vocab=list(vocab.words),
-        params=model.params.to_host(),
-        patterns=patterns,
-        optimizer={} if optimizer is None else optimizer.host_state(),
-        progress=progress,
-        state=state,
-    )
-
-
-def expected_shapes(cfg: TrainConfig, vocab_size: int) -> dict:
-    """name -> shape of every parameter (dense shape for CSR gates) for this config."""
-    model_shapes: dict[str, tuple[int, ...]] = {"embedding.weight": (vocab_size, cfg.emb)}
-    for layer in range(cfg.layers):
-        model_shapes[f"lstm.{layer}.w_x"] = (4 * cfg.hidden, cfg.emb if layer == 0 else cfg.hidden)
-        model_shapes[f"lstm.{layer}.w_h"] = (4 * cfg.hidden, cfg.hidden)
-        model_shapes[f"lstm.{layer}.bias"] = (4 * cfg.hidden,)
-    model_shapes.update(output_shapes(cfg.output, cfg.hidden, vocab_size))
-    return model_shapes
-
-
-def load_model(path, overrides: dict | None = None, backend=None):
-    """(model, vocab, checkpoint) from a checkpoint file; raises CheckpointError.
-
-    overrides: config fields to change (e.g. dtype, threads); never the architecture.
-    backend: kernels.Backend to load onto (default the CPU); a checkpoint loads on either.
-    """
-    ckpt = load_checkpoint(path)
-    return _model_from(ckpt, path, overrides, backend) + (ckpt,)
-
-
-def _model_from(ckpt: Checkpoint, path, overrides: dict | None, backend=None):
-    """(model, vocab) of a loaded checkpoint, its config updated by `overrides`."""
-    try:
-        cfg = TrainConfig.from_dict({**ckpt.config, **(overrides or {})})
-    except ConfigError as exc:
-        raise CheckpointError(f"{path}: invalid config: {exc}") from None
-    _check_shapes(ckpt, expected_shapes(cfg, len(ckpt.vocab)), path)
-    vocab = Vocabulary(ckpt.vocab)
-    return LanguageModel(
-        cfg, len(vocab), params=ckpt.params, patterns=ckpt.patterns, backend=backend
-    ), vocab
-
-
-def _check_shapes(ckpt: Checkpoint, shapes: dict, path) -> None:
-    if list(ckpt.params) != list(shapes):
-        raise CheckpointError(f"{path}: parameters {list(ckpt.params)} do not match its config")
-    for name, shape in shapes.items():
-        got = tuple(ckpt.patterns[name].shape) if name in ckpt.patterns else ckpt.params[name].shape
-        if got != tuple(shape):
-            raise CheckpointError(f"{path}: {name} has shape {got}, its config says {shape}")
-
-
-def _all_finite(flat: np.ndarray) -> bool:
-    """flat: (P,) float. max and min propagate NaN and show inf: two passes, no temporary."""
-    return flat.size == 0 or (math.isfinite(flat.max()) and math.isfinite(flat.min()))
-
-
-def perplexity(loss: float) -> float:
-    """exp(loss), capped at exp(700): a diverged run's loss of 1e6 per token must not overflow."""
-    return math.exp(min(loss, 700.0))
-
-
-# -- evaluation ----------------------------------------------------------------------------------
-def evaluate(
-    model: LanguageModel, corpus: Corpus, split: str, progress: bool = False, stop=None
-) -> dict | None:
-    """Mean NLL per predicted token and perplexity of a split, counted exactly over all batches.
-
-    stop: optional callable checked between batches; when it returns true the evaluation is
-    abandoned and None is returned (a signal must not wait for a whole split).
-    """
-    cfg = model.cfg
-    batcher = make_batcher(
-        corpus, split, cfg.batching, cfg.eval_batch_size, cfg.bptt, seed=cfg.seed, train=False
-    )
-    total, count, state = 0.0, 0, None
-    bar = Progress(len(batcher), f"eval {split}", enabled=progress)
-    start = time.perf_counter()
-    for batch in batcher.batches():
-        if stop is not None and stop():
-            bar.close()
-            return None
-        res = model.forward(batch, state, train=False)
-        total += res.nll_sum
-        count += res.n_tokens
-        state = res.state
-        bar.update(1)
-    bar.close()
-    loss = total / max(count, 1)
-    seconds = time.perf_counter() - start
-    result = {
-        "loss": loss,
-        "ppl": perplexity(loss),
-        "tokens": count,
-        "tokens_per_s": count / max(seconds, 1e-9),
-    }
-    oracle = corpus.oracle_ppl(split, cfg.batching, cfg.eval_batch_size)
-    if oracle is not None:  # the same tokens, scored by the model that generated the corpus
-        result["oracle_ppl"] = oracle
-    return result
-
-
-# -- signals -------------------------------------------------------------------------------------
-class SignalGuard:
-    """Turns SIGINT/SIGTERM into a flag checked between steps, so a step is never half-applied.
-
-    A second signal raises KeyboardInterrupt at once (a save in progress is abandoned by
-    checkpoint.py, which leaves the previous file in place). When that lands inside a finaliser
-    or weakref callback, Python cannot raise it and would print it with a traceback ("Exception
-    ignored in ..."); the guard silences that report, and the run stops at the next step
-    boundary on the first signal's flag instead.
-    """
-
-    def __init__(self):
-        self.signum = 0
-        self._old = {}
-        self._old_hook = None
-
-    def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: leave the signals alone
-                pass
-        if self._old:
-            self._old_hook, sys.unraisablehook = sys.unraisablehook, self._unraisable
-        return self
-
-    def _unraisable(self, info):
-        if self.signum and issubclass(info.exc_type, KeyboardInterrupt):
-            return  # our second-signal interrupt, swallowed by a finaliser
-        self._old_hook(info)
-
-    def _handle(self, signum, frame):
-        if self.signum:  # second Ctrl-C: stop right away
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def stopping(self) -> bool:
-        return bool(self.signum)
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-        if self._old_hook is not None:
-            sys.unraisablehook = self._old_hook
 
 
 # -- the loop ------------------------------------------------------------------------------------
@@ -285,32 +98,19 @@ class Trainer:
         ckpt = vocab = None
         recorded = ""
         if resume:
-            ckpt = load_checkpoint(self.out / "last.h5")
+            ckpt = load_model_checkpoint(self.out / "last.h5")
             recorded = str(ckpt.config.get("data", ""))
         # "": no --data and no $SPARSELM_DATA; a resumed run then finds its own corpus again
         self.data_dir = find_corpus(self.data_dir, recorded, self.device_notes.append)
         data = source_record(self.data_dir)
         if ckpt:
             fields = {**resumed_fields(self.cfg, ckpt.config), "data": data}
-            self.model, vocab = _model_from(ckpt, self.out / "last.h5", fields, self.backend)
+            self.model, vocab = model_from(ckpt, self.out / "last.h5", fields, self.backend)
             self.cfg = self.model.cfg
         else:
             self.cfg = dataclasses.replace(self.cfg, data=data)
         cfg = self.cfg
-        self.corpus = load_corpus(self.data_dir, vocab=vocab)
-        self.batcher = make_batcher(
-            self.corpus, "train", cfg.batching, cfg.batch_size, cfg.bptt, seed=cfg.seed, train=True
-        )
-        for split in ("valid", "test"):  # too short for the eval batch: fail now, not in an hour
-            make_batcher(
-                self.corpus,
-                split,
-                cfg.batching,
-                cfg.eval_batch_size,
-                cfg.bptt,
-                seed=cfg.seed,
-                train=False,
-            )
+        self._load_data(vocab)
         if not resume:
             self.model = LanguageModel(cfg, len(self.corpus.vocab), backend=self.backend)
         self.optimizer = Optimizer(cfg, self.model.params.flat.size, self.model.dtype, self.backend)
@@ -323,10 +123,34 @@ class Trainer:
         self.said_diverged = False
         if ckpt:
             self._restore(ckpt)
-        if overwrite and not resume:
+        self._prepare_folder(clear=overwrite and not resume)
+
+    def _load_data(self, vocab) -> None:
+        """The corpus and the training batcher; every split is batched now, so a split too
+        short for its batch fails before the first step, not after an epoch."""
+        cfg = self.cfg
+        self.corpus = load_corpus(self.data_dir, vocab=vocab)
+        self.batcher = make_batcher(
+            self.corpus, "train", cfg.batching, cfg.batch_size, cfg.bptt, seed=cfg.seed, train=True
+        )
+        for split in ("valid", "test"):
+            make_batcher(
+                self.corpus,
+                split,
+                cfg.batching,
+                cfg.eval_batch_size,
+                cfg.bptt,
+                seed=cfg.seed,
+                train=False,
+            )
+
+    def _prepare_folder(self, clear: bool) -> None:
+        """Once everything has loaded: the old run's files gone (--overwrite), leftovers of killed
+        writes removed, config.json written, metrics.jsonl cut back to the restored step."""
+        if clear:
             clear_run(self.out)
         remove_temporaries(self.out)
-        write_atomic(self.out / "config.json", cfg.to_json() + "\n")
+        write_atomic(self.out / "config.json", self.cfg.to_json() + "\n")
         self.log = MetricsLog(self.out / "metrics.jsonl")
         truncate_metrics(self.log.path, self.run)
 
@@ -353,7 +177,7 @@ class Trainer:
     def save(self, name: str = "last.h5") -> None:
         """Write the run's state atomically to out/name; the previous file survives any failure."""
         path = self.out / name
-        if not _all_finite(self.model.params.host_flat()):
+        if not all_finite(self.model.params.host_flat()):
             raise NonFiniteError(
                 f"not saving {path}: the parameters became non-finite by step "
                 f"{self.run.step} (an update overflowed: is --lr too large?); "
@@ -409,11 +233,9 @@ class Trainer:
         self.save()
         summary = None if guard.signum else self._finish(guard)
         if summary is None:
-            raise Interrupted(
-                f"interrupted ({signal.Signals(guard.signum).name}) at step "
-                f"{run.step}; saved {self.out / 'last.h5'}; resume with: "
-                f"{resume_command(self.cfg, self.out, self.data_dir)}",
-                guard.signum,
+            raise guard.interrupted(
+                f"at step {run.step}; saved {self.out / 'last.h5'}; resume with: "
+                f"{resume_command(self.cfg, self.out, self.data_dir)}"
             )
         return summary
 
@@ -520,7 +342,7 @@ class Trainer:
             f"non-finite {what} at step {step} (loss {loss}, grad norm {norm}); the step "
             "was rejected"
         )
-        if not _all_finite(self.model.params.host_flat()):
+        if not all_finite(self.model.params.host_flat()):
             # Only an update can do this (an overflow, e.g. lr far too large); it cannot be undone
             # in memory, so skipping would only reject every later step too.
             raise NonFiniteError(
@@ -651,209 +473,6 @@ class Trainer:
 
 def _oracle_note(result: dict) -> str:
     return f" (oracle {result['oracle_ppl']:.2f})" if "oracle_ppl" in result else ""
-
-
-# -- resume --------------------------------------------------------------------------------------
-def resumed_fields(requested: TrainConfig, saved: dict) -> dict:
-    """The fields a resumed run may change; every other field comes from the checkpoint.
-
-    max_steps, threads, device, on_nonfinite, on_divergence: the command line's (they steer this
-    process).
-    epochs, log_every, save_every: the command line's when it differs from the default of the
-    requested preset, else the checkpoint's, so that a bare `--resume` of a run of any preset
-    continues with that run's own length and logging cadence.
-    """
-    fields = {
-        name: getattr(requested, name)
-        for name in ("max_steps", "threads", "device", "on_nonfinite", "on_divergence")
-    }
-    try:
-        default = make_config(requested.preset)
-    except ConfigError:
-        default = requested
-    for name in ("epochs", "log_every", "save_every"):
-        given = getattr(requested, name)
-        fields[name] = saved.get(name, given) if given == getattr(default, name) else given
-    return fields
-
-
-def resume_command(cfg: TrainConfig, out: Path, data_dir: Path | str) -> str:
-    """The command line that continues this run exactly."""
-    words = ["sparselm", "train", "--out", str(out), "--data", str(data_dir), "--resume"]
-    for flag, name, default in (
-        ("--max-steps", "max_steps", 0),
-        ("--threads", "threads", 0),
-        ("--device", "device", "auto"),
-    ):
-        if getattr(cfg, name) != default:
-            words += [flag, str(getattr(cfg, name))]
-    return " ".join(shlex.quote(w) for w in words)
-
-
-def truncate_metrics(path: Path, run: RunState) -> None:
-    """Drop the events logged after the state `run` was saved in (they are redone on resume).
-
-    Kept: train and nonfinite events up to run.step; valid events of completed epochs; no test
-    event at or after run.step (a resumed finished run logs it again). Lines cut short by a
-    crash are dropped. Written atomically: a kill here must not lose the kept history.
-    """
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-            keep = _keep_event(record, run)
-        except (ValueError, TypeError, KeyError):
-            continue
-        if keep:
-            kept.append(line)
-    write_atomic(path, "".join(line + "\n" for line in kept))
-
-
-def _keep_event(record: dict, run: RunState) -> bool:
-    step = record["step"]
-    if record.get("event") == "valid":
-        return step < run.step or step == run.step and record["epoch"] <= run.epoch
-    if record.get("event") == "test":
-        return step < run.step
-    return step <= run.step
-
-
-# -- the run folder ------------------------------------------------------------------------------
-class RunLock:
-    """An exclusive flock on the run folder itself, held by an open descriptor for the whole run.
-
-    Locking the folder, not a file in it, means that no file can be deleted to break the lock
-    (the lock file of earlier versions, .lock, invited that), and a finished run leaves nothing
-    behind. The kernel drops the lock when the process ends, however it ends: no lock is stale.
-    """
-
-    def __init__(self, out: Path):
-        self.fd: int | None = os.open(out, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            _retire_old_lock_file(out)
-        except BaseException:
-            self.close()
-            raise
-
-    def close(self) -> None:
-        """Release the lock (idempotent)."""
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-
-
-def _retire_old_lock_file(out: Path) -> None:
-    """Remove the .lock file of an earlier sparselm, unless one of those still runs there."""
-    old = out / ".lock"
-    try:
-        fd = os.open(old, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: it is in use
-        old.unlink(missing_ok=True)
-    finally:
-        os.close(fd)
-
-
-def claim_run_folder(out: Path, resume: bool, overwrite: bool) -> RunLock:
-    """Create and lock the folder; refuse one in use or holding another run. Returns the lock.
-
-    Raises RunFolderError before anything is written there (only the folder itself).
-    """
-    if out.exists() and not out.is_dir():
-        raise RunFolderError(f"output folder {out} is a file")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise RunFolderError(
-            f"output folder {out} is not writable: {exc.strerror or exc}"
-        ) from None
-    try:
-        lock = RunLock(out)
-    except BlockingIOError:
-        raise RunFolderError(f"{out} is in use by another sparselm process") from None
-    except OSError as exc:  # e.g. a filesystem without flock
-        raise RunFolderError(f"cannot lock output folder {out}: {exc.strerror or exc}") from None
-    try:
-        check_run_folder(out, resume, overwrite)
-    except BaseException:
-        lock.close()
-        raise
-    return lock
-
-
-def check_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse a folder holding another run unless resuming or overwriting."""
-    has_run = any((out / name).exists() for name in ("config.json", "last.h5"))
-    if resume and not (out / "last.h5").exists():
-        hint = (
-            "it stopped before its first save; start it again with --overwrite"
-            if has_run
-            else "no run there"
-        )
-        raise RunFolderError(f"--resume: {out / 'last.h5'} not found ({hint})")
-    if has_run and not (resume or overwrite):
-        raise RunFolderError(
-            f"{out} already holds a run; use --resume to continue it or --overwrite to start over"
-        )
-
-
-def clear_run(out: Path) -> None:
-    """Remove a previous run's files (--overwrite), once the new run is known to start."""
-    try:
-        for name in RUN_FILES:
-            (out / name).unlink(missing_ok=True)
-    except OSError as exc:
-        raise RunFolderError(f"--overwrite: cannot remove {exc.filename}: {exc.strerror}") from None
-
-
-def remove_temporaries(out: Path) -> None:
-    """Delete temporary files left by writes that a kill cut short (we hold the folder's lock)."""
-    for path in out.iterdir():
-        if _TEMPORARY.match(path.name):
-            path.unlink(missing_ok=True)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Replace path's content with text: a temporary file renamed over it, never half-written."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
-        raise RunFolderError(f"cannot write {path}: {exc.strerror or exc}") from None
-
-
-def resolve_device(device: str, say):
-    """The kernels.Backend the training step runs on, for --device auto | cpu | cuda.
-
-    `cuda` without a GPU is a one-line ConfigError; `auto` takes a GPU when one is present and
-    otherwise falls back to the CPU, saying so once (through `say`).
-    """
-    import warnings
-
-    from .kernels import get_backend
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        backend = get_backend(device)
-    for w in caught:
-        say(f"note: {w.message}")
-    return backend
 
 
 def train(cfg: TrainConfig, out, data_dir, resume=False, overwrite=False, quiet=False) -> dict:

@@ -667,6 +667,27 @@ def test_expected_shapes_mismatch(saved):
     )
 
 
+def test_expected_shapes_from_the_file_itself(saved):
+    """A function of the loaded checkpoint gives the shapes (they follow from its own config);
+    a CheckpointError it raises reaches the caller unchanged, not as 'unreadable or corrupt'."""
+    seen = []
+
+    def shapes(ckpt):
+        seen.append(ckpt.config["preset"])
+        return {**SHAPES, "lstm.0.w_x": (12, 5)}
+
+    one_line_error(
+        saved, r"lstm.0.w_x has shape \(12, 4\), expected \(12, 5\)", expected_shapes=shapes
+    )
+    assert seen == ["teach"]
+    assert load_checkpoint(saved, expected_shapes=lambda ckpt: SHAPES).vocab
+
+    def refuse(ckpt):
+        raise CheckpointError(f"{saved}: invalid config: hidden must be >= 1")
+
+    one_line_error(saved, r"^\S+: invalid config: hidden must be >= 1$", expected_shapes=refuse)
+
+
 def test_read_config_checks_the_file_too(saved, tmp_path):
     assert read_config(saved)["preset"] == "teach"
     data = bytearray(saved.read_bytes())

@@ -144,3 +144,67 @@ def test_python_dash_m_runs_the_command():
     )
     assert res.returncode == 0, res.stderr
     assert res.stdout.startswith("Usage: sparselm ") and "train" in res.stdout
+
+
+def test_train_options_come_from_the_config_fields():
+    """Every TrainConfig field with a flag is a `train` (and `info`) option with the field's help
+    text and choices, listed under its group; validate refuses a value outside those choices."""
+    import dataclasses
+
+    import click
+
+    from sparselm.cli import info, train
+    from sparselm.config import TrainConfig, cli_fields, make_config
+    from sparselm.errors import ConfigError
+
+    for command in (train, info):
+        options = {p.name: p for p in command.params}
+        for f in cli_fields():
+            option = options[f.name]
+            assert option.opts == ["--" + f.name.replace("_", "-")]
+            assert option.help == f.metadata["help"] and option.group == f.metadata["group"]
+            if f.metadata["choices"]:
+                assert isinstance(option.type, click.Choice)
+                assert tuple(option.type.choices) == f.metadata["choices"]
+    flagless = {f.name for f in dataclasses.fields(TrainConfig)} - {f.name for f in cli_fields()}
+    assert flagless == {"preset", "beta1", "beta2", "eps", "halving_epochs", "eval_batch_size",
+                        "data", "extra"}  # fmt: skip
+    with pytest.raises(ConfigError, match="^--loss-reduction must be one of batch, token, got 'x'"):
+        make_config("teach", loss_reduction="x")
+    with pytest.raises(ConfigError, match="^--eval-batch-size must be >= 1, got 0"):
+        make_config("teach", eval_batch_size=0)
+
+
+def test_help_groups_the_options_and_shows_every_preset():
+    from sparselm.config import PRESETS
+
+    result = CliRunner().invoke(main, ["train", "--help"], terminal_width=100)
+    assert result.exit_code == 0
+    text = result.output
+    headings = ["Options:", "Model options:", "Data options:", "Optimisation options:"]
+    positions = [text.index(h) for h in headings + ["Run options:", "Presets"]]
+    assert positions == sorted(positions)
+    assert text.index("--hidden") > text.index("Model options:") > text.index("--quiet")
+    table = text[text.index("Presets") :].splitlines()
+    assert table[1].split() == list(PRESETS)
+    rows = {line.split()[0]: line.split()[1:] for line in table[2:] if line.strip()}
+    assert rows["--hidden"] == ["128", "200", "650", "1500", "2500"]
+    assert rows["--optimizer"] == ["sgd", "sgd", "sgd", "sgd", "adam"]
+    assert rows["--lr"][-1] == "0.0005"
+
+
+def test_one_thread_setup_for_the_cli_and_the_grid_workers(monkeypatch):
+    """threads.set_threads sizes all four pools; 0/None leave them alone. The CLI and the grid's
+    worker processes use this one function."""
+    import os
+
+    from sparselm import cli, experiments, threads
+
+    for var in threads.POOL_VARIABLES:
+        monkeypatch.setenv(var, "7")
+    threads.set_threads(0)
+    threads.set_threads(None)
+    assert {os.environ[v] for v in threads.POOL_VARIABLES} == {"7"}
+    threads.set_threads(3)
+    assert [os.environ[v] for v in threads.POOL_VARIABLES] == ["3"] * 4
+    assert cli.set_threads is threads.set_threads is experiments.set_threads

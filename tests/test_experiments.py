@@ -15,11 +15,11 @@ from sparselm.experiments import (
     RunSpec,
     experiment_runs,
     fixed_nnz_hidden,
-    read_events,
     run_grid,
     run_status,
     write_results,
 )
+from sparselm.metrics import read_events
 from sparselm.train import train
 
 TINY = dict(
@@ -68,7 +68,7 @@ def test_runs_skips_and_table_matches_folders(tiny_corpus, tmp_path):
     paths = write_results(tiny_grid(), out, tiny_corpus, "test grid")
     assert paths["png"].exists() and paths["md"].read_text().count("| done |") == 2
     for row in paths["rows"]:
-        events = read_events(out / row["name"])
+        events = read_events(out / row["name"] / "metrics.jsonl")
         test = [e for e in events if e["event"] == "test"][-1]
         assert row["test_ppl"] == test["ppl"]
         assert row["best_valid_ppl"] == min(e["ppl"] for e in events if e["event"] == "valid")
@@ -95,7 +95,9 @@ def test_resumes_an_interrupted_run(tiny_corpus, tmp_path):
     # the resumed run ends exactly where an uninterrupted one does
     for spec in tiny_grid():
         full = train(spec.make_config(), tmp_path / ("full-" + spec.name), tiny_corpus, quiet=True)
-        test = [e for e in read_events(out / spec.name) if e["event"] == "test"][-1]
+        test = [e for e in read_events(out / spec.name / "metrics.jsonl") if e["event"] == "test"][
+            -1
+        ]
         assert test["ppl"] == full["test_ppl"]
 
 

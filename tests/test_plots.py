@@ -8,6 +8,7 @@ import pytest
 
 from sparselm import plots
 from sparselm.errors import SparseLMError
+from sparselm.metrics import events_by_kind
 
 PNG = b"\x89PNG\r\n\x1a\n"
 H, V, E = 8, 30, 6
@@ -205,7 +206,7 @@ def test_plot_curves_two_runs_with_corrupt_and_unknown_lines(tmp_path):
     out = plots.plot_curves([a, b], tmp_path / "fig" / "curves.png")
     assert out == tmp_path / "fig" / "curves.png"
     assert_png(out, 20000)
-    events = plots.read_metrics(b / "metrics.jsonl")
+    events = events_by_kind(b / "metrics.jsonl")
     assert len(events["train"]) == 40 and len(events["valid"]) == 4 and len(events["test"]) == 1
 
 

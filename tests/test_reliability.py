@@ -35,7 +35,9 @@ from sparselm.config import make_config
 from sparselm.errors import DataError
 from sparselm.metrics import MetricsLog
 from sparselm.model import LanguageModel
-from sparselm.train import RUN_FILES, SignalGuard, claim_run_folder, train
+from sparselm.runs import RUN_FILES, claim_run_folder
+from sparselm.signals import SignalGuard
+from sparselm.train import train
 
 REPO = Path(__file__).resolve().parent.parent
 # A tiny model that saves after every step: most of its time is spent saving, so random kills

@@ -153,3 +153,32 @@ def test_a_cold_kernel_cache_is_announced_and_timed(tiny_corpus, tmp_path, monke
     assert err.count("compiling kernels (first run only") == 1
     assert err.count("kernels compiled; the first step took") == 1
     assert err.index("compiling kernels") < err.index("kernels compiled")
+
+
+def test_a_checkpoint_that_does_not_fit_its_config_is_one_line(tmp_path):
+    """load_model checks the arrays against the shapes the file's own config implies, through
+    load_checkpoint(expected_shapes=): one CheckpointError naming the file and the parameter."""
+    from sparselm.checkpoint import save_checkpoint
+    from sparselm.data import Vocabulary
+    from sparselm.errors import CheckpointError
+    from sparselm.model import LanguageModel
+    from sparselm.model_io import load_model, model_checkpoint
+
+    cfg = tiny_config(layers=1, sparsity=0.5)
+    vocab = Vocabulary(["<eos>", "a", "b", "c", "d"])
+    ckpt = model_checkpoint(LanguageModel(cfg, len(vocab.words)), vocab)
+    path = tmp_path / "c.h5"
+    for change, needle in (
+        ({"hidden": 9}, r"lstm.0.w_x has shape \(32, 8\), expected \(36, 8\)"),
+        ({"layers": 2}, r"missing parameter\(s\) \['lstm.1.w_x'"),
+        ({"hidden": 0}, "invalid config: --hidden must be >= 1"),
+    ):
+        ckpt.config = {**cfg.to_dict(), **change}
+        save_checkpoint(path, ckpt)
+        with pytest.raises(CheckpointError, match=needle) as info:
+            load_model(path)
+        assert str(path) in str(info.value) and "\n" not in str(info.value)
+    ckpt.config = cfg.to_dict()
+    save_checkpoint(path, ckpt)
+    model, loaded, _ = load_model(path)
+    assert loaded.words == vocab.words and model.cfg == cfg
