@@ -26,10 +26,11 @@ from .config import TrainConfig
 from .csr import CSRMatrix, build_mask, init_values
 from .dense import DenseMatrix
 from .kernels import get_backend
+from .layout import gate_names, gate_shape, parameter_shapes
 from .loss import softmax_backward, softmax_forward
 from .lstm import lstm_layer_backward, lstm_layer_forward
 from .optim import RowSparse
-from .output import factorized_backward, factorized_forward, factorized_logits, output_shapes
+from .output import factorized_backward, factorized_forward, factorized_logits
 from .params import ParamSet
 from .workspace import Workspace
 
@@ -41,19 +42,6 @@ class ForwardResult:
     n_tokens: int  # number of real tokens predicted
     state: list  # [(h, c)] per layer, (B, H) copies on the backend: the carried state
     cache: tuple | None
-
-
-def gate_names(layers: int):
-    for layer in range(layers):
-        yield f"lstm.{layer}.w_x"
-        yield f"lstm.{layer}.w_h"
-
-
-def gate_shape(cfg: TrainConfig, name: str) -> tuple[int, int]:
-    """(G, I) of lstm.{l}.w_x, (G, H) of lstm.{l}.w_h."""
-    layer = int(name.split(".")[1])
-    inputs = cfg.emb if layer == 0 else cfg.hidden
-    return (4 * cfg.hidden, inputs if name.endswith("w_x") else cfg.hidden)
 
 
 def build_patterns(cfg: TrainConfig, rng) -> dict:
@@ -128,15 +116,10 @@ class LanguageModel:
         return gate_shape(self.cfg, name)
 
     def _shapes(self) -> dict:
-        c, nv = self.cfg, self.vocab_size
-        shapes: dict[str, tuple[int, ...]] = {"embedding.weight": (nv, c.emb)}
-        for layer in range(c.layers):
-            for name in (f"lstm.{layer}.w_x", f"lstm.{layer}.w_h"):
-                p = self.patterns.get(name)
-                shapes[name] = (len(p.indices),) if p is not None else self.gate_shape(name)
-            shapes[f"lstm.{layer}.bias"] = (4 * c.hidden,)
-        shapes.update(output_shapes(c.output, c.hidden, nv))
-        return shapes
+        """The layout's shapes, a CSR gate's replaced by its stored values' (N,)."""
+        shapes = parameter_shapes(self.cfg, self.vocab_size)
+        nnz = {name: (len(p.indices),) for name, p in self.patterns.items()}
+        return {name: nnz.get(name, shape) for name, shape in shapes.items()}
 
     def _init_values(self, params: ParamSet, rng) -> None:
         """Zaremba: every parameter U(-s, s); CSR gate values by the configured scheme."""

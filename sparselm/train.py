@@ -40,10 +40,10 @@ from .config import TrainConfig, make_config
 from .data import Corpus, Vocabulary, find_corpus, load_corpus, make_batcher, source_record
 from .errors import CheckpointError, ConfigError, DivergedError, NonFiniteError, SparseLMError
 from .kernels import cpu_cache_cold
+from .layout import parameter_shapes
 from .metrics import MetricsLog, Progress
 from .model import LanguageModel
 from .optim import Optimizer, learning_rate
-from .output import output_shapes
 
 RUN_FILES = ("metrics.jsonl", "last.h5", "best.h5", "config.json")
 # Temporary files of interrupted atomic writes: ours (config.json, metrics.jsonl) and
@@ -116,13 +116,7 @@ def model_checkpoint(
 
 def expected_shapes(cfg: TrainConfig, vocab_size: int) -> dict:
     """name -> shape of every parameter (dense shape for CSR gates) for this config."""
-    model_shapes: dict[str, tuple[int, ...]] = {"embedding.weight": (vocab_size, cfg.emb)}
-    for layer in range(cfg.layers):
-        model_shapes[f"lstm.{layer}.w_x"] = (4 * cfg.hidden, cfg.emb if layer == 0 else cfg.hidden)
-        model_shapes[f"lstm.{layer}.w_h"] = (4 * cfg.hidden, cfg.hidden)
-        model_shapes[f"lstm.{layer}.bias"] = (4 * cfg.hidden,)
-    model_shapes.update(output_shapes(cfg.output, cfg.hidden, vocab_size))
-    return model_shapes
+    return parameter_shapes(cfg, vocab_size)
 
 
 def load_model(path, overrides: dict | None = None, backend=None):
