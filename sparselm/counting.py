@@ -12,7 +12,7 @@ import numpy as np
 from .config import TrainConfig
 from .errors import ConfigError
 from .layout import parameter_shapes
-from .model import build_patterns
+from .sparsity import build_patterns
 
 
 def _matrix_rows(shapes: dict, patterns: dict) -> list[dict]:

@@ -23,15 +23,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config import TrainConfig
-from .csr import CSRMatrix, build_mask, init_values
+from .csr import CSRMatrix
 from .dense import DenseMatrix
 from .kernels import get_backend
-from .layout import gate_names, gate_shape, parameter_shapes
+from .layout import gate_names, parameter_shapes
 from .loss import softmax_backward, softmax_forward
 from .lstm import lstm_layer_backward, lstm_layer_forward
 from .optim import RowSparse
 from .output import factorized_backward, factorized_forward, factorized_logits
 from .params import ParamSet
+from .sparsity import build_patterns, init_parameters
 from .workspace import Workspace
 
 
@@ -42,41 +43,6 @@ class ForwardResult:
     n_tokens: int  # number of real tokens predicted
     state: list  # [(h, c)] per layer, (B, H) copies on the backend: the carried state
     cache: tuple | None
-
-
-def build_patterns(cfg: TrainConfig, rng) -> dict:
-    """The fixed CSR patterns of every gate weight ({} when dense), drawn from rng.
-
-    As in the study, the mask is drawn per layer over the joint gate matrix [W_x | W_h]: (G, I+H),
-    so with "fanin" every gate row has max(1, floor(d (I + H))) inputs in total, and is then
-    split into the CSR matrices of W_x and W_h. This is the rule that reproduces the study's
-    Table 1 counts (see docs/SPARSITY.md).
-    """
-    if cfg.sparsity >= 1.0:
-        return {}
-    patterns = {}
-    dtype = np.dtype(cfg.dtype)
-    for layer in range(cfg.layers):
-        rows, n_in = gate_shape(cfg, f"lstm.{layer}.w_x")
-        indices, indptr = build_mask(cfg.mask, rows, n_in + cfg.hidden, cfg.sparsity, rng)
-        for name, part in zip(("w_x", "w_h"), split_columns(indices, indptr, n_in)):
-            shape = gate_shape(cfg, f"lstm.{layer}.{name}")
-            part_indices, part_indptr = part
-            patterns[f"lstm.{layer}.{name}"] = CSRMatrix(
-                np.zeros(len(part_indices), dtype), part_indices, part_indptr, shape
-            )
-    return patterns
-
-
-def split_columns(indices, indptr, at: int):
-    """Split a CSR pattern into columns [0, at) and [at, C) (re-based): two (indices, indptr)."""
-    rows = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
-    parts = []
-    for keep, offset in ((indices < at, 0), (indices >= at, at)):
-        counts = np.bincount(rows[keep], minlength=len(indptr) - 1)
-        part_indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
-        parts.append(((indices[keep] - offset).astype(np.int32), part_indptr))
-    return parts
 
 
 class LanguageModel:
@@ -99,7 +65,7 @@ class LanguageModel:
         self.patterns = patterns if patterns is not None else build_patterns(cfg, rng)
         host = ParamSet(self._shapes(), self.dtype)
         if params is None:
-            self._init_values(host, rng)
+            init_parameters(host, self.patterns, cfg, rng)
         else:
             host.load(params)
         self.params = host if self.be.name == "cpu" else host.to_backend(self.be)
@@ -112,25 +78,11 @@ class LanguageModel:
         self.host_ws = self.ws if self.be.name == "cpu" else Workspace(get_backend("cpu"))
 
     # -- construction -------------------------------------------------------------------------
-    def gate_shape(self, name: str) -> tuple[int, int]:
-        return gate_shape(self.cfg, name)
-
     def _shapes(self) -> dict:
         """The layout's shapes, a CSR gate's replaced by its stored values' (N,)."""
         shapes = parameter_shapes(self.cfg, self.vocab_size)
         nnz = {name: (len(p.indices),) for name, p in self.patterns.items()}
         return {name: nnz.get(name, shape) for name, shape in shapes.items()}
-
-    def _init_values(self, params: ParamSet, rng) -> None:
-        """Zaremba: every parameter U(-s, s); CSR gate values by the configured scheme."""
-        for name, arr in params.items():
-            if name in self.patterns:
-                rows, cols = self.gate_shape(name)
-                arr[...] = init_values(
-                    arr.size, rows, cols, self.cfg.init, self.cfg.init_scale, rng, self.dtype
-                )
-            else:
-                arr[...] = rng.uniform(-self.cfg.init_scale, self.cfg.init_scale, arr.shape)
 
     def _operator(self, name: str, values: np.ndarray):
         p = self.patterns.get(name)
