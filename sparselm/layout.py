@@ -7,8 +7,8 @@ checkpoint check compares a file against it. Gate rows are in blocks i, f, g, o 
     embedding.weight (V, E)
     lstm.{l}.w_x (G, I), lstm.{l}.w_h (G, H), lstm.{l}.bias (G,)   for l = 0 .. L-1, I = E at
                                                                     l = 0, else H
-    the output layer's parameters (output.output_shapes: softmax.weight (V, H), softmax.bias (V,),
-    or the factorised layer's)
+    the output head's parameters (heads/: softmax.weight (V, H), softmax.bias (V,), or another
+    head's)
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Protocol
 
-from .output import output_shapes
+from .heads import head_class
 
 
 class Sizes(Protocol):
@@ -49,5 +49,5 @@ def parameter_shapes(sizes: Sizes, vocab_size: int) -> dict[str, tuple[int, ...]
         for name in (f"lstm.{layer}.w_x", f"lstm.{layer}.w_h"):
             shapes[name] = gate_shape(sizes, name)
         shapes[f"lstm.{layer}.bias"] = (4 * sizes.hidden,)
-    shapes.update(output_shapes(sizes.output, sizes.hidden, vocab_size))
+    shapes.update(head_class(sizes.output).shapes(sizes.hidden, vocab_size))
     return shapes

@@ -25,12 +25,11 @@ import numpy as np
 from .config import TrainConfig
 from .csr import CSRMatrix
 from .dense import DenseMatrix
+from .heads import head_class
 from .kernels import get_backend
 from .layout import gate_names, parameter_shapes
-from .loss import softmax_backward, softmax_forward
 from .lstm import lstm_layer_backward, lstm_layer_forward
 from .optim import RowSparse
-from .output import factorized_backward, factorized_forward, factorized_logits
 from .params import ParamSet
 from .sparsity import build_patterns, init_parameters
 from .workspace import Workspace
@@ -74,6 +73,7 @@ class LanguageModel:
             name: self._operator(name, self.params[name]) for name in gate_names(cfg.layers)
         }
         self.ws = Workspace(self.be)
+        self.head = head_class(cfg.output)(self.params, self.grads, self.ws)
         self.sparse_grads: RowSparse | None = None  # set by backward()
         self.host_ws = self.ws if self.be.name == "cpu" else Workspace(get_backend("cpu"))
 
@@ -122,7 +122,7 @@ class LanguageModel:
         With train=True the logits gradient is computed on the way (fused kernel) and the cache
         for backward() is returned; dropout masks are drawn from rng (required when dropout > 0).
         """
-        p, be = self.params, self.be
+        be = self.be
         steps, nb = batch.inputs.shape
         n = steps * nb
         self.check_ids(batch.inputs, "input")
@@ -133,27 +133,7 @@ class LanguageModel:
         x, new_state, masks, layer_caches = self.hidden_forward(ids, steps, state, rng, train)
         row_w = self._row_weights(batch)
         targets, row_w_dev = be.to_device(batch.targets.reshape(n)), be.to_device(row_w)
-        if self.cfg.output == "factorized":
-            nll, out_cache = factorized_forward(
-                x.reshape(n, self.cfg.hidden),
-                p["softmax.row_weight"],
-                p["softmax.col_weight"],
-                p["softmax.bias"],
-                targets,
-                row_w_dev,
-                self.ws,
-                grad=train,
-            )
-        else:
-            nll, out_cache = softmax_forward(
-                x.reshape(n, self.cfg.hidden),
-                p["softmax.weight"],
-                p["softmax.bias"],
-                targets,
-                row_w_dev,
-                self.ws,
-                grad=train,
-            )
+        nll, out_cache = self.head.forward(x.reshape(n, self.cfg.hidden), targets, row_w_dev, train)
         nll = be.to_host(nll)
         real = nll if batch.mask is None else nll * batch.mask.reshape(n)
         cache = None
@@ -222,13 +202,7 @@ class LanguageModel:
         top, new_state, _, _ = self.hidden_forward(
             np.ascontiguousarray(inputs).reshape(-1), inputs.shape[0], state
         )
-        flat = top.reshape(-1, self.cfg.hidden)
-        if self.cfg.output == "factorized":
-            p = self.params
-            return factorized_logits(
-                flat, p["softmax.row_weight"], p["softmax.col_weight"], p["softmax.bias"]
-            ), new_state
-        return flat @ self.params["softmax.weight"].T + self.params["softmax.bias"], new_state
+        return self.head.logits(top.reshape(-1, self.cfg.hidden)), new_state
 
     def _dropout(self, x, rate, rng, masks, name):
         """Inverted dropout: x * m with m = keep / (1 - rate). Returns x itself when rate = 0.
@@ -274,25 +248,12 @@ class LanguageModel:
         ids, words, steps, masks, layer_caches, out_cache = cache
         start, stop = self.grads.span("embedding.weight")
         self.sparse_grads = RowSparse(start, stop, self.cfg.emb, words)
-        c, p, g, ws, be = self.cfg, self.params, self.grads, self.ws, self.be
+        c, g, ws, be = self.cfg, self.grads, self.ws, self.be
         # Every gradient is written once per step (overwritten), except the embedding's, which is
         # a scatter-add over the batch's words: clearing it alone saves a pass over all parameters.
         be.fill(g["embedding.weight"], 0)
         nb = ids.shape[0] // steps
-        if c.output == "factorized":
-            d = factorized_backward(
-                out_cache,
-                p["softmax.row_weight"],
-                p["softmax.col_weight"],
-                g["softmax.row_weight"],
-                g["softmax.col_weight"],
-                g["softmax.bias"],
-                ws,
-            )
-        else:
-            d = softmax_backward(
-                out_cache, p["softmax.weight"], g["softmax.weight"], g["softmax.bias"], ws
-            )
+        d = self.head.backward(out_cache)
         d = d.reshape(steps, nb, c.hidden)
         state_grads: list = [None] * c.layers
         for layer in range(c.layers - 1, -1, -1):
