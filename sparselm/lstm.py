@@ -131,6 +131,42 @@ def lstm_layer_backward(
     return dx, dh0, dc0
 
 
+class LSTMLayer:
+    """One layer bound to its weights, gradients and buffers: forward and backward over a window
+    (lstm_layer_forward/backward with this layer's arguments; equations in the module docstring).
+
+    w_x: (G, I), w_h: (G, H) DenseMatrix or CSRMatrix over the parameter views; bias: (G,);
+    dw_x, dw_h (dense shapes, or (N,) CSR values), dbias: the gradient views, overwritten by
+    backward; tag: the prefix of its workspace buffers (distinct per layer).
+    """
+
+    def __init__(self, w_x, w_h, bias, dw_x, dw_h, dbias, ws: Workspace, tag: str):
+        self.w_x, self.w_h, self.bias = w_x, w_h, bias
+        self.dw_x, self.dw_h, self.dbias = dw_x, dw_h, dbias
+        self.ws, self.tag = ws, tag
+
+    def forward(self, x, h0, c0):
+        """x: (T, B, I); h0, c0: (B, H). Returns out (T, B, H), (h_T, c_T), cache."""
+        return lstm_layer_forward(x, h0, c0, self.w_x, self.w_h, self.bias, self.ws, self.tag)
+
+    def backward(self, dout, cache):
+        """dout: (T, B, H); no gradient from beyond the window (truncated BPTT).
+        Returns dx: (T, B, I), dh0, dc0: (B, H)."""
+        return lstm_layer_backward(
+            dout,
+            None,
+            None,
+            cache,
+            self.w_x,
+            self.w_h,
+            self.dw_x,
+            self.dw_h,
+            self.dbias,
+            self.ws,
+            self.tag,
+        )
+
+
 def _copy_or_zero(be, dst, src) -> None:
     if src is None:
         be.fill(dst, 0)

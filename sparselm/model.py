@@ -27,8 +27,9 @@ from .csr import CSRMatrix
 from .dense import DenseMatrix
 from .heads import head_class
 from .kernels import get_backend
-from .layout import gate_names, parameter_shapes
-from .lstm import lstm_layer_backward, lstm_layer_forward
+from .layers import Dropout, Embedding
+from .layout import parameter_shapes
+from .lstm import LSTMLayer
 from .optim import RowSparse
 from .params import ParamSet
 from .sparsity import build_patterns, init_parameters
@@ -69,13 +70,10 @@ class LanguageModel:
             host.load(params)
         self.params = host if self.be.name == "cpu" else host.to_backend(self.be)
         self.grads = self.params.zeros_like()
-        self.weights = {
-            name: self._operator(name, self.params[name]) for name in gate_names(cfg.layers)
-        }
         self.ws = Workspace(self.be)
-        self.head = head_class(cfg.output)(self.params, self.grads, self.ws)
-        self.sparse_grads: RowSparse | None = None  # set by backward()
         self.host_ws = self.ws if self.be.name == "cpu" else Workspace(get_backend("cpu"))
+        self.sparse_grads: RowSparse | None = None  # set by backward()
+        self._build_layers()
 
     # -- construction -------------------------------------------------------------------------
     def _shapes(self) -> dict:
@@ -83,6 +81,22 @@ class LanguageModel:
         shapes = parameter_shapes(self.cfg, self.vocab_size)
         nnz = {name: (len(p.indices),) for name, p in self.patterns.items()}
         return {name: nnz.get(name, shape) for name, shape in shapes.items()}
+
+    def _build_layers(self) -> None:
+        """The composition: embedding, dropout, then per layer an LSTM layer and a dropout, and
+        the output head; each bound to its parameter and gradient views."""
+        c, p, g, ws = self.cfg, self.params, self.grads, self.ws
+        self.embedding = Embedding(p["embedding.weight"], g["embedding.weight"], ws)
+        self.dropouts = [
+            Dropout(c.dropout, f"drop{i}", ws, self.host_ws) for i in range(c.layers + 1)
+        ]
+        self.lstm: list[LSTMLayer] = []
+        for layer in range(c.layers):
+            w_x, w_h, bias = (f"lstm.{layer}.{part}" for part in ("w_x", "w_h", "bias"))
+            weights = self._operator(w_x, p[w_x]), self._operator(w_h, p[w_h]), p[bias]
+            grads = g[w_x], g[w_h], g[bias]
+            self.lstm.append(LSTMLayer(*weights, *grads, ws, f"l{layer}."))
+        self.head = head_class(c.output)(p, g, ws)
 
     def _operator(self, name: str, values: np.ndarray):
         p = self.patterns.get(name)
@@ -167,30 +181,17 @@ class LanguageModel:
         Returns top: (T, B, H) the input of the output layer (after dropout), the new state
         (copies), the dropout masks and the per-layer caches.
         """
-        c, ws, p = self.cfg, self.ws, self.params
         nb = ids.shape[0] // steps
         if state is None:
             state = self.init_state(nb)
-        drop = c.dropout if train else 0.0
-        masks: list = []
-        x = ws.get("emb_out", (steps, nb, c.emb), self.dtype)
-        self.be.gather(p["embedding.weight"], ids, x.reshape(steps * nb, c.emb))
-        x = self._dropout(x, drop, rng, masks, "drop0")
-        layer_caches, new_state = [], []
-        for layer in range(c.layers):
-            out, (h, cc), cache = lstm_layer_forward(
-                x,
-                state[layer][0],
-                state[layer][1],
-                self.weights[f"lstm.{layer}.w_x"],
-                self.weights[f"lstm.{layer}.w_h"],
-                p[f"lstm.{layer}.bias"],
-                ws,
-                f"l{layer}.",
-            )
+        x, mask = self.dropouts[0].forward(self.embedding.forward(ids, steps), rng, train)
+        masks, layer_caches, new_state = [mask], [], []
+        for layer, dropout, (h0, c0) in zip(self.lstm, self.dropouts[1:], state):
+            out, (h, cc), cache = layer.forward(x, h0, c0)
             layer_caches.append(cache)
             new_state.append((self._clone(h), self._clone(cc)))
-            x = self._dropout(out, drop, rng, masks, f"drop{layer + 1}")
+            x, mask = dropout.forward(out, rng, train)
+            masks.append(mask)
         return x, new_state, masks, layer_caches
 
     def logits(self, inputs, state=None):
@@ -203,22 +204,6 @@ class LanguageModel:
             np.ascontiguousarray(inputs).reshape(-1), inputs.shape[0], state
         )
         return self.head.logits(top.reshape(-1, self.cfg.hidden)), new_state
-
-    def _dropout(self, x, rate, rng, masks, name):
-        """Inverted dropout: x * m with m = keep / (1 - rate). Returns x itself when rate = 0.
-
-        The mask is drawn on the host (the run's generator) and sent to the backend.
-        """
-        if rate <= 0.0:
-            return x
-        mask = self.host_ws.get(name + ".mask", x.shape, self.dtype)
-        np.greater_equal(rng.random(x.shape, dtype=self.dtype), rate, out=mask)
-        mask *= 1.0 / (1.0 - rate)
-        mask = self.be.to_device(mask)
-        masks.append(mask)
-        out = self.ws.get(name + ".out", x.shape, self.dtype)
-        self.be.mul(x, mask, out)
-        return out
 
     def _row_weights(self, batch) -> np.ndarray:
         """Each row's factor in the differentiated loss: (T*B,) float, a host array.
@@ -248,33 +233,15 @@ class LanguageModel:
         ids, words, steps, masks, layer_caches, out_cache = cache
         start, stop = self.grads.span("embedding.weight")
         self.sparse_grads = RowSparse(start, stop, self.cfg.emb, words)
-        c, g, ws, be = self.cfg, self.grads, self.ws, self.be
-        # Every gradient is written once per step (overwritten), except the embedding's, which is
-        # a scatter-add over the batch's words: clearing it alone saves a pass over all parameters.
-        be.fill(g["embedding.weight"], 0)
-        nb = ids.shape[0] // steps
-        d = self.head.backward(out_cache)
-        d = d.reshape(steps, nb, c.hidden)
-        state_grads: list = [None] * c.layers
-        for layer in range(c.layers - 1, -1, -1):
-            if masks:
-                be.mul(d, masks[layer + 1], d)
-            dx, dh0, dc0 = lstm_layer_backward(
-                d,
-                None,
-                None,
-                layer_caches[layer],
-                self.weights[f"lstm.{layer}.w_x"],
-                self.weights[f"lstm.{layer}.w_h"],
-                g[f"lstm.{layer}.w_x"],
-                g[f"lstm.{layer}.w_h"],
-                g[f"lstm.{layer}.bias"],
-                ws,
-                f"l{layer}.",
-            )
+        nb, nh = ids.shape[0] // steps, self.cfg.hidden
+        # Every gradient is written once per step (overwritten); the embedding's, a scatter-add
+        # over the batch's words, is cleared by its layer: no zeroing pass over all parameters.
+        d = self.head.backward(out_cache).reshape(steps, nb, nh)
+        state_grads: list = [None] * len(self.lstm)
+        for layer in range(len(self.lstm) - 1, -1, -1):
+            self.dropouts[layer + 1].backward(d, masks[layer + 1])
+            d, dh0, dc0 = self.lstm[layer].backward(d, layer_caches[layer])
             state_grads[layer] = (self._clone(dh0), self._clone(dc0))
-            d = dx
-        if masks:
-            be.mul(d, masks[0], d)
-        be.embedding_backward(ids, d.reshape(steps * nb, c.emb), g["embedding.weight"])
+        self.dropouts[0].backward(d, masks[0])
+        self.embedding.backward(ids, d)
         return state_grads
