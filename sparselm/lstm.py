@@ -23,8 +23,9 @@ dc_t (from step t+1), for t = T-1 .. 0:
 
 and once after the loop, over all T*B rows at once (one GEMM dense, one SDDMM sparse):
 
-    dW_x += da^T x,   dW_h += da^T h_{<T},   db += sum_t,b da,   dx = da W_x
-    (one pass over da gives dW_h, dW_x and db: sparse gates read its columns once).
+    dW_x = da^T x,   dW_h = da^T h_{<T},   db = sum_t,b da,   dx = da W_x
+    (one pass over da gives dW_h, dW_x and db: sparse gates read its columns once). The sums over
+    t are in these products, so each gradient is written once: overwritten, never accumulated.
 
 With dense gates the input projection x W_x^T is likewise one product over all T*B rows before
 the loop, so the per-step work is only the recurrent product and the fused cell kernel, which
@@ -32,8 +33,10 @@ also adds the bias (no pass over the (T, B, G) projection of its own). CSR layer
 recurrence in one backend call (kernels.cpu_lstm), whose product of each gate row goes through
 the row's W_x and W_h entries at once.
 
-Every array operation goes through the workspace's backend (`ws.be`), so the same code runs on
-NumPy arrays with the CPU kernels and on device arrays with the CUDA kernels.
+LSTMLayer binds one layer's weights, gradients and buffers to these two functions (model.py
+composes it with the other layers). Every array operation goes through the workspace's backend
+(`ws.be`), so the same code runs on NumPy arrays with the CPU kernels and on device arrays with
+the CUDA kernels.
 """
 
 from __future__ import annotations

@@ -1,12 +1,15 @@
-"""The language model: embedding -> L LSTM layers (dense or CSR gates) -> softmax.
+"""The language model: embedding -> L LSTM layers (dense or CSR gates) -> output head.
 
-Parameters (in this order, gate rows in blocks i, f, g, o):
+The model is a composition of layers, each a forward/backward pair bound to its parameter and
+gradient views: layers.Embedding, layers.Dropout, lstm.LSTMLayer and an output head from
+heads.HEADS (chosen by cfg.output; the model never branches on it). Parameters follow
+layout.parameter_shapes (gate rows in blocks i, f, g, o):
     embedding.weight (V, E); lstm.{l}.w_x (G, I) dense or (N,) CSR values; lstm.{l}.w_h (G, H) or
-    (N,); lstm.{l}.bias (G,); softmax.weight (V, H); softmax.bias (V,); I = E for l = 0, else H.
-With output="factorized" softmax.weight is replaced by softmax.row_weight and softmax.col_weight
-(V, S), H = S*S (see output.py).
+    (N,); lstm.{l}.bias (G,); then the head's (softmax.weight (V, H), softmax.bias (V,), or the
+    factorised head's); I = E for l = 0, else H.
+The CSR patterns and the initial values come from sparsity.py (the study's rule).
 Dropout (Zaremba et al.) is applied to the non-recurrent connections only: the embedding output,
-between layers, and before the softmax; inverted, so evaluation needs no rescaling.
+between layers, and before the head; inverted, so evaluation needs no rescaling.
 
 Backends: parameters, gradients, the carried state and every buffer of the step live on the
 model's backend (kernels.get_backend: NumPy or a CUDA device) and every operation of the step is
