@@ -418,7 +418,8 @@ def main(argv=None):
     import scipy
     import scipy.sparse as sp
 
-    from sparselm.csr import CSRMatrix, csr_random
+    from sparselm.csr import CSRMatrix
+    from sparselm.sparsity import csr_random
 
     try:
         import torch

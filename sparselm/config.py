@@ -88,7 +88,7 @@ class TrainConfig:
     init_scale: float = setting(0.1, "Uniform init range: U(-s, s).", "model")  # every parameter
     # inverted dropout: the kept units are scaled by 1 / (1 - rate) while training
     dropout: float = setting(0.0, "Dropout rate on non-recurrent connections, in [0, 1).", "model")
-    # the dense softmax or the study's factorised layer (output.py)
+    # the dense softmax or the study's factorised layer (heads/factorized.py)
     output: str = setting("softmax", "Output layer.", "model", choices=("softmax", "factorized"))
     # data
     batching: str = setting(

@@ -11,8 +11,8 @@ import numpy as np
 
 from .config import TrainConfig
 from .errors import ConfigError
-from .model import build_patterns, gate_names, gate_shape
-from .output import output_shapes
+from .layout import parameter_shapes
+from .sparsity import build_patterns
 
 
 def _matrix_rows(shapes: dict, patterns: dict) -> list[dict]:
@@ -44,13 +44,7 @@ def count_from_config(cfg: TrainConfig, vocab_size: int) -> dict:
     if vocab_size < 1:
         raise ConfigError(f"--vocab-size must be >= 1, got {vocab_size}")
     patterns = build_patterns(cfg, np.random.default_rng(cfg.seed))
-    shapes: dict[str, tuple[int, ...]] = {"embedding.weight": (vocab_size, cfg.emb)}
-    for layer in range(cfg.layers):
-        for name in list(gate_names(cfg.layers))[2 * layer : 2 * layer + 2]:
-            shapes[name] = gate_shape(cfg, name)
-        shapes[f"lstm.{layer}.bias"] = (4 * cfg.hidden,)
-    shapes.update(output_shapes(cfg.output, cfg.hidden, vocab_size))
-    rows = _matrix_rows(shapes, patterns)
+    rows = _matrix_rows(parameter_shapes(cfg, vocab_size), patterns)
     return {
         "config": {
             "hidden": cfg.hidden,

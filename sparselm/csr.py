@@ -1,4 +1,4 @@
-"""Sparse gate weights: the CSRMatrix, its pattern checks, and the random masks of the study.
+"""Sparse gate weights: the CSRMatrix and its pattern checks (the masks: sparsity.py).
 
 A CSRMatrix W of shape (R, C) stores N non-zeros as `data` (N,), `indices` (N,) int32 column
 numbers (sorted ascending within each row) and `indptr` (R+1,) int32 row offsets. It also keeps
@@ -11,15 +11,11 @@ Dimension letters: R rows and C columns of W, N nnz, M rows of a batched product
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from .device import is_device_array
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-# floor(d * cols) must not lose an exact integer to float rounding (0.29 * 100 = 28.999...).
-_EPS = 1e-9
 
 
 # ---------------------------------------------------------------------------------------------
@@ -348,111 +344,3 @@ class CSRMatrix:
             )
         if not col_sums.flags["C_CONTIGUOUS"]:
             raise ValueError("col_sums must be C-contiguous")
-
-
-# ---------------------------------------------------------------------------------------------
-# masks and initial values
-
-
-def _check_density(density) -> float:
-    density = float(density)
-    if not 0.0 < density <= 1.0:
-        raise ValueError(f"density must be in (0, 1], got {density}")
-    return density
-
-
-def _distinct_columns(counts, cols, rng, chunk_elems=1 << 21):
-    """Sorted distinct columns per row: counts (R,) int64 with 0 <= counts <= cols.
-
-    Returns (indices (N,) int32, indptr (R+1,) int32). Each row's set is uniform among subsets
-    of its size: the counts[r] smallest of cols iid uniform keys. Rows are processed in chunks
-    so memory stays O(chunk_elems + N).
-    """
-    rows = counts.shape[0]
-    indptr = np.zeros(rows + 1, dtype=np.int64)
-    np.cumsum(counts, out=indptr[1:])
-    if indptr[-1] > np.iinfo(np.int32).max:
-        raise ValueError(f"{indptr[-1]} non-zeros do not fit int32 indices")
-    indices = np.empty(indptr[-1], dtype=np.int32)
-    step = max(1, chunk_elems // max(cols, 1))
-    for r0 in range(0, rows, step):
-        r1 = min(rows, r0 + step)
-        indices[indptr[r0] : indptr[r1]] = _draw_chunk(counts[r0:r1], cols, rng)
-    return indices, indptr.astype(np.int32)
-
-
-def _draw_chunk(counts, cols, rng):
-    """Flattened sorted column sets for a few rows; counts (r,) int64. Returns (sum counts,)."""
-    kmax = int(counts.max()) if counts.size else 0
-    if kmax == 0:
-        return np.empty(0, dtype=np.int32)
-    keys = rng.random((counts.shape[0], cols))
-    if kmax < cols:
-        cand = np.argpartition(keys, kmax - 1, axis=1)[:, :kmax]
-    else:
-        cand = np.broadcast_to(np.arange(cols), keys.shape)
-    if not np.all(counts == kmax):
-        # Rows wanting fewer than kmax take their smallest keys: order candidates by key first.
-        order = np.argsort(np.take_along_axis(keys, cand, axis=1), axis=1)
-        cand = np.take_along_axis(cand, order, axis=1)
-    chosen = cand[np.arange(kmax) < counts[:, None]]
-    row_local = np.repeat(np.arange(counts.shape[0], dtype=np.int64), counts)
-    return (np.sort(row_local * cols + chosen) % cols).astype(np.int32)
-
-
-def fanin_mask(rows, cols, density, rng):
-    """Every row gets k = max(1, floor(density*cols)) distinct columns (the study's mask).
-
-    rng: numpy.random.Generator. Returns (indices (R*k,) int32 sorted per row, indptr (R+1,) int32).
-    """
-    density = _check_density(density)
-    k = min(cols, max(1, math.floor(density * cols + _EPS)))
-    if k == cols:
-        indices = np.tile(np.arange(cols, dtype=np.int32), rows)
-        return indices, np.arange(0, rows * cols + 1, cols, dtype=np.int32)
-    return _distinct_columns(np.full(rows, k, dtype=np.int64), cols, rng)
-
-
-def uniform_mask(rows, cols, density, rng):
-    """Exactly max(1, round(density*rows*cols)) distinct entries, uniform over the matrix.
-
-    A uniform n-subset of the R*C cells has multivariate hypergeometric row counts and, given
-    those, uniform column sets per row, which is how it is drawn (no R*C-sized array).
-    rng: numpy.random.Generator. Returns (indices (N,) int32 sorted per row, indptr (R+1,) int32).
-    """
-    density = _check_density(density)
-    n = max(1, round(density * rows * cols))
-    counts = rng.multivariate_hypergeometric(np.full(rows, cols, dtype=np.int64), n)
-    return _distinct_columns(counts.astype(np.int64), cols, rng)
-
-
-def build_mask(kind, rows, cols, density, rng):
-    """Dispatch on kind "fanin" | "uniform"; returns (indices (N,) int32, indptr (R+1,) int32)."""
-    if kind == "fanin":
-        return fanin_mask(rows, cols, density, rng)
-    if kind == "uniform":
-        return uniform_mask(rows, cols, density, rng)
-    raise ValueError(f"unknown mask kind {kind!r}; expected 'fanin' or 'uniform'")
-
-
-def init_values(nnz, rows, cols, scheme, scale, rng, dtype):
-    """Initial values (nnz,) of `dtype` for a CSR weight of dense shape (rows, cols).
-
-    "uniform": U(-scale, scale). "glorot": U(-a, a), a = sqrt(6 / (fan_in + fan_out)) with
-    fan_in = cols and fan_out = rows of the *dense* shape (scale is ignored), so a sparse matrix
-    starts with the same value range as its dense counterpart. Drawn in float64, then cast.
-    """
-    if scheme == "uniform":
-        bound = float(scale)
-    elif scheme == "glorot":
-        bound = math.sqrt(6.0 / (rows + cols))
-    else:
-        raise ValueError(f"unknown init scheme {scheme!r}; expected 'uniform' or 'glorot'")
-    return rng.uniform(-bound, bound, size=int(nnz)).astype(dtype)
-
-
-def csr_random(rows, cols, density, rng, mask="fanin", dtype=np.float64, scale=0.1):
-    """A CSRMatrix (rows, cols) with a `mask` pattern and U(-scale, scale) values of `dtype`."""
-    indices, indptr = build_mask(mask, rows, cols, density, rng)
-    data = init_values(indices.shape[0], rows, cols, "uniform", scale, rng, dtype)
-    return CSRMatrix(data, indices, indptr, (rows, cols))

@@ -79,13 +79,6 @@ class DenseMatrix:
             backend = get_backend("cpu")
         self.data, self.shape, self.backend = data, tuple(data.shape), backend
 
-    def with_data(self, data) -> DenseMatrix:
-        return DenseMatrix(data, self.backend)
-
-    @property
-    def nnz(self) -> int:
-        return self.data.size
-
     def _empty(self, shape):
         return self.backend.empty(shape, self.data.dtype)
 

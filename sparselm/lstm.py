@@ -23,8 +23,9 @@ dc_t (from step t+1), for t = T-1 .. 0:
 
 and once after the loop, over all T*B rows at once (one GEMM dense, one SDDMM sparse):
 
-    dW_x += da^T x,   dW_h += da^T h_{<T},   db += sum_t,b da,   dx = da W_x
-    (one pass over da gives dW_h, dW_x and db: sparse gates read its columns once).
+    dW_x = da^T x,   dW_h = da^T h_{<T},   db = sum_t,b da,   dx = da W_x
+    (one pass over da gives dW_h, dW_x and db: sparse gates read its columns once). The sums over
+    t are in these products, so each gradient is written once: overwritten, never accumulated.
 
 With dense gates the input projection x W_x^T is likewise one product over all T*B rows before
 the loop, so the per-step work is only the recurrent product and the fused cell kernel, which
@@ -32,8 +33,10 @@ also adds the bias (no pass over the (T, B, G) projection of its own). CSR layer
 recurrence in one backend call (kernels.cpu_lstm), whose product of each gate row goes through
 the row's W_x and W_h entries at once.
 
-Every array operation goes through the workspace's backend (`ws.be`), so the same code runs on
-NumPy arrays with the CPU kernels and on device arrays with the CUDA kernels.
+LSTMLayer binds one layer's weights, gradients and buffers to these two functions (model.py
+composes it with the other layers). Every array operation goes through the workspace's backend
+(`ws.be`), so the same code runs on NumPy arrays with the CPU kernels and on device arrays with
+the CUDA kernels.
 """
 
 from __future__ import annotations
@@ -129,6 +132,42 @@ def lstm_layer_backward(
         pair=(w_x, x.reshape(steps * nb, ni), dw_x),
     )
     return dx, dh0, dc0
+
+
+class LSTMLayer:
+    """One layer bound to its weights, gradients and buffers: forward and backward over a window
+    (lstm_layer_forward/backward with this layer's arguments; equations in the module docstring).
+
+    w_x: (G, I), w_h: (G, H) DenseMatrix or CSRMatrix over the parameter views; bias: (G,);
+    dw_x, dw_h (dense shapes, or (N,) CSR values), dbias: the gradient views, overwritten by
+    backward; tag: the prefix of its workspace buffers (distinct per layer).
+    """
+
+    def __init__(self, w_x, w_h, bias, dw_x, dw_h, dbias, ws: Workspace, tag: str):
+        self.w_x, self.w_h, self.bias = w_x, w_h, bias
+        self.dw_x, self.dw_h, self.dbias = dw_x, dw_h, dbias
+        self.ws, self.tag = ws, tag
+
+    def forward(self, x, h0, c0):
+        """x: (T, B, I); h0, c0: (B, H). Returns out (T, B, H), (h_T, c_T), cache."""
+        return lstm_layer_forward(x, h0, c0, self.w_x, self.w_h, self.bias, self.ws, self.tag)
+
+    def backward(self, dout, cache):
+        """dout: (T, B, H); no gradient from beyond the window (truncated BPTT).
+        Returns dx: (T, B, I), dh0, dc0: (B, H)."""
+        return lstm_layer_backward(
+            dout,
+            None,
+            None,
+            cache,
+            self.w_x,
+            self.w_h,
+            self.dw_x,
+            self.dw_h,
+            self.dbias,
+            self.ws,
+            self.tag,
+        )
 
 
 def _copy_or_zero(be, dst, src) -> None:

@@ -1,12 +1,15 @@
-"""The language model: embedding -> L LSTM layers (dense or CSR gates) -> softmax.
+"""The language model: embedding -> L LSTM layers (dense or CSR gates) -> output head.
 
-Parameters (in this order, gate rows in blocks i, f, g, o):
+The model is a composition of layers, each a forward/backward pair bound to its parameter and
+gradient views: layers.Embedding, layers.Dropout, lstm.LSTMLayer and an output head from
+heads.HEADS (chosen by cfg.output; the model never branches on it). Parameters follow
+layout.parameter_shapes (gate rows in blocks i, f, g, o):
     embedding.weight (V, E); lstm.{l}.w_x (G, I) dense or (N,) CSR values; lstm.{l}.w_h (G, H) or
-    (N,); lstm.{l}.bias (G,); softmax.weight (V, H); softmax.bias (V,); I = E for l = 0, else H.
-With output="factorized" softmax.weight is replaced by softmax.row_weight and softmax.col_weight
-(V, S), H = S*S (see output.py).
+    (N,); lstm.{l}.bias (G,); then the head's (softmax.weight (V, H), softmax.bias (V,), or the
+    factorised head's); I = E for l = 0, else H.
+The CSR patterns and the initial values come from sparsity.py (the study's rule).
 Dropout (Zaremba et al.) is applied to the non-recurrent connections only: the embedding output,
-between layers, and before the softmax; inverted, so evaluation needs no rescaling.
+between layers, and before the head; inverted, so evaluation needs no rescaling.
 
 Backends: parameters, gradients, the carried state and every buffer of the step live on the
 model's backend (kernels.get_backend: NumPy or a CUDA device) and every operation of the step is
@@ -23,14 +26,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config import TrainConfig
-from .csr import CSRMatrix, build_mask, init_values
+from .csr import CSRMatrix
 from .dense import DenseMatrix
+from .heads import head_class
 from .kernels import get_backend
-from .loss import softmax_backward, softmax_forward
-from .lstm import lstm_layer_backward, lstm_layer_forward
+from .layers import Dropout, Embedding
+from .layout import parameter_shapes
+from .lstm import LSTMLayer
 from .optim import RowSparse
-from .output import factorized_backward, factorized_forward, factorized_logits, output_shapes
 from .params import ParamSet
+from .sparsity import build_patterns, init_parameters
 from .workspace import Workspace
 
 
@@ -41,54 +46,6 @@ class ForwardResult:
     n_tokens: int  # number of real tokens predicted
     state: list  # [(h, c)] per layer, (B, H) copies on the backend: the carried state
     cache: tuple | None
-
-
-def gate_names(layers: int):
-    for layer in range(layers):
-        yield f"lstm.{layer}.w_x"
-        yield f"lstm.{layer}.w_h"
-
-
-def gate_shape(cfg: TrainConfig, name: str) -> tuple[int, int]:
-    """(G, I) of lstm.{l}.w_x, (G, H) of lstm.{l}.w_h."""
-    layer = int(name.split(".")[1])
-    inputs = cfg.emb if layer == 0 else cfg.hidden
-    return (4 * cfg.hidden, inputs if name.endswith("w_x") else cfg.hidden)
-
-
-def build_patterns(cfg: TrainConfig, rng) -> dict:
-    """The fixed CSR patterns of every gate weight ({} when dense), drawn from rng.
-
-    As in the study, the mask is drawn per layer over the joint gate matrix [W_x | W_h]: (G, I+H),
-    so with "fanin" every gate row has max(1, floor(d (I + H))) inputs in total, and is then
-    split into the CSR matrices of W_x and W_h. This is the rule that reproduces the study's
-    Table 1 counts (see docs/SPARSITY.md).
-    """
-    if cfg.sparsity >= 1.0:
-        return {}
-    patterns = {}
-    dtype = np.dtype(cfg.dtype)
-    for layer in range(cfg.layers):
-        rows, n_in = gate_shape(cfg, f"lstm.{layer}.w_x")
-        indices, indptr = build_mask(cfg.mask, rows, n_in + cfg.hidden, cfg.sparsity, rng)
-        for name, part in zip(("w_x", "w_h"), split_columns(indices, indptr, n_in)):
-            shape = gate_shape(cfg, f"lstm.{layer}.{name}")
-            part_indices, part_indptr = part
-            patterns[f"lstm.{layer}.{name}"] = CSRMatrix(
-                np.zeros(len(part_indices), dtype), part_indices, part_indptr, shape
-            )
-    return patterns
-
-
-def split_columns(indices, indptr, at: int):
-    """Split a CSR pattern into columns [0, at) and [at, C) (re-based): two (indices, indptr)."""
-    rows = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
-    parts = []
-    for keep, offset in ((indices < at, 0), (indices >= at, at)):
-        counts = np.bincount(rows[keep], minlength=len(indptr) - 1)
-        part_indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
-        parts.append(((indices[keep] - offset).astype(np.int32), part_indptr))
-    return parts
 
 
 class LanguageModel:
@@ -111,43 +68,38 @@ class LanguageModel:
         self.patterns = patterns if patterns is not None else build_patterns(cfg, rng)
         host = ParamSet(self._shapes(), self.dtype)
         if params is None:
-            self._init_values(host, rng)
+            init_parameters(host, self.patterns, cfg, rng)
         else:
             host.load(params)
         self.params = host if self.be.name == "cpu" else host.to_backend(self.be)
         self.grads = self.params.zeros_like()
-        self.weights = {
-            name: self._operator(name, self.params[name]) for name in gate_names(cfg.layers)
-        }
         self.ws = Workspace(self.be)
-        self.sparse_grads: RowSparse | None = None  # set by backward()
         self.host_ws = self.ws if self.be.name == "cpu" else Workspace(get_backend("cpu"))
+        self.sparse_grads: RowSparse | None = None  # set by backward()
+        self._build_layers()
 
     # -- construction -------------------------------------------------------------------------
-    def gate_shape(self, name: str) -> tuple[int, int]:
-        return gate_shape(self.cfg, name)
-
     def _shapes(self) -> dict:
-        c, nv = self.cfg, self.vocab_size
-        shapes: dict[str, tuple[int, ...]] = {"embedding.weight": (nv, c.emb)}
-        for layer in range(c.layers):
-            for name in (f"lstm.{layer}.w_x", f"lstm.{layer}.w_h"):
-                p = self.patterns.get(name)
-                shapes[name] = (len(p.indices),) if p is not None else self.gate_shape(name)
-            shapes[f"lstm.{layer}.bias"] = (4 * c.hidden,)
-        shapes.update(output_shapes(c.output, c.hidden, nv))
-        return shapes
+        """The layout's shapes, a CSR gate's replaced by its stored values' (N,)."""
+        shapes = parameter_shapes(self.cfg, self.vocab_size)
+        nnz = {name: (len(p.indices),) for name, p in self.patterns.items()}
+        return {name: nnz.get(name, shape) for name, shape in shapes.items()}
 
-    def _init_values(self, params: ParamSet, rng) -> None:
-        """Zaremba: every parameter U(-s, s); CSR gate values by the configured scheme."""
-        for name, arr in params.items():
-            if name in self.patterns:
-                rows, cols = self.gate_shape(name)
-                arr[...] = init_values(
-                    arr.size, rows, cols, self.cfg.init, self.cfg.init_scale, rng, self.dtype
-                )
-            else:
-                arr[...] = rng.uniform(-self.cfg.init_scale, self.cfg.init_scale, arr.shape)
+    def _build_layers(self) -> None:
+        """The composition: embedding, dropout, then per layer an LSTM layer and a dropout, and
+        the output head; each bound to its parameter and gradient views."""
+        c, p, g, ws = self.cfg, self.params, self.grads, self.ws
+        self.embedding = Embedding(p["embedding.weight"], g["embedding.weight"], ws)
+        self.dropouts = [
+            Dropout(c.dropout, f"drop{i}", ws, self.host_ws) for i in range(c.layers + 1)
+        ]
+        self.lstm: list[LSTMLayer] = []
+        for layer in range(c.layers):
+            w_x, w_h, bias = (f"lstm.{layer}.{part}" for part in ("w_x", "w_h", "bias"))
+            weights = self._operator(w_x, p[w_x]), self._operator(w_h, p[w_h]), p[bias]
+            grads = g[w_x], g[w_h], g[bias]
+            self.lstm.append(LSTMLayer(*weights, *grads, ws, f"l{layer}."))
+        self.head = head_class(c.output)(p, g, ws)
 
     def _operator(self, name: str, values: np.ndarray):
         p = self.patterns.get(name)
@@ -187,7 +139,7 @@ class LanguageModel:
         With train=True the logits gradient is computed on the way (fused kernel) and the cache
         for backward() is returned; dropout masks are drawn from rng (required when dropout > 0).
         """
-        p, be = self.params, self.be
+        be = self.be
         steps, nb = batch.inputs.shape
         n = steps * nb
         self.check_ids(batch.inputs, "input")
@@ -198,27 +150,7 @@ class LanguageModel:
         x, new_state, masks, layer_caches = self.hidden_forward(ids, steps, state, rng, train)
         row_w = self._row_weights(batch)
         targets, row_w_dev = be.to_device(batch.targets.reshape(n)), be.to_device(row_w)
-        if self.cfg.output == "factorized":
-            nll, out_cache = factorized_forward(
-                x.reshape(n, self.cfg.hidden),
-                p["softmax.row_weight"],
-                p["softmax.col_weight"],
-                p["softmax.bias"],
-                targets,
-                row_w_dev,
-                self.ws,
-                grad=train,
-            )
-        else:
-            nll, out_cache = softmax_forward(
-                x.reshape(n, self.cfg.hidden),
-                p["softmax.weight"],
-                p["softmax.bias"],
-                targets,
-                row_w_dev,
-                self.ws,
-                grad=train,
-            )
+        nll, out_cache = self.head.forward(x.reshape(n, self.cfg.hidden), targets, row_w_dev, train)
         nll = be.to_host(nll)
         real = nll if batch.mask is None else nll * batch.mask.reshape(n)
         cache = None
@@ -252,30 +184,17 @@ class LanguageModel:
         Returns top: (T, B, H) the input of the output layer (after dropout), the new state
         (copies), the dropout masks and the per-layer caches.
         """
-        c, ws, p = self.cfg, self.ws, self.params
         nb = ids.shape[0] // steps
         if state is None:
             state = self.init_state(nb)
-        drop = c.dropout if train else 0.0
-        masks: list = []
-        x = ws.get("emb_out", (steps, nb, c.emb), self.dtype)
-        self.be.gather(p["embedding.weight"], ids, x.reshape(steps * nb, c.emb))
-        x = self._dropout(x, drop, rng, masks, "drop0")
-        layer_caches, new_state = [], []
-        for layer in range(c.layers):
-            out, (h, cc), cache = lstm_layer_forward(
-                x,
-                state[layer][0],
-                state[layer][1],
-                self.weights[f"lstm.{layer}.w_x"],
-                self.weights[f"lstm.{layer}.w_h"],
-                p[f"lstm.{layer}.bias"],
-                ws,
-                f"l{layer}.",
-            )
+        x, mask = self.dropouts[0].forward(self.embedding.forward(ids, steps), rng, train)
+        masks, layer_caches, new_state = [mask], [], []
+        for layer, dropout, (h0, c0) in zip(self.lstm, self.dropouts[1:], state):
+            out, (h, cc), cache = layer.forward(x, h0, c0)
             layer_caches.append(cache)
             new_state.append((self._clone(h), self._clone(cc)))
-            x = self._dropout(out, drop, rng, masks, f"drop{layer + 1}")
+            x, mask = dropout.forward(out, rng, train)
+            masks.append(mask)
         return x, new_state, masks, layer_caches
 
     def logits(self, inputs, state=None):
@@ -287,29 +206,7 @@ class LanguageModel:
         top, new_state, _, _ = self.hidden_forward(
             np.ascontiguousarray(inputs).reshape(-1), inputs.shape[0], state
         )
-        flat = top.reshape(-1, self.cfg.hidden)
-        if self.cfg.output == "factorized":
-            p = self.params
-            return factorized_logits(
-                flat, p["softmax.row_weight"], p["softmax.col_weight"], p["softmax.bias"]
-            ), new_state
-        return flat @ self.params["softmax.weight"].T + self.params["softmax.bias"], new_state
-
-    def _dropout(self, x, rate, rng, masks, name):
-        """Inverted dropout: x * m with m = keep / (1 - rate). Returns x itself when rate = 0.
-
-        The mask is drawn on the host (the run's generator) and sent to the backend.
-        """
-        if rate <= 0.0:
-            return x
-        mask = self.host_ws.get(name + ".mask", x.shape, self.dtype)
-        np.greater_equal(rng.random(x.shape, dtype=self.dtype), rate, out=mask)
-        mask *= 1.0 / (1.0 - rate)
-        mask = self.be.to_device(mask)
-        masks.append(mask)
-        out = self.ws.get(name + ".out", x.shape, self.dtype)
-        self.be.mul(x, mask, out)
-        return out
+        return self.head.logits(top.reshape(-1, self.cfg.hidden)), new_state
 
     def _row_weights(self, batch) -> np.ndarray:
         """Each row's factor in the differentiated loss: (T*B,) float, a host array.
@@ -339,46 +236,15 @@ class LanguageModel:
         ids, words, steps, masks, layer_caches, out_cache = cache
         start, stop = self.grads.span("embedding.weight")
         self.sparse_grads = RowSparse(start, stop, self.cfg.emb, words)
-        c, p, g, ws, be = self.cfg, self.params, self.grads, self.ws, self.be
-        # Every gradient is written once per step (overwritten), except the embedding's, which is
-        # a scatter-add over the batch's words: clearing it alone saves a pass over all parameters.
-        be.fill(g["embedding.weight"], 0)
-        nb = ids.shape[0] // steps
-        if c.output == "factorized":
-            d = factorized_backward(
-                out_cache,
-                p["softmax.row_weight"],
-                p["softmax.col_weight"],
-                g["softmax.row_weight"],
-                g["softmax.col_weight"],
-                g["softmax.bias"],
-                ws,
-            )
-        else:
-            d = softmax_backward(
-                out_cache, p["softmax.weight"], g["softmax.weight"], g["softmax.bias"], ws
-            )
-        d = d.reshape(steps, nb, c.hidden)
-        state_grads: list = [None] * c.layers
-        for layer in range(c.layers - 1, -1, -1):
-            if masks:
-                be.mul(d, masks[layer + 1], d)
-            dx, dh0, dc0 = lstm_layer_backward(
-                d,
-                None,
-                None,
-                layer_caches[layer],
-                self.weights[f"lstm.{layer}.w_x"],
-                self.weights[f"lstm.{layer}.w_h"],
-                g[f"lstm.{layer}.w_x"],
-                g[f"lstm.{layer}.w_h"],
-                g[f"lstm.{layer}.bias"],
-                ws,
-                f"l{layer}.",
-            )
+        nb, nh = ids.shape[0] // steps, self.cfg.hidden
+        # Every gradient is written once per step (overwritten); the embedding's, a scatter-add
+        # over the batch's words, is cleared by its layer: no zeroing pass over all parameters.
+        d = self.head.backward(out_cache).reshape(steps, nb, nh)
+        state_grads: list = [None] * len(self.lstm)
+        for layer in range(len(self.lstm) - 1, -1, -1):
+            self.dropouts[layer + 1].backward(d, masks[layer + 1])
+            d, dh0, dc0 = self.lstm[layer].backward(d, layer_caches[layer])
             state_grads[layer] = (self._clone(dh0), self._clone(dc0))
-            d = dx
-        if masks:
-            be.mul(d, masks[0], d)
-        be.embedding_backward(ids, d.reshape(steps * nb, c.emb), g["embedding.weight"])
+        self.dropouts[0].backward(d, masks[0])
+        self.embedding.backward(ids, d)
         return state_grads

@@ -15,8 +15,8 @@ from .checkpoint import Checkpoint, CSRPattern, load_checkpoint
 from .config import TrainConfig
 from .data import Vocabulary
 from .errors import CheckpointError, ConfigError
+from .layout import parameter_shapes
 from .model import LanguageModel
-from .output import output_shapes
 
 
 def model_checkpoint(
@@ -46,13 +46,7 @@ def model_checkpoint(
 
 def expected_shapes(cfg: TrainConfig, vocab_size: int) -> dict:
     """name -> shape of every parameter (dense shape for CSR gates) for this config."""
-    model_shapes: dict[str, tuple[int, ...]] = {"embedding.weight": (vocab_size, cfg.emb)}
-    for layer in range(cfg.layers):
-        model_shapes[f"lstm.{layer}.w_x"] = (4 * cfg.hidden, cfg.emb if layer == 0 else cfg.hidden)
-        model_shapes[f"lstm.{layer}.w_h"] = (4 * cfg.hidden, cfg.hidden)
-        model_shapes[f"lstm.{layer}.bias"] = (4 * cfg.hidden,)
-    model_shapes.update(output_shapes(cfg.output, cfg.hidden, vocab_size))
-    return model_shapes
+    return parameter_shapes(cfg, vocab_size)
 
 
 def load_model(path, overrides: dict | None = None, backend=None):

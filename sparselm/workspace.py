@@ -44,6 +44,3 @@ class Workspace:
         buf = self.get(name, shape, dtype)
         self.be.fill(buf, 0)
         return buf
-
-    def nbytes(self) -> int:
-        return sum(b.nbytes for b in self._buffers.values())

@@ -13,8 +13,9 @@ import naive
 import numpy as np
 import pytest
 
-from sparselm.csr import CSRMatrix, csr_random
+from sparselm.csr import CSRMatrix
 from sparselm.device import is_device_array
+from sparselm.sparsity import csr_random
 
 DTYPES = [np.float32, np.float64]
 # float32 on a GPU runs with fast math (FMA contraction): a few ulp, hence 2e-5

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 
 from sparselm import kernels
-from sparselm.csr import csr_random
 from sparselm.device import cuda_status
 from sparselm.errors import ConfigError
+from sparselm.sparsity import csr_random
 
 USABLE, DETAIL = cuda_status()
 DTYPES = [np.float32, np.float64]

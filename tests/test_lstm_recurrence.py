@@ -10,8 +10,8 @@ import naive
 import numpy as np
 import pytest
 
-from sparselm.csr import csr_random
 from sparselm.kernels import get_backend
+from sparselm.sparsity import csr_random
 
 DTYPES = [np.float32, np.float64]
 TOL = {np.float32: dict(rtol=2e-4, atol=2e-5), np.float64: dict(rtol=1e-10, atol=1e-12)}

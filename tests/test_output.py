@@ -1,4 +1,4 @@
-"""The factorised output layer (sparselm/output.py) against plain NumPy references.
+"""The output heads (sparselm/heads/) against plain NumPy references.
 
 Reference identity: the factorised layer is a dense softmax whose weight has the structure
 W[v, i*S + j] = A[v, i] + B[v, j], because
@@ -15,18 +15,20 @@ from sparselm.cli import main
 from sparselm.config import make_config
 from sparselm.counting import count_from_config
 from sparselm.data import Batch
-from sparselm.loss import softmax_backward, softmax_forward
+from sparselm.heads import HEADS, FactorizedHead, OutputHead, SoftmaxHead, grid_side, head_class
 from sparselm.model import LanguageModel
-from sparselm.output import (
-    factorized_backward,
-    factorized_forward,
-    factorized_logits,
-    grid_side,
-    output_shapes,
-)
 from sparselm.workspace import Workspace
 
 N, S, V = 7, 3, 11
+
+
+def factorized(a, b, bias, grads=None) -> FactorizedHead:
+    """A factorised head over host arrays A, B: (V, S), bias: (V,); grads: (dA, dB, dbias)."""
+    names = ("softmax.row_weight", "softmax.col_weight", "softmax.bias")
+    grads = (
+        grads if grads is not None else (np.zeros_like(a), np.zeros_like(b), np.zeros_like(bias))
+    )
+    return FactorizedHead(dict(zip(names, (a, b, bias))), dict(zip(names, grads)), Workspace())
 
 
 def reference_logits(h, a, b, bias):
@@ -58,8 +60,9 @@ def layer_inputs(dtype, seed=0):
 def test_forward_matches_reference(dtype, tol):
     h, a, b, bias, targets, weights = layer_inputs(dtype)
     ref = reference_logits(h.astype(np.float64), a, b, bias)
-    np.testing.assert_allclose(factorized_logits(h, a, b, bias), ref, rtol=tol, atol=tol)
-    nll, _ = factorized_forward(h, a, b, bias, targets, weights, Workspace(), grad=False)
+    head = factorized(a, b, bias)
+    np.testing.assert_allclose(head.logits(h), ref, rtol=tol, atol=tol)
+    nll, _ = head.forward(h, targets, weights, grad=False)
     np.testing.assert_allclose(nll, reference_nll(ref, targets), rtol=tol, atol=tol)
 
 
@@ -67,13 +70,20 @@ def test_equals_dense_softmax_with_structured_weight():
     """Forward and every gradient equal the dense layer with W[v, i*S+j] = A[v,i] + B[v,j]."""
     h, a, b, bias, targets, weights = layer_inputs(np.float64, seed=1)
     w = (a[:, :, None] + b[:, None, :]).reshape(V, S * S)
-    nll_d, cache_d = softmax_forward(h, w, bias, targets, weights, Workspace(), grad=True)
     dw, dbias_d = np.zeros_like(w), np.zeros(V)
-    dh_d = softmax_backward(cache_d, w, dw, dbias_d, Workspace()).copy()
+    dense = SoftmaxHead(
+        {"softmax.weight": w, "softmax.bias": bias},
+        {"softmax.weight": dw, "softmax.bias": dbias_d},
+        Workspace(),
+    )
+    nll_d, cache_d = dense.forward(h, targets, weights, grad=True)
+    dh_d = dense.backward(cache_d).copy()
 
-    nll_f, cache_f = factorized_forward(h, a, b, bias, targets, weights, Workspace(), grad=True)
     da, db, dbias_f = np.zeros_like(a), np.zeros_like(b), np.zeros(V)
-    dh_f = factorized_backward(cache_f, a, b, da, db, dbias_f, Workspace())
+    head = factorized(a, b, bias, (da, db, dbias_f))
+    nll_f, cache_f = head.forward(h, targets, weights, grad=True)
+    dh_f = head.backward(cache_f)
+    np.testing.assert_allclose(head.logits(h), dense.logits(h), rtol=1e-12)
     np.testing.assert_allclose(nll_f, nll_d, rtol=1e-12)
     np.testing.assert_allclose(dh_f, dh_d, rtol=1e-10, atol=1e-14)
     np.testing.assert_allclose(dbias_f, dbias_d, rtol=1e-10, atol=1e-14)
@@ -87,11 +97,11 @@ def test_gradients_overwrite():
     """Each gradient is written once per step: what the buffers held before does not matter."""
     h, a, b, bias, targets, weights = layer_inputs(np.float64, seed=2)
     grads = [np.full_like(a, 7.0), np.full_like(b, 7.0), np.full(V, 7.0)]
-    _, cache = factorized_forward(h, a, b, bias, targets, weights, Workspace(), grad=True)
-    factorized_backward(cache, a, b, *grads, Workspace())
+    head = factorized(a, b, bias, grads)
+    head.backward(head.forward(h, targets, weights, grad=True)[1])
     fresh = [np.zeros_like(a), np.zeros_like(b), np.zeros(V)]
-    _, cache = factorized_forward(h, a, b, bias, targets, weights, Workspace(), grad=True)
-    factorized_backward(cache, a, b, *fresh, Workspace())
+    head = factorized(a, b, bias, fresh)
+    head.backward(head.forward(h, targets, weights, grad=True)[1])
     for got, new in zip(grads, fresh):
         np.testing.assert_array_equal(got, new)
 
@@ -159,8 +169,23 @@ def test_shapes_and_square_check():
     assert grid_side(2500) == 50
     with pytest.raises(ValueError):
         grid_side(200)
-    assert output_shapes("factorized", 2500, 10000)["softmax.col_weight"] == (10000, 50)
-    assert list(output_shapes("softmax", 8, 5)) == ["softmax.weight", "softmax.bias"]
+    assert head_class("factorized").shapes(2500, 10000)["softmax.col_weight"] == (10000, 50)
+    assert list(head_class("softmax").shapes(8, 5)) == ["softmax.weight", "softmax.bias"]
+    with pytest.raises(ValueError, match="unknown output head"):
+        head_class("adaptive")
+
+
+def test_registry_names_every_head():
+    """--output NAME picks HEADS[NAME]; every head keeps the contract's methods."""
+    assert set(HEADS) == {"softmax", "factorized"}
+    for name, cls in HEADS.items():
+        assert cls.name == name and issubclass(cls, OutputHead)
+
+
+def test_model_goes_through_its_head():
+    for output, cls in (("softmax", SoftmaxHead), ("factorized", FactorizedHead)):
+        cfg = make_config("small", emb=4, hidden=9, layers=1, dtype="float64", output=output)
+        assert type(LanguageModel(cfg, V).head) is cls
 
 
 def test_counting_study_factorized():
@@ -214,11 +239,7 @@ def test_checkpoint_reloads(tiny_corpus, tmp_path):
         max_steps=2,
         output="factorized",
     )
-    if "softmax.row_weight" not in model_io.expected_shapes(cfg, V):
-        pytest.xfail(
-            "sparselm/model_io.py expected_shapes() still lists softmax.weight; it should "
-            "take the output layer's from sparselm.output.output_shapes()"
-        )
+    assert "softmax.row_weight" in model_io.expected_shapes(cfg, V)
     train_module.train(cfg, tmp_path / "run", tiny_corpus, quiet=True)
     model, _, _ = model_io.load_model(tmp_path / "run" / "last.h5")
     assert [name for name, _ in model.params.items()][-3:] == [

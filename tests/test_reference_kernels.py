@@ -11,8 +11,8 @@ thread as a Python thread) but cover several rows per thread block and ragged ba
 import numpy as np
 import pytest
 
-from sparselm.csr import csr_random
 from sparselm.kernels import get_backend, reference
+from sparselm.sparsity import csr_random
 
 # float32 kernels use approximations of tanh and exp (|error| <= 4e-7) and FMA contraction
 TOL = {np.float32: 2e-5, np.float64: 1e-11}

@@ -70,7 +70,8 @@ def test_bench_kernels_refuses_a_wrong_kernel():
     import numpy as np
     import pytest
 
-    from sparselm.csr import CSRMatrix, csr_random
+    from sparselm.csr import CSRMatrix
+    from sparselm.sparsity import csr_random
 
     bench = runpy_module("bench_kernels.py")
     rng = np.random.default_rng(0)

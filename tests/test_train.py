@@ -111,7 +111,8 @@ def test_nonfinite_step_is_rejected(tiny_corpus, tmp_path):
 def test_sparse_pattern_never_changes(tiny_corpus, tmp_path, optimizer):
     """Training moves the stored values only: the pattern is the one drawn from the seed, entries
     outside it stay exactly zero, and the optimiser state covers the stored values alone."""
-    from sparselm.model import LanguageModel, build_patterns
+    from sparselm.model import LanguageModel
+    from sparselm.sparsity import build_patterns
 
     cfg = tiny_config(
         sparsity=0.2,

@@ -1,7 +1,7 @@
 """The CPU backend's array operations: what a training step does between the fused kernels.
 
 Each function has the contract of its namesake in kernels.cuda (same arguments, same meaning,
-results written into `out` arguments), so model.py, lstm.py, loss.py, output.py and optim.py
+results written into `out` arguments), so model.py, lstm.py, the heads and optim.py
 call them through a Backend and run unchanged on either device. On the CPU they are NumPy or
 BLAS one-liners; on the GPU each is a small kernel.
 """
@@ -56,7 +56,7 @@ def gather(table, ids, out) -> None:
 def grid_sums(h, rows, cols) -> None:
     """rows[n, i] = sum_j h[n, i*S+j] and cols[n, j] = sum_i h[n, i*S+j].
 
-    h: (N, S*S) C-contiguous; rows, cols: (N, S) written in place (output.py's row and column
+    h: (N, S*S) C-contiguous; rows, cols: (N, S) written in place (heads/factorized.py's row and column
     sums of the hidden vector read as an S x S grid).
     """
     n, side = rows.shape

@@ -50,7 +50,7 @@ global norm sums fixed per-block partials on the host).
 
 The training step on the device
 -------------------------------
-model.py, lstm.py, loss.py, output.py and optim.py call every array operation through a Backend
+model.py, lstm.py, the heads and optim.py call every array operation through a Backend
 (kernels/__init__.py): the fused kernels above plus the array operations of the step (copy, mul,
 gather, grid_sums, grid_outer_add, col_sum, fill, gemm with transpose flags), whose
 CPU versions are in kernels/cpu_arrays.py. With ``--device cuda`` parameters, gradients and

@@ -1,0 +1,151 @@
+"""The study's sparsity rule (sparselm.sparsity): the masks, the initial values, and the same
+seed drawing the same patterns and initial values.
+
+The checksums below were computed with the code as it stood before the pattern rule moved into
+sparselm/sparsity.py (commit 3ffd0c0: masks drawn in csr.py, split in model.py); a change of the
+random streams (the order of draws, a different split) changes them, and with them every seeded
+run's results.
+"""
+
+import hashlib
+import math
+import time
+
+import numpy as np
+import pytest
+
+from sparselm.config import make_config
+from sparselm.csr import validate_csr_pattern
+from sparselm.model import LanguageModel
+from sparselm.sparsity import build_mask, fanin_mask, init_values, uniform_mask
+
+# (config overrides, first 16 hex digits of the sha256 of patterns, names, shapes and values)
+PINNED = [
+    (dict(sparsity=0.3, mask="fanin", init="uniform", dtype="float64"), "1b5bf1e89849a523"),
+    (
+        dict(sparsity=0.2, mask="uniform", init="glorot", dtype="float32", layers=3),
+        "54625b3e97787501",
+    ),
+    (dict(sparsity=1.0, dtype="float64"), "aac5020e830cfba0"),
+    (
+        dict(sparsity=0.25, init="glorot", dtype="float32", output="factorized", hidden=9),
+        "0c92cef8956c4c2e",
+    ),
+]
+
+
+def model_digest(model: LanguageModel) -> str:
+    """sha256 (16 hex digits) of every CSR pattern, every parameter's name and shape, and the
+    flat parameter buffer."""
+    h = hashlib.sha256()
+    for name, p in model.patterns.items():
+        h.update(name.encode())
+        h.update(np.asarray(p.indices, np.int32).tobytes())
+        h.update(np.asarray(p.indptr, np.int32).tobytes())
+    for name, a in model.params.items():
+        h.update(name.encode())
+        h.update(str(a.shape).encode())
+    h.update(model.params.flat.tobytes())
+    return h.hexdigest()[:16]
+
+
+@pytest.mark.parametrize("overrides,digest", PINNED)
+def test_seeded_patterns_and_values_unchanged(overrides, digest):
+    cfg = make_config("small", **(dict(emb=5, hidden=6, layers=2, seed=7) | overrides))
+    assert model_digest(LanguageModel(cfg, 11)) == digest
+
+
+def assert_sorted_unique_rows(indices, indptr, cols):
+    validate_csr_pattern(indices, indptr, (indptr.size - 1, cols))
+    assert indices.dtype == np.int32 and indptr.dtype == np.int32
+
+
+# --- masks ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "rows,cols,density,k",
+    [
+        (50, 1500, 0.0005, 1),  # floor(0.75) = 0 -> at least one input
+        (40, 2500, 0.01, 25),  # 0.01 * 2500 must not round down to 24
+        (30, 100, 0.29, 29),  # 0.29 * 100 = 28.999999999999996 in floating point
+        (20, 650, 0.1, 65),
+        (10, 7, 1.0, 7),
+    ],
+)
+def test_fanin_exact_counts(rows, cols, density, k):
+    indices, indptr = fanin_mask(rows, cols, density, np.random.default_rng(0))
+    assert np.all(np.diff(indptr) == k)  # every row the same fan-in, none empty
+    assert_sorted_unique_rows(indices, indptr, cols)
+
+
+def test_fanin_dense_is_every_column():
+    indices, indptr = fanin_mask(3, 5, 1.0, np.random.default_rng(0))
+    assert indices.tolist() == list(range(5)) * 3
+
+
+def test_fanin_columns_are_uniform():
+    indices, _ = fanin_mask(3000, 10, 0.3, np.random.default_rng(1))
+    counts = np.bincount(indices, minlength=10)  # each column chosen with probability 0.3
+    assert np.all(np.abs(counts - 900) < 5 * math.sqrt(3000 * 0.3 * 0.7))
+
+
+@pytest.mark.parametrize(
+    "rows,cols,density",
+    [(200, 300, 0.01), (50, 40, 0.5), (7, 9, 1.0), (1000, 1000, 1e-7), (30, 20, 0.999)],
+)
+def test_uniform_exact_count(rows, cols, density):
+    indices, indptr = uniform_mask(rows, cols, density, np.random.default_rng(2))
+    assert indptr[-1] == max(1, round(density * rows * cols))
+    assert_sorted_unique_rows(indices, indptr, cols)
+
+
+def test_uniform_spreads_over_rows_and_columns():
+    indices, indptr = uniform_mask(100, 100, 0.2, np.random.default_rng(3))
+    per_row = np.diff(indptr)
+    assert per_row.std() > 0  # not a fan-in mask
+    assert abs(per_row.mean() - 20) < 1e-9
+    assert np.bincount(indices, minlength=100).min() > 0
+
+
+@pytest.mark.parametrize("kind", ["fanin", "uniform"])
+def test_masks_are_seeded(kind):
+    a = build_mask(kind, 60, 80, 0.05, np.random.default_rng(11))
+    b = build_mask(kind, 60, 80, 0.05, np.random.default_rng(11))
+    c = build_mask(kind, 60, 80, 0.05, np.random.default_rng(12))
+    assert all(np.array_equal(p, q) for p, q in zip(a, b))
+    assert not all(np.array_equal(p, q) for p, q in zip(a, c))
+
+
+@pytest.mark.parametrize("density", [0.0, -0.1, 1.5, float("nan")])
+def test_density_out_of_range(density):
+    for kind in ("fanin", "uniform"):
+        with pytest.raises(ValueError, match="density"):
+            build_mask(kind, 10, 10, density, np.random.default_rng(0))
+
+
+def test_unknown_mask_kind():
+    with pytest.raises(ValueError, match="mask kind"):
+        build_mask("random", 10, 10, 0.5, np.random.default_rng(0))
+
+
+def test_fanin_large_is_fast():
+    t0 = time.perf_counter()
+    indices, indptr = fanin_mask(10000, 2500, 0.01, np.random.default_rng(0))
+    assert indptr[-1] == 250000
+    assert time.perf_counter() - t0 < 10  # about 0.3 s on one core; generous for noisy CI
+
+
+# --- initial values ------------------------------------------------------------------------
+
+
+def test_init_values():
+    rng = np.random.default_rng(5)
+    v = init_values(10000, 40, 60, "uniform", 0.05, rng, np.float32)
+    assert v.dtype == np.float32 and v.shape == (10000,)
+    assert np.abs(v).max() <= 0.05 and np.abs(v).max() > 0.049
+    g = init_values(10000, 40, 60, "glorot", 123.0, rng, np.float64)
+    bound = math.sqrt(6 / 100)
+    assert np.abs(g).max() <= bound and np.abs(g).max() > 0.99 * bound
+    with pytest.raises(ValueError, match="init scheme"):
+        init_values(3, 2, 2, "normal", 0.1, rng, np.float32)
