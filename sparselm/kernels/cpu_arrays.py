@@ -56,8 +56,8 @@ def gather(table, ids, out) -> None:
 def grid_sums(h, rows, cols) -> None:
     """rows[n, i] = sum_j h[n, i*S+j] and cols[n, j] = sum_i h[n, i*S+j].
 
-    h: (N, S*S) C-contiguous; rows, cols: (N, S) written in place (heads/factorized.py's row and column
-    sums of the hidden vector read as an S x S grid).
+    h: (N, S*S) C-contiguous; rows, cols: (N, S) written in place (heads/factorized.py's row
+    and column sums of the hidden vector read as an S x S grid).
     """
     n, side = rows.shape
     grid = h.reshape(n, side, side)  # a view: (N, S, S), g[n, i, j] = h[n, i*S + j]
