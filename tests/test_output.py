@@ -247,3 +247,15 @@ def test_checkpoint_reloads(tiny_corpus, tmp_path):
         "softmax.col_weight",
         "softmax.bias",
     ]
+
+
+def test_config_offers_exactly_the_registered_heads():
+    """config.py lists --output's choices itself (it must not import the heads, which load
+    Numba); they must be the registry's."""
+    import dataclasses
+
+    from sparselm.config import TrainConfig
+    from sparselm.heads import HEADS
+
+    (field,) = [f for f in dataclasses.fields(TrainConfig) if f.name == "output"]
+    assert sorted(field.metadata["choices"]) == sorted(HEADS)
