@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 
 # Runs a script as __main__ with the peers blocked: a None entry in sys.modules makes
@@ -68,7 +70,6 @@ def test_bench_kernels_refuses_a_wrong_kernel():
     """The benchmark checks ours against kernels.reference before timing: a kernel that returns
     a wrong result (here the SDDMM off by one entry) stops it with the op named."""
     import numpy as np
-    import pytest
 
     from sparselm.csr import CSRMatrix
     from sparselm.sparsity import csr_random
@@ -97,3 +98,18 @@ def runpy_module(name: str):
     import types
 
     return types.SimpleNamespace(**runpy.run_path(str(SCRIPTS / name), run_name="bench"))
+
+
+@pytest.mark.slow
+def test_bench_before_after_against_itself():
+    """scripts/bench_before_after.py with HEAD as the earlier commit (minutes: the exported
+    tree compiles its own kernels): both sides measured, ratios printed."""
+    res = run_script(
+        "bench_before_after.py",
+        *("--before", "HEAD", "--configs", "32:0.25", "--rounds", "1", "--reps", "1"),
+        *("--steps", "1", "--threads", "1"),
+    )
+    summary = last_json(res.stdout)
+    row = summary["configs"]["32:0.25"]
+    assert row["before_tokens_per_s"] > 0 and row["after_tokens_per_s"] > 0
+    assert len(row["samples"]["before"]) == 2 and summary["cpu"]
