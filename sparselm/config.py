@@ -77,10 +77,12 @@ class TrainConfig:
         "model",
     )
     mask: str = setting(
-        "fanin",
-        "Sparsity pattern: 'fanin' (same number of inputs per gate row) or 'uniform'.",
+        "fanin-cover",
+        "Sparsity pattern: 'fanin' (the same number of inputs per gate row) or 'uniform' "
+        "(entries anywhere), as the study drew them; with '-cover', repaired so that every gate "
+        "row has an input and every input column feeds a gate row where the density allows.",
         "model",
-        choices=("fanin", "uniform"),
+        choices=("fanin-cover", "uniform-cover", "fanin", "uniform"),  # sparsity.MASKS
     )
     init: str = setting(
         "uniform", "Gate weight initialisation.", "model", choices=("uniform", "glorot")
@@ -257,6 +259,7 @@ PRESETS: dict[str, dict] = {
     ),
     # The 2018 study: hidden 2500, embedding 600, T=B=20, Adam 5e-4, clip 5, x0.5 after epoch 4.
     "study": dict(
+        mask="fanin",  # the study's mask as drawn: some input columns feed no gate row
         emb=600,
         hidden=2500,
         layers=2,

@@ -16,20 +16,49 @@ from .sparsity import build_patterns
 
 
 def _matrix_rows(shapes: dict, patterns: dict) -> list[dict]:
+    """Per parameter: name, shape, nnz, density; for gate weights also the rows without inputs
+    and the columns without outputs (of this matrix alone; None for other parameters)."""
     rows = []
     for name, shape in shapes.items():
         size = int(np.prod(shape))
         nnz = len(patterns[name].indices) if name in patterns else size
-        rows.append(
-            {"name": name, "shape": list(shape), "nnz": nnz, "density": nnz / size if size else 0.0}
+        row = {"name": name, "shape": list(shape), "nnz": nnz, "density": nnz / size if size else 0}
+        row["rows_without_inputs"], row["columns_without_outputs"] = _unconnected(
+            name, shape, patterns.get(name)
         )
+        rows.append(row)
     return rows
 
 
-def _totals(rows: list[dict]) -> dict:
+def _unconnected(name: str, shape, pattern) -> tuple[int | None, int | None]:
+    """(rows holding no entry, columns holding no entry) of a gate weight: a gate row without
+    inputs only ever sees its bias, and an input column without outputs (an embedding dimension,
+    a unit of the layer below or of the recurrence) is ignored by this matrix. Dense: (0, 0)."""
+    if not name.startswith("lstm.") or name.endswith(".bias"):
+        return None, None
+    if pattern is None:
+        return 0, 0
+    empty_rows = int(np.count_nonzero(np.diff(pattern.indptr) == 0))
+    return empty_rows, int(shape[1]) - len(np.unique(pattern.indices))
+
+
+def _dead_gate_rows(rows: list[dict], patterns: dict) -> int:
+    """Gate rows with no input at all (empty in both W_x and W_h of their layer)."""
+    dead = 0
+    for r in rows:
+        name = r["name"]
+        if name.endswith(".w_x") and name in patterns:
+            w_h = patterns[name[:-1] + "h"]
+            counts = np.diff(patterns[name].indptr) + np.diff(w_h.indptr)
+            dead += int(np.count_nonzero(counts == 0))
+    return dead
+
+
+def _totals(rows: list[dict], patterns: dict) -> dict:
     by = {r["name"]: r for r in rows}
     gates = [r for r in rows if r["name"].startswith("lstm.")]
     return {
+        "gate_rows_without_inputs": _dead_gate_rows(rows, patterns),
         "gate_nonzeros": sum(r["nnz"] for r in gates),
         "gate_dense_equivalent": sum(int(np.prod(r["shape"])) for r in gates),
         "embedding": by["embedding.weight"]["nnz"],
@@ -56,7 +85,7 @@ def count_from_config(cfg: TrainConfig, vocab_size: int) -> dict:
             "vocab": vocab_size,
         },
         "matrices": rows,
-        "totals": _totals(rows),
+        "totals": _totals(rows, patterns),
     }
 
 
@@ -74,15 +103,19 @@ def count_from_checkpoint(path) -> dict:
         "config": {k: cfg.get(k) for k in ("hidden", "emb", "layers", "sparsity", "mask", "output")}
         | {"vocab": len(ckpt.vocab)},
         "matrices": rows,
-        "totals": _totals(rows),
+        "totals": _totals(rows, ckpt.patterns),
     }
 
 
 def format_counts(counts: dict) -> str:
-    lines = [f"{'parameter':<20} {'shape':>14} {'non-zeros':>14} {'density':>9}"]
+    head = f"{'parameter':<20} {'shape':>14} {'non-zeros':>14} {'density':>9}"
+    lines = [head + f" {'rows w/o inputs':>16} {'cols w/o outputs':>17}"]
     for r in counts["matrices"]:
         shape = "x".join(str(d) for d in r["shape"])
-        lines.append(f"{r['name']:<20} {shape:>14} {r['nnz']:>14,} {r['density']:>9.4%}")
+        line = f"{r['name']:<20} {shape:>14} {r['nnz']:>14,} {r['density']:>9.4%}"
+        if r["rows_without_inputs"] is not None:
+            line += f" {r['rows_without_inputs']:>16,} {r['columns_without_outputs']:>17,}"
+        lines.append(line)
     t = counts["totals"]
     factorized = any(r["name"] == "softmax.row_weight" for r in counts["matrices"])
     label = "factorised output (A, B, bias):" if factorized else "softmax (weight + bias):"
@@ -91,6 +124,7 @@ def format_counts(counts: dict) -> str:
         f"gate non-zeros (weights + biases): {t['gate_nonzeros']:>14,}"
         f"  (~{t['gate_nonzeros'] / 1000:,.0f}k)",
         f"gate dense-equivalent:             {t['gate_dense_equivalent']:>14,}",
+        f"gate rows with no input at all:    {t['gate_rows_without_inputs']:>14,}",
         f"embedding:                         {t['embedding']:>14,}",
         f"{label:<35}{t['softmax']:>14,}",
         f"total parameters:                  {t['total_parameters']:>14,}",

@@ -4,6 +4,8 @@ One module owns the pattern rule (docs/SPARSITY.md), so the density travels no f
 
 - masks: `fanin` gives every row max(1, floor(d C)) distinct columns (the study's), `uniform`
   max(1, round(d R C)) entries spread over the matrix; both drawn from the run's generator.
+  `fanin-cover` and `uniform-cover` then repair the drawn mask (cover_mask) so that every gate
+  row has an input and every input column feeds a gate row, where the density allows it.
 - the split: the mask is drawn per layer over the joint gate matrix [W_x | W_h]: (G, I+H) and
   then split into the CSR patterns of W_x (G, I) and W_h (G, H). This is the rule that
   reproduces the study's Table 1 counts (`sparselm info`, counting.py, draws through it).
@@ -105,13 +107,62 @@ def uniform_mask(rows, cols, density, rng):
     return _distinct_columns(counts.astype(np.int64), cols, rng)
 
 
+MASKS = ("fanin", "uniform", "fanin-cover", "uniform-cover")
+
+
 def build_mask(kind, rows, cols, density, rng):
-    """Dispatch on kind "fanin" | "uniform"; returns (indices (N,) int32, indptr (R+1,) int32)."""
-    if kind == "fanin":
-        return fanin_mask(rows, cols, density, rng)
-    if kind == "uniform":
-        return uniform_mask(rows, cols, density, rng)
-    raise ValueError(f"unknown mask kind {kind!r}; expected 'fanin' or 'uniform'")
+    """The mask `kind` (one of MASKS): "fanin" and "uniform" as drawn (the study's); with
+    "-cover", then repaired by cover_mask. Returns (indices (N,) int32, indptr (R+1,) int32)."""
+    base, _, cover = kind.partition("-")
+    if kind not in MASKS:
+        raise ValueError(f"unknown mask kind {kind!r}; expected one of {', '.join(MASKS)}")
+    draw = fanin_mask if base == "fanin" else uniform_mask
+    indices, indptr = draw(rows, cols, density, rng)
+    return cover_mask(indices, indptr, cols, rng) if cover else (indices, indptr)
+
+
+def cover_mask(indices, indptr, cols, rng):
+    """The mask with no empty row and no unused column, where its N entries allow it.
+
+    indices (N,) int32, indptr (R+1,) int32 sorted per row (a drawn mask). Rows first (only
+    when N >= R; a fanin mask has none empty): each empty row, in random order, takes one entry
+    of a random row that holds two or more, column kept. Then columns (when N >= C): each unused
+    column, in random order, replaces the column of a random entry whose column is used twice or
+    more, row kept. Every other entry stays where it was drawn, row counts change only for
+    empty rows and their donors (a fanin mask keeps k per row), and no row gets a column twice.
+    Deterministic for the generator's state. Returns (indices, indptr) like the input.
+    """
+    rows = len(indptr) - 1
+    r = np.repeat(np.arange(rows, dtype=np.int64), np.diff(indptr))
+    c = indices.astype(np.int64)
+    if len(c) >= rows:
+        _fill_empty(r, rows, rng)
+    if len(c) >= cols:
+        _fill_empty(c, cols, rng)
+    order = np.lexsort((c, r))
+    new_indptr = np.zeros(rows + 1, dtype=np.int32)
+    np.cumsum(np.bincount(r, minlength=rows), out=new_indptr[1:])
+    return c[order].astype(np.int32), new_indptr
+
+
+def _fill_empty(owner, n_bins, rng, tries=64):
+    """Reassign entries of owner (N,) int64 (their row, or their column) in place so that every
+    bin in [0, n_bins) owns one: each empty bin takes a random entry from a bin owning >= 2.
+    Moving an entry between rows keeps its column and vice versa, and an empty bin holds no
+    entry, so no (row, column) pair can repeat."""
+    counts = np.bincount(owner, minlength=n_bins)
+    empty = np.flatnonzero(counts == 0)
+    for b in empty[rng.permutation(len(empty))]:
+        for _ in range(tries):  # most entries' bins own >= 2 while N >= n_bins: rejection
+            k = int(rng.integers(len(owner)))
+            if counts[owner[k]] >= 2:
+                break
+        else:  # few donors left: choose among them
+            donors = np.flatnonzero(counts[owner] >= 2)
+            k = int(donors[rng.integers(len(donors))])
+        counts[owner[k]] -= 1
+        owner[k] = b
+        counts[b] = 1
 
 
 # ---------------------------------------------------------------------------------------------

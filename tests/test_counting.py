@@ -38,3 +38,21 @@ def test_info_cli_from_flags():
     assert totals["embedding"] == 6_000_000 and totals["softmax"] == 25_010_000
     text = CliRunner().invoke(main, ["info", "--preset", "study", "--sparsity", "0.0005"]).output
     assert "gate non-zeros (weights + biases):         50,000" in text
+
+
+def test_info_reports_unconnected_rows_and_columns():
+    """The study's mask at d = 0.0005 leaves input columns feeding no gate row (counted per
+    matrix); the default covering mask leaves none, and no gate row is without inputs."""
+    study = count_from_config(make_config("study", sparsity=0.0005), 10000)
+    by = {m["name"]: m for m in study["matrices"]}
+    assert by["lstm.0.w_h"]["columns_without_outputs"] > 0
+    assert by["embedding.weight"]["rows_without_inputs"] is None  # not a gate weight
+    assert study["totals"]["gate_rows_without_inputs"] == 0  # fan-in >= 1 per joint row
+    covered = count_from_config(make_config("study", sparsity=0.0005, mask="fanin-cover"), 10000)
+    gates = [m for m in covered["matrices"] if m["rows_without_inputs"] is not None]
+    assert gates and all(m["columns_without_outputs"] == 0 for m in gates)
+    assert covered["totals"]["gate_nonzeros"] == study["totals"]["gate_nonzeros"]
+    dense = count_from_config(make_config("small"), 10000)
+    assert all(m["rows_without_inputs"] in (None, 0) for m in dense["matrices"])
+    text = CliRunner().invoke(main, ["info", "--preset", "study", "--sparsity", "0.0005"]).output
+    assert "cols w/o outputs" in text and "gate rows with no input at all:" in text

@@ -17,7 +17,7 @@ import pytest
 from sparselm.config import make_config
 from sparselm.csr import validate_csr_pattern
 from sparselm.model import LanguageModel
-from sparselm.sparsity import build_mask, fanin_mask, init_values, uniform_mask
+from sparselm.sparsity import MASKS, build_mask, cover_mask, fanin_mask, init_values, uniform_mask
 
 # (config overrides, first 16 hex digits of the sha256 of patterns, names, shapes and values)
 PINNED = [
@@ -28,7 +28,14 @@ PINNED = [
     ),
     (dict(sparsity=1.0, dtype="float64"), "aac5020e830cfba0"),
     (
-        dict(sparsity=0.25, init="glorot", dtype="float32", output="factorized", hidden=9),
+        dict(
+            sparsity=0.25,
+            mask="fanin",
+            init="glorot",
+            dtype="float32",
+            output="factorized",
+            hidden=9,
+        ),
         "0c92cef8956c4c2e",
     ),
 ]
@@ -149,3 +156,66 @@ def test_init_values():
     assert np.abs(g).max() <= bound and np.abs(g).max() > 0.99 * bound
     with pytest.raises(ValueError, match="init scheme"):
         init_values(3, 2, 2, "normal", 0.1, rng, np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# covering masks: no gate row without inputs, no input column feeding nothing
+
+
+def empty_rows_and_unused_columns(indices, indptr, cols):
+    return int((np.diff(indptr) == 0).sum()), cols - len(np.unique(indices))
+
+
+@pytest.mark.parametrize(
+    "rows, cols, density",
+    [(6000, 1700, 0.0005), (800, 400, 0.003), (100, 100, 0.01), (300, 40, 0.2)],
+)
+def test_fanin_cover_uses_every_column_and_keeps_k_per_row(rows, cols, density):
+    raw = build_mask("fanin", rows, cols, density, np.random.default_rng(1))
+    indices, indptr = build_mask("fanin-cover", rows, cols, density, np.random.default_rng(1))
+    validate_csr_pattern(indices, indptr, (rows, cols))
+    assert empty_rows_and_unused_columns(indices, indptr, cols) == (0, 0)
+    assert np.array_equal(indptr, raw[1])  # the study's k inputs per row, unchanged
+    # the repair moves only what it must: one entry per column the raw draw left unused
+    unused = empty_rows_and_unused_columns(*raw, cols)[1]
+    row_of = np.repeat(np.arange(rows), np.diff(indptr))
+    pairs, raw_pairs = row_of * cols + indices, row_of * cols + raw[0]
+    assert len(np.setdiff1d(pairs, raw_pairs)) == unused
+    if density == 0.0005:
+        assert unused > 0  # the study's headline shape leaves inputs unused without the repair
+
+
+def test_uniform_cover_fills_rows_when_there_are_enough_entries():
+    rows, cols = 500, 60
+    raw = build_mask("uniform", rows, cols, 0.02, np.random.default_rng(2))  # 600 entries
+    assert empty_rows_and_unused_columns(*raw, cols)[0] > 0
+    indices, indptr = build_mask("uniform-cover", rows, cols, 0.02, np.random.default_rng(2))
+    validate_csr_pattern(indices, indptr, (rows, cols))
+    assert len(indices) == len(raw[0])
+    assert empty_rows_and_unused_columns(indices, indptr, cols) == (0, 0)
+
+
+def test_cover_leaves_too_few_entries_as_they_are_covered_as_far_as_possible():
+    """5 entries cannot cover 8 rows: the columns still get covered when 5 >= C."""
+    indices, indptr = build_mask("uniform-cover", 8, 4, 5 / 32, np.random.default_rng(3))
+    assert len(indices) == 5 and empty_rows_and_unused_columns(indices, indptr, 4)[1] == 0
+
+
+def test_cover_of_a_covered_mask_is_the_same_mask_and_draws_nothing():
+    rng = np.random.default_rng(4)
+    indices, indptr = build_mask("fanin", 50, 10, 0.5, rng)
+    state = rng.bit_generator.state
+    again = cover_mask(indices, indptr, 10, rng)
+    assert np.array_equal(again[0], indices) and np.array_equal(again[1], indptr)
+    assert rng.bit_generator.state == state
+
+
+def test_config_offers_exactly_the_masks():
+    import dataclasses
+
+    from sparselm.config import TrainConfig
+
+    (field,) = [f for f in dataclasses.fields(TrainConfig) if f.name == "mask"]
+    assert sorted(field.metadata["choices"]) == sorted(MASKS)
+    assert make_config("small", sparsity=0.01).mask == "fanin-cover"
+    assert make_config("study").mask == "fanin"  # the study's own rule
