@@ -85,7 +85,15 @@ class TrainConfig:
         choices=("fanin-cover", "uniform-cover", "fanin", "uniform"),  # sparsity.MASKS
     )
     init: str = setting(
-        "uniform", "Gate weight initialisation.", "model", choices=("uniform", "glorot")
+        "auto",
+        "Gate weight initialisation: 'uniform' U(-s, s) (Zaremba), 'glorot' of the dense shape, "
+        "'fanin' U(-a, a) with a = sqrt(3 / the row's real fan-in); 'auto' is fanin for sparse "
+        "gates and uniform for dense ones.",
+        "model",
+        choices=("auto", "uniform", "glorot", "fanin"),
+    )
+    forget_bias: float = setting(
+        0.0, "Initial forget-gate bias (0: drawn like every bias, U(-s, s)).", "model"
     )
     init_scale: float = setting(0.1, "Uniform init range: U(-s, s).", "model")  # every parameter
     # inverted dropout: the kept units are scaled by 1 / (1 - rate) while training
@@ -324,6 +332,11 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         (0 <= cfg.clip < math.inf, f"--clip must be a number >= 0 (0 disables), got {cfg.clip}"),
         (0 < cfg.eps < math.inf, f"Adam eps must be a positive number, got {cfg.eps}"),
         (cfg.seed >= 0, f"--seed must be >= 0, got {cfg.seed}"),
+        (
+            abs(cfg.forget_bias) <= MAX_INIT_SCALE,
+            f"--forget-bias must be a number in [-{MAX_INIT_SCALE:g}, {MAX_INIT_SCALE:g}], "
+            f"got {cfg.forget_bias}",
+        ),
         (0 <= cfg.momentum < 1, f"--momentum must be in [0, 1), got {cfg.momentum}"),
         (0 < cfg.decay_rate <= 1, f"--decay-rate must be in (0, 1], got {cfg.decay_rate}"),
         (cfg.decay_start >= 0, f"--decay-start must be >= 0, got {cfg.decay_start}"),

@@ -10,7 +10,9 @@ One module owns the pattern rule (docs/SPARSITY.md), so the density travels no f
   then split into the CSR patterns of W_x (G, I) and W_h (G, H). This is the rule that
   reproduces the study's Table 1 counts (`sparselm info`, counting.py, draws through it).
 - initial values: U(-s, s) for every parameter (Zaremba), a CSR gate's stored values by the
-  configured scheme ("uniform" or "glorot" of the dense shape).
+  configured scheme ("uniform", "glorot" of the dense shape, or "fanin": each row scaled by its
+  real fan-in; "auto", the default, is "fanin" for sparse gates and "uniform" for dense), and
+  optionally a constant forget-gate bias.
 
 The random streams are part of the results: a seed draws the patterns first (layer by layer, in
 gate_names order), then every parameter's values in layout order, from one generator.
@@ -226,13 +228,43 @@ def split_columns(indices, indptr, at: int):
 
 def init_parameters(params, patterns: dict, cfg: TrainConfig, rng) -> None:
     """Fill params (name -> host array, layout order) from rng: every parameter U(-s, s)
-    (Zaremba), a CSR gate's stored values (N,) by cfg.init over its dense shape."""
+    (Zaremba), a CSR gate's stored values (N,) by the init scheme (init_scheme(cfg)); then,
+    when cfg.forget_bias is not 0, the forget-gate block of every gate bias set to it.
+
+    "fanin" scales each gate row by its actual fan-in over [W_x | W_h] (the row's real inputs):
+    U(-a, a) with a = sqrt(3 / fan_in), so the pre-activation has the variance of one input
+    whatever the density (dense-shape schemes leave a fan-in-1 row's sum ~100x smaller).
+    """
+    scheme = init_scheme(cfg)
     for name, arr in params.items():
-        if name in patterns:
+        if name in patterns and scheme == "fanin":
+            arr[...] = _fanin_values(name, patterns, rng, arr.dtype)
+        elif name in patterns:
             rows, cols = gate_shape(cfg, name)
-            arr[...] = init_values(arr.size, rows, cols, cfg.init, cfg.init_scale, rng, arr.dtype)
+            arr[...] = init_values(arr.size, rows, cols, scheme, cfg.init_scale, rng, arr.dtype)
         else:
             arr[...] = rng.uniform(-cfg.init_scale, cfg.init_scale, arr.shape)
+        if name.endswith(".bias") and name.startswith("lstm.") and cfg.forget_bias != 0:
+            arr[cfg.hidden : 2 * cfg.hidden] = cfg.forget_bias  # gate order i, f, g, o
+
+
+def init_scheme(cfg: TrainConfig) -> str:
+    """The gate weights' init scheme: cfg.init, with "auto" meaning "fanin" for sparse gates and
+    "uniform" (Zaremba's U(-s, s), the published dense numbers) for dense ones."""
+    if cfg.init != "auto":
+        return cfg.init
+    return "fanin" if cfg.sparsity < 1.0 else "uniform"
+
+
+def _fanin_values(name: str, patterns: dict, rng, dtype):
+    """U(-a_r, a_r) per stored entry of gate matrix `name`, a_r = sqrt(3 / fan_in_r), fan_in_r
+    the entries of row r in W_x and W_h of its layer together. Returns (N,) of dtype."""
+    w = patterns[name]
+    layer = name.rsplit(".", 1)[0]
+    fan_in = np.diff(patterns[layer + ".w_x"].indptr) + np.diff(patterns[layer + ".w_h"].indptr)
+    bound = np.sqrt(3.0 / np.maximum(fan_in, 1))
+    per_entry = np.repeat(bound, np.diff(w.indptr))
+    return (rng.uniform(-1.0, 1.0, size=len(w.indices)) * per_entry).astype(dtype)
 
 
 def csr_random(rows, cols, density, rng, mask="fanin", dtype=np.float64, scale=0.1):

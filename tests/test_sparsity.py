@@ -219,3 +219,48 @@ def test_config_offers_exactly_the_masks():
     assert sorted(field.metadata["choices"]) == sorted(MASKS)
     assert make_config("small", sparsity=0.01).mask == "fanin-cover"
     assert make_config("study").mask == "fanin"  # the study's own rule
+
+
+# ---------------------------------------------------------------------------------------------
+# pattern-aware initialisation
+
+
+def gate_values(model, layer):
+    return model.params[f"lstm.{layer}.w_x"], model.params[f"lstm.{layer}.w_h"]
+
+
+def test_fanin_init_scales_each_row_by_its_real_inputs():
+    cfg = make_config("small", emb=30, hidden=40, sparsity=0.3, init="fanin", dtype="float64")
+    model = LanguageModel(cfg, 50)
+    for layer in range(cfg.layers):
+        w_x, w_h = (model.patterns[f"lstm.{layer}.{n}"] for n in ("w_x", "w_h"))
+        fan_in = np.diff(w_x.indptr) + np.diff(w_h.indptr)
+        for w, values in zip((w_x, w_h), gate_values(model, layer)):
+            bound = np.repeat(np.sqrt(3.0 / fan_in), np.diff(w.indptr))
+            assert np.all(np.abs(values) <= bound) and np.abs(values).max() > 0.5 * bound.max()
+        # variance-preserving: the pre-activation of unit-variance inputs has variance ~1
+        row_var = np.concatenate(gate_values(model, layer)) ** 2
+        assert 0.8 < row_var.sum() / (4 * cfg.hidden) < 1.2
+
+
+def test_auto_init_is_fanin_when_sparse_and_zaremba_when_dense():
+    sparse = dict(emb=10, hidden=12, sparsity=0.25, dtype="float64")
+    auto = LanguageModel(make_config("small", **sparse), 30)
+    fanin = LanguageModel(make_config("small", init="fanin", **sparse), 30)
+    assert np.array_equal(auto.params.flat, fanin.params.flat)
+    dense = dict(emb=10, hidden=12, dtype="float64")
+    auto = LanguageModel(make_config("small", **dense), 30)
+    uniform = LanguageModel(make_config("small", init="uniform", **dense), 30)
+    assert np.array_equal(auto.params.flat, uniform.params.flat)
+
+
+def test_forget_bias_sets_only_the_forget_block():
+    base = dict(emb=10, hidden=12, sparsity=0.25, dtype="float64")
+    plain = LanguageModel(make_config("small", **base), 30)
+    biased = LanguageModel(make_config("small", forget_bias=1.0, **base), 30)
+    for name, arr in biased.params.items():
+        if name.startswith("lstm.") and name.endswith(".bias"):
+            assert np.all(arr[12:24] == 1.0)
+            arr = arr.copy()
+            arr[12:24] = plain.params[name][12:24]
+        assert np.array_equal(arr, plain.params[name]), name
