@@ -268,6 +268,7 @@ PRESETS: dict[str, dict] = {
     # The 2018 study: hidden 2500, embedding 600, T=B=20, Adam 5e-4, clip 5, x0.5 after epoch 4.
     "study": dict(
         mask="fanin",  # the study's mask as drawn: some input columns feed no gate row
+        init="uniform",  # and its U(-0.1, 0.1) for every weight, sparse or dense
         emb=600,
         hidden=2500,
         layers=2,

@@ -218,7 +218,8 @@ def test_config_offers_exactly_the_masks():
     (field,) = [f for f in dataclasses.fields(TrainConfig) if f.name == "mask"]
     assert sorted(field.metadata["choices"]) == sorted(MASKS)
     assert make_config("small", sparsity=0.01).mask == "fanin-cover"
-    assert make_config("study").mask == "fanin"  # the study's own rule
+    study = make_config("study", sparsity=0.001)
+    assert (study.mask, study.init) == ("fanin", "uniform")  # the study's own rule
 
 
 # ---------------------------------------------------------------------------------------------
