@@ -50,10 +50,53 @@ def _outside_coverage(fn):
     return untraced
 
 
-def pytest_configure(config):
-    if config.pluginmanager.hasplugin("_cov") and getattr(config.option, "cov_source", None):
-        from numba.core.dispatcher import Dispatcher
+# -- xdist: each kernel compiled by one worker --------------------------------------------------
+# A cold suite is mostly Numba compiling, and two workers that reach the same kernel at once
+# both compile it (a cold run compiled the SDDMM's two training signatures twice: a quarter of
+# all compile time). Under xdist, compiling a kernel takes a lock named after it, shared by the
+# workers: the second one waits, then finds the first one's result in Numba's on-disk cache
+# (Dispatcher.compile looks there first). Locks are per function, so different kernels still
+# compile in parallel; a caller's lock is held while its callees compile, which cannot
+# deadlock because calls form no cycles. Held locks are counted per process (flock is per open
+# file: a process taking its own lock again would wait for itself).
+_held: dict[str, int] = {}
 
+
+def _one_worker_at_a_time(fn, lock_dir: Path):
+    import fcntl
+    import hashlib
+
+    @functools.wraps(fn)
+    def compile_locked(self, sig):
+        py_func = getattr(self, "py_func", None)
+        name = f"{getattr(py_func, '__module__', '?')}.{getattr(py_func, '__qualname__', '?')}"
+        if name in _held:
+            return fn(self, sig)
+        path = lock_dir / hashlib.sha1(name.encode()).hexdigest()[:16]
+        with open(path, "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            _held[name] = 1
+            try:
+                return fn(self, sig)
+            finally:
+                del _held[name]
+
+    return compile_locked
+
+
+def pytest_configure(config):
+    from numba.core.dispatcher import Dispatcher
+
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import hashlib
+        import tempfile
+
+        # one folder per checkout (its Numba cache lives beside its sources)
+        tag = hashlib.sha1(str(REPO).encode()).hexdigest()[:12]
+        lock_dir = Path(tempfile.gettempdir()) / f"sparselm-compile-locks-{tag}"
+        lock_dir.mkdir(exist_ok=True)
+        Dispatcher.compile = _one_worker_at_a_time(Dispatcher.compile, lock_dir)
+    if config.pluginmanager.hasplugin("_cov") and getattr(config.option, "cov_source", None):
         Dispatcher.compile = _outside_coverage(Dispatcher.compile)
         if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
             from numba.cuda.simulator.kernel import FakeCUDAKernel
