@@ -36,6 +36,12 @@ def parse_args(argv=None):
     ap.add_argument("--rounds", type=int, default=3, help="ABBA rounds (each side twice per round)")
     ap.add_argument("--reps", type=int, default=3, help="bench_train --reps per run")
     ap.add_argument("--steps", type=int, default=4, help="bench_train --steps per repetition")
+    ap.add_argument(
+        "--workdir",
+        default=None,
+        help="folder for the exported tree, kept and reused (with its compiled kernels) when "
+        "given; default a temporary folder",
+    )
     return ap.parse_args(argv)
 
 
@@ -81,7 +87,10 @@ def main(argv=None):
     args = parse_args(argv)
     configs = [c.strip() for c in args.configs.split(",")]
     with tempfile.TemporaryDirectory(prefix="bench_before_") as tmp:
-        sides = {"before": export(args.before, Path(tmp)), "after": REPO}
+        work = Path(args.workdir or tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        tree = work / "tree"
+        sides = {"before": tree if tree.is_dir() else export(args.before, work), "after": REPO}
         for name, tree in sides.items():  # warm-up: compiles each tree's kernels, untimed
             print(f"warm-up ({name}) ...", file=sys.stderr, flush=True)
             run_side(tree, args, reps=1, steps=1)
@@ -92,6 +101,8 @@ def main(argv=None):
                     samples[name][config].append(tps)
             print(f"round {rnd + 1}/{args.rounds} done", file=sys.stderr, flush=True)
     cpu = cpu_model()
+    if not configs or args.rounds == 0:
+        return
     print(f"# CPU: {cpu}; threads {args.threads}; before = {args.before}, after = this checkout")
     print(f"# {'config':>16} {'before tok/s':>13} {'after tok/s':>12} {'after/before':>13}")
     summary = {}
