@@ -102,4 +102,5 @@ def stop_reason(cfg: TrainConfig, history: Sequence[float]) -> str:
 
 
 def _count(n: int, noun: str) -> str:
+    """'1 anneal', '2 anneals': the stop message is read by people."""
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
