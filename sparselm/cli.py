@@ -202,8 +202,11 @@ def train(data, preset, out, resume, overwrite, quiet, **overrides):
     run_guarded(body)
 
 
-@main.command()
-@click.argument("ckpt", type=click.Path(dir_okay=False))
+CKPT_HELP = "CKPT: a checkpoint file, or a run folder (its best.h5, else its last.h5)."
+
+
+@main.command(epilog=CKPT_HELP)
+@click.argument("ckpt", type=click.Path())
 @click.option(
     "--data",
     default=None,
@@ -235,16 +238,18 @@ def evaluate(ckpt, data, split, batch_size, threads, device, as_json):
         from .errors import ConfigError
         from .evaluation import evaluate as run_eval
         from .model_io import load_model, resolve_device
+        from .runs import pick_checkpoint
 
         if batch_size is not None and batch_size < 1:  # 0 must not mean "the default"
             raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
         overrides = {"eval_batch_size": batch_size} if batch_size else {}
         backend = resolve_device(device, notice)
-        model, vocab, checkpoint = load_model(ckpt, overrides, backend)
+        path = pick_checkpoint(ckpt, notice)
+        model, vocab, checkpoint = load_model(path, overrides, backend)
         source = find_corpus(data_source(data), str(checkpoint.config.get("data", "")), notice)
         corpus = load_corpus(source, splits=(split,), vocab=vocab)
         result = run_eval(model, corpus, split, progress=not as_json)
-        result.update(split=split, checkpoint=str(ckpt))
+        result.update(split=split, checkpoint=str(path))
         if as_json:
             click.echo(json.dumps(result))
         else:
@@ -258,8 +263,8 @@ def evaluate(ckpt, data, split, batch_size, threads, device, as_json):
     run_guarded(body)
 
 
-@main.command()
-@click.argument("ckpt", type=click.Path(dir_okay=False))
+@main.command(epilog=CKPT_HELP)
+@click.argument("ckpt", type=click.Path())
 @click.option(
     "--words",
     type=click.IntRange(1, 100000),
@@ -282,8 +287,9 @@ def generate(ckpt, words, temperature, prompt, seed):
     def body():
         from .generate import sample_text
         from .model_io import load_model
+        from .runs import pick_checkpoint
 
-        model, vocab, _ = load_model(ckpt, {"dtype": "float64"})
+        model, vocab, _ = load_model(pick_checkpoint(ckpt, notice), {"dtype": "float64"})
         click.echo(sample_text(model, vocab, words, temperature, prompt, seed))
 
     run_guarded(body)

@@ -131,9 +131,30 @@ class TrainConfig:
     warmup_steps: int = setting(0, "Warmup length in steps.", "optimisation")
     decay: str = setting(
         "step",
-        "Decay: 'step' (x decay-rate per epoch after decay-start), 'halving' or 'constant'.",
+        "Decay: 'step' (x decay-rate per epoch after decay-start), 'halving', 'constant' or "
+        "'plateau' (lr / decay-factor when validation stops improving, see --patience).",
         "optimisation",
-        choices=("constant", "step", "halving"),
+        choices=("constant", "step", "halving", "plateau"),
+    )
+    # --decay plateau (plateau.py): the defaults are PyTorch's word_language_model's
+    decay_factor: float = setting(
+        4.0,
+        "--decay plateau: each anneal divides the lr by this (> 1; default 4, as PyTorch's "
+        "word_language_model).",
+        "optimisation",
+    )
+    patience: int = setting(
+        1,
+        "--decay plateau: anneal after this many evaluations in a row without a lower "
+        "validation perplexity (default 1: at each one).",
+        "optimisation",
+        minimum=1,
+    )
+    max_anneals: int = setting(
+        0,
+        "--decay plateau: stop the run when it needs one anneal more than this (0: no limit).",
+        "optimisation",
+        minimum=0,
     )
     decay_rate: float = setting(0.5, "lr factor per epoch once decay has started.", "optimisation")
     # Zaremba's max_epoch
@@ -144,6 +165,13 @@ class TrainConfig:
     epochs: int = setting(13, "Number of epochs.", "optimisation", minimum=1)
     max_steps: int = setting(
         0, "Stop after this many optimiser steps (0: no limit).", "optimisation"
+    )
+    early_stop: int = setting(
+        0,
+        "Stop after this many evaluations in a row without a lower validation perplexity "
+        "(0: never); best.h5 holds the best model.",
+        "optimisation",
+        minimum=0,
     )
     # run
     seed: int = setting(1234, "Random seed (patterns, init, dropout).", "run")
@@ -341,6 +369,11 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         (0 <= cfg.momentum < 1, f"--momentum must be in [0, 1), got {cfg.momentum}"),
         (0 < cfg.decay_rate <= 1, f"--decay-rate must be in (0, 1], got {cfg.decay_rate}"),
         (cfg.decay_start >= 0, f"--decay-start must be >= 0, got {cfg.decay_start}"),
+        (
+            1 < cfg.decay_factor < math.inf,
+            f"--decay-factor must be a number > 1, got {cfg.decay_factor}",
+        ),
+        (cfg.decay == "plateau" or _plateau_defaults(cfg), _PLATEAU_ONLY),
         (cfg.warmup_steps >= 0, f"--warmup-steps must be >= 0, got {cfg.warmup_steps}"),
         (cfg.max_steps >= 0, f"--max-steps must be >= 0, got {cfg.max_steps}"),
         (cfg.threads >= 0, f"--threads must be >= 0, got {cfg.threads}"),
@@ -358,6 +391,17 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         if side * side != cfg.hidden:
             raise ConfigError(f"--output factorized needs a square --hidden, got {cfg.hidden}")
     return cfg
+
+
+_PLATEAU_ONLY = "--decay-factor, --patience and --max-anneals need --decay plateau"
+
+
+def _plateau_defaults(cfg: TrainConfig) -> bool:
+    """The plateau settings are their defaults (they would be ignored by another --decay)."""
+    return all(
+        getattr(cfg, name) == TrainConfig.__dataclass_fields__[name].default
+        for name in ("decay_factor", "patience", "max_anneals")
+    )
 
 
 # Field kinds by annotation: a config read back from a (possibly damaged) checkpoint must fail

@@ -3,9 +3,11 @@ the progress display.
 
 Events: "train" (every log_every steps: step, epoch (fractional), tokens, lr, loss, ppl, grad_norm,
 tokens_per_s, elapsed), "valid" (end of each epoch), "test" (end of training), "nonfinite" (a
-rejected step). Loss is the mean NLL per predicted token, ppl its exp. Readers (resume, the grid
-tables, the curves) go through read_lines / read_events / events_by_kind, which skip what a
-killed run leaves behind: a line cut short, a line that is not a JSON object.
+rejected step), "anneal" (--decay plateau: step, epoch, anneals, the new lr) and "stop"
+(--early-stop or --max-anneals ended the run: step, epoch, reason). Loss is the mean NLL per
+predicted token, ppl its exp. Readers (resume, the grid tables, the curves) go through
+read_lines / read_events / events_by_kind, which skip what a killed run leaves behind: a line cut
+short, a line that is not a JSON object.
 """
 
 from __future__ import annotations

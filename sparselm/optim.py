@@ -1,5 +1,5 @@
 """SGD (optional momentum) and Adam over the flat parameter buffer, global-norm clipping, and the
-learning-rate schedule as a pure function of (step, epoch).
+learning-rate schedule as a pure function of (step, epoch, validation history).
 
 The whole optimiser step is two passes over the gradient buffer: one for its norm, one fused
 update that also applies the clip factor. A block that is zero outside a few rows (the embedding's
@@ -10,6 +10,7 @@ the norm then reads only those rows, and so does plain SGD, for which a zero row
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,16 +18,19 @@ import numpy as np
 
 from .config import TrainConfig
 from .kernels import get_backend
+from .plateau import cfg_plateau
 from .workspace import Workspace
 
 
-def learning_rate(cfg: TrainConfig, step: int, epoch: int) -> float:
-    """lr of optimiser step `step` (0-based, counted over the run) in epoch `epoch` (0-based).
+def learning_rate(cfg: TrainConfig, step: int, epoch: int, history: Sequence[float] = ()) -> float:
+    """lr of optimiser step `step` (0-based, counted over the run) in epoch `epoch` (0-based),
+    after the validation losses `history` (the run's evaluations so far, in order).
 
     warmup: "linear" ramps lr * (step + 1) / warmup_steps; "t2t" is tensor2tensor's exponential
     warmup, lr * 0.01 ** ((warmup_steps - step) / warmup_steps), both up to warmup_steps.
     decay: "step" is Zaremba's lr * decay_rate ** max(epoch + 1 - decay_start, 0) (decay_start
-    epochs at full lr); "halving" halves once after each epoch listed in halving_epochs.
+    epochs at full lr); "halving" halves once after each epoch listed in halving_epochs;
+    "plateau" divides by decay_factor once per anneal that `history` calls for (plateau.py).
     """
     factor = 1.0
     if cfg.warmup != "none" and step < cfg.warmup_steps:
@@ -38,6 +42,8 @@ def learning_rate(cfg: TrainConfig, step: int, epoch: int) -> float:
         factor *= cfg.decay_rate ** max(epoch + 1 - cfg.decay_start, 0)
     elif cfg.decay == "halving":
         factor *= 0.5 ** sum(1 for e in cfg.halving_epochs if e <= epoch)
+    elif cfg.decay == "plateau":
+        factor *= cfg_plateau(cfg, history).lr_scale
     return cfg.lr * factor
 
 

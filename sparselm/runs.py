@@ -40,6 +40,9 @@ class RunState:
     cursor: int = 0  # batches of this epoch already done
     tokens: int = 0  # training tokens seen
     best_valid: float = math.inf  # lowest validation loss per token
+    # validation loss per token of every evaluation, in order: the plateau schedule and early
+    # stopping are functions of it (plateau.py), so a resumed run decides as the first one did
+    valid_losses: list = field(default_factory=list)
     skipped: int = 0  # steps rejected for a non-finite loss or gradient
     elapsed: float = 0.0  # training seconds before this process
     rng: dict = field(default_factory=dict)
@@ -87,8 +90,9 @@ def resume_command(cfg: TrainConfig, out: Path, data_dir: Path | str) -> str:
 def truncate_metrics(path: Path, run: RunState) -> None:
     """Drop the events logged after the state `run` was saved in (they are redone on resume).
 
-    Kept: train and nonfinite events up to run.step; valid events of completed epochs; no test
-    event at or after run.step (a resumed finished run logs it again). Lines cut short by a
+    Kept: train and nonfinite events up to run.step; valid (and the anneal and stop that follow
+    them) events of completed epochs; no test event at or after run.step (a resumed finished run
+    logs it again). Lines cut short by a
     crash are dropped. Written atomically: a kill here must not lose the kept history.
     """
     if not path.exists():
@@ -106,7 +110,7 @@ def truncate_metrics(path: Path, run: RunState) -> None:
 
 def _keep_event(record: dict, run: RunState) -> bool:
     step = record["step"]
-    if record.get("event") == "valid":
+    if record.get("event") in ("valid", "anneal", "stop"):
         return step < run.step or step == run.step and record["epoch"] <= run.epoch
     if record.get("event") == "test":
         return step < run.step
@@ -196,6 +200,20 @@ def check_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
         raise RunFolderError(
             f"{out} already holds a run; use --resume to continue it or --overwrite to start over"
         )
+
+
+def pick_checkpoint(path: Path | str, say) -> Path:
+    """The checkpoint that `evaluate` or `generate` given `path` reads: path itself unless it is
+    a folder; in a run folder best.h5 (lowest validation loss) when there is one, else last.h5,
+    named in one line through `say`."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    for name, why in (("best.h5", "lowest validation perplexity"), ("last.h5", "no best.h5")):
+        if (path / name).is_file():
+            say(f"using {path / name} ({why})")
+            return path / name
+    raise RunFolderError(f"{path} holds no checkpoint (neither best.h5 nor last.h5)")
 
 
 def clear_run(out: Path) -> None:

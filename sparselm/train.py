@@ -6,6 +6,9 @@ signals.py (Ctrl-C and SIGTERM), evaluation.py (validation and test perplexity) 
 
 A run folder holds config.json, metrics.jsonl, last.h5 (written every `save_every` steps, at the
 end of every epoch, at --max-steps and on Ctrl-C/SIGTERM) and best.h5 (lowest validation loss).
+Each validation is added to the run's history, from which plateau.py decides the anneals of
+--decay plateau (logged as "anneal" events) and the end of the run by --early-stop or
+--max-anneals (a "stop" event; the run then finishes as if its last epoch were done).
 Everything that decides the next loss is in last.h5 (parameters, optimiser state, step, epoch,
 batch cursor, the dropout generator's state, the carried hidden state and the partial logging
 window), so a resumed run computes, and logs, exactly the losses of the uninterrupted one.
@@ -29,6 +32,7 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -42,6 +46,7 @@ from .metrics import MetricsLog, Progress
 from .model import LanguageModel
 from .model_io import load_model_checkpoint, model_checkpoint, model_from, resolve_device
 from .optim import Optimizer, learning_rate
+from .plateau import cfg_plateau, stop_reason
 from .runs import (
     RunFolderError,
     RunState,
@@ -121,6 +126,7 @@ class Trainer:
         self.skips_in_a_row = 0
         self.high_in_a_row = 0  # steps in a row with a loss far above ln V (DIVERGED_*)
         self.said_diverged = False
+        self.stopped = ""  # why the validation history ended the run (plateau.stop_reason)
         if ckpt:
             self._restore(ckpt)
         self._prepare_folder(clear=overwrite and not resume)
@@ -163,6 +169,7 @@ class Trainer:
             self.optimizer.load_state(ckpt.optimizer, self.run.step - self.run.skipped)
             if self.run.rng:
                 self.rng.bit_generator.state = self.run.rng
+            self.stopped = stop_reason(self.cfg, self.run.valid_losses)
         except (TypeError, ValueError, KeyError) as exc:
             raise CheckpointError(f"{self.out / 'last.h5'}: cannot resume from it: {exc}") from None
         hidden = ckpt.state.get("hidden")
@@ -224,7 +231,7 @@ class Trainer:
             f"({self.backend.detail}) -> {self.out}"
         )
         self._note_compile()
-        while run.epoch < cfg.epochs and not self._done():
+        while run.epoch < cfg.epochs and not self._done() and not self.stopped:
             self._train_epoch(guard, steps_per_epoch)
             if guard.signum or self._done() and run.cursor < steps_per_epoch:
                 break
@@ -267,7 +274,7 @@ class Trainer:
         for batch in self.batcher.batches(start=run.cursor, epoch=run.epoch):
             if guard.signum or self._done():
                 break
-            lr = learning_rate(cfg, run.step, run.epoch)
+            lr = learning_rate(cfg, run.step, run.epoch, run.valid_losses)
             res, norm, applied = self._step(batch, lr)
             run.step += 1
             run.cursor += 1
@@ -418,17 +425,35 @@ class Trainer:
         run.epoch += 1
         run.cursor = 0
         self.carried = None
+        self._decide(result["loss"])
         if result["loss"] < run.best_valid:
             run.best_valid = result["loss"]
             self.save("best.h5")  # before last.h5: a kill in between redoes this epoch end
         self.save()
         return True
 
+    def _decide(self, loss: float) -> None:
+        """Add a validation loss to the history; log the anneal and the stop it calls for."""
+        cfg, run = self.cfg, self.run
+        anneals = cfg_plateau(cfg, run.valid_losses).anneals
+        run.valid_losses.append(loss)
+        where = {"step": run.step, "epoch": run.epoch, "tokens": run.tokens}
+        if cfg_plateau(cfg, run.valid_losses).anneals > anneals:
+            lr = learning_rate(cfg, run.step, run.epoch, run.valid_losses)
+            anneals += 1
+            self._log(
+                {"event": "anneal", **where, "anneals": anneals, "lr": lr, "elapsed": run.elapsed}
+            )
+            self.say(f"annealed (no better validation): lr {lr:.4g}, anneal {anneals}")
+        self.stopped = stop_reason(cfg, run.valid_losses)
+        if self.stopped:
+            self._log({"event": "stop", **where, "reason": self.stopped, "elapsed": run.elapsed})
+
     def _finish(self, guard: SignalGuard) -> dict | None:
         """The summary, with test and valid perplexity after the last epoch; None on a signal."""
         run = self.run
         best = perplexity(run.best_valid) if math.isfinite(run.best_valid) else None
-        summary = {
+        summary: dict[str, Any] = {
             "step": run.step,
             "epoch": run.epoch,
             "tokens": run.tokens,
@@ -436,7 +461,11 @@ class Trainer:
             "elapsed": run.elapsed,
             "best_valid_ppl": best,
         }
-        if run.epoch >= self.cfg.epochs:
+        if self.stopped:
+            summary["stopped"] = self.stopped
+            kept = f"; best.h5 holds the best validation (ppl {best:.2f})" if best else ""
+            self.say(f"stopped after epoch {run.epoch}: {self.stopped}{kept}")
+        if run.epoch >= self.cfg.epochs or self.stopped:
             test = evaluate(self.model, self.corpus, "test", stop=guard.stopping)
             valid = evaluate(self.model, self.corpus, "valid", stop=guard.stopping)
             if test is None or valid is None:

@@ -83,6 +83,34 @@ def test_generate(teach_run):
     assert result.output.startswith(prompt) and len(result.output.split()) >= 10
 
 
+def test_a_run_folder_means_its_best_checkpoint(teach_run, tmp_path, monkeypatch):
+    """evaluate and generate given a run folder read best.h5, else last.h5, and say which."""
+    import shutil
+
+    out, summary = teach_run
+    monkeypatch.delenv("SPARSELM_DATA", raising=False)
+    folder = tmp_path / "run"
+    folder.mkdir()
+    shutil.copy(out / "best.h5", folder / "best.h5")
+    (folder / "last.h5").write_bytes(b"not a checkpoint: picking it would fail")
+    result = CliRunner().invoke(main, ["evaluate", str(folder), "--json"])
+    assert result.exit_code == 0, result.output
+    assert result.stderr == f"using {folder / 'best.h5'} (lowest validation perplexity)\n"
+    record = json.loads(result.stdout)
+    assert record["checkpoint"] == str(folder / "best.h5")
+    assert record["ppl"] == pytest.approx(summary["best_valid_ppl"], rel=1e-9)
+    result = CliRunner().invoke(main, ["generate", str(folder), "--words", "3"])
+    assert result.exit_code == 0 and "best.h5" in result.stderr and result.stdout.strip()
+    (folder / "best.h5").rename(folder / "last.h5")
+    result = CliRunner().invoke(main, ["generate", str(folder), "--words", "3"])
+    assert result.stderr == f"using {folder / 'last.h5'} (no best.h5)\n"
+    (folder / "last.h5").unlink()
+    result = CliRunner().invoke(main, ["evaluate", str(folder)])
+    assert result.exit_code == 1 and result.output == (
+        f"error: {folder} holds no checkpoint (neither best.h5 nor last.h5)\n"
+    )
+
+
 def test_info_counts(teach_run):
     out, _ = teach_run
     result = CliRunner().invoke(main, ["info", str(out / "last.h5"), "--json"])
