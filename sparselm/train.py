@@ -283,7 +283,9 @@ class Trainer:
                 run.log_nll += res.nll_sum
                 run.log_tokens += res.n_tokens
             bar.update(1)
-            if run.step % cfg.log_every == 0 or run.cursor == steps_per_epoch:
+            # a window closes every log_every steps, at the end of the epoch and at --max-steps
+            # (which would otherwise leave the run's last steps out of metrics.jsonl)
+            if run.step % cfg.log_every == 0 or run.cursor == steps_per_epoch or self._done():
                 self._log_train(
                     window_start,
                     lr,

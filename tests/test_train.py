@@ -183,3 +183,12 @@ def test_a_checkpoint_that_does_not_fit_its_config_is_one_line(tmp_path):
     save_checkpoint(path, ckpt)
     model, loaded, _ = load_model(path)
     assert loaded.words == vocab.words and model.cfg == cfg
+
+
+def test_max_steps_logs_the_last_window(tiny_corpus, tmp_path):
+    """A run cut by --max-steps records its last steps too: 7 steps with --log-every 5 log the
+    windows ending at steps 5 and 7 (the last one used to be lost)."""
+    train(tiny_config(max_steps=7, log_every=5), tmp_path / "run", tiny_corpus, quiet=True)
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    steps = [json.loads(line)["step"] for line in lines if json.loads(line)["event"] == "train"]
+    assert steps == [5, 7]
