@@ -262,10 +262,18 @@ class Trainer:
     def _done(self) -> bool:
         return bool(self.cfg.max_steps) and self.run.step >= self.cfg.max_steps
 
+    def _epoch_end(self, steps_per_epoch: int) -> int:
+        """The batch of this epoch the run will stop at: the epoch's end, or --max-steps when
+        that comes first (the progress bar's total)."""
+        if not self.cfg.max_steps:
+            return steps_per_epoch
+        left = max(0, self.cfg.max_steps - self.run.step)
+        return min(steps_per_epoch, self.run.cursor + left)
+
     def _train_epoch(self, guard: SignalGuard, steps_per_epoch: int) -> None:
         cfg, run = self.cfg, self.run
         bar = Progress(
-            steps_per_epoch,
+            self._epoch_end(steps_per_epoch),
             f"epoch {run.epoch + 1}/{cfg.epochs}",
             initial=run.cursor,
             enabled=not self.quiet,

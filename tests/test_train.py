@@ -192,3 +192,23 @@ def test_max_steps_logs_the_last_window(tiny_corpus, tmp_path):
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     steps = [json.loads(line)["step"] for line in lines if json.loads(line)["event"] == "train"]
     assert steps == [5, 7]
+
+
+def test_progress_total_stops_at_max_steps(tiny_corpus, tmp_path, monkeypatch):
+    """The bar of a run cut by --max-steps counts to where the run stops (7), not to the end of
+    the epoch it will never reach."""
+    import sparselm.train as train_module
+
+    totals = []
+
+    class Recorder(train_module.Progress):
+        def __init__(self, total, *args, **kwargs):
+            totals.append(total)
+            super().__init__(total, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "Progress", Recorder)
+    train(tiny_config(max_steps=7), tmp_path / "cut", tiny_corpus, quiet=True)
+    assert totals == [7]
+    totals.clear()
+    train(tiny_config(epochs=1), tmp_path / "whole", tiny_corpus, quiet=True)
+    assert len(totals) == 1 and totals[0] > 7  # a whole epoch of the tiny corpus
