@@ -12,7 +12,7 @@ import numpy as np
 from .config import TrainConfig
 from .errors import ConfigError
 from .layout import parameter_shapes
-from .sparsity import build_patterns
+from .sparsity import build_patterns, row_fan_in
 
 
 def _matrix_rows(shapes: dict, patterns: dict) -> list[dict]:
@@ -42,23 +42,17 @@ def _unconnected(name: str, shape, pattern) -> tuple[int | None, int | None]:
     return empty_rows, int(shape[1]) - len(np.unique(pattern.indices))
 
 
-def _dead_gate_rows(rows: list[dict], patterns: dict) -> int:
+def _dead_gate_rows(patterns: dict) -> int:
     """Gate rows with no input at all (empty in both W_x and W_h of their layer)."""
-    dead = 0
-    for r in rows:
-        name = r["name"]
-        if name.endswith(".w_x") and name in patterns:
-            w_h = patterns[name[:-1] + "h"]
-            counts = np.diff(patterns[name].indptr) + np.diff(w_h.indptr)
-            dead += int(np.count_nonzero(counts == 0))
-    return dead
+    layers = [name[: -len(".w_x")] for name in patterns if name.endswith(".w_x")]
+    return sum(int(np.count_nonzero(row_fan_in(patterns, layer) == 0)) for layer in layers)
 
 
 def _totals(rows: list[dict], patterns: dict) -> dict:
     by = {r["name"]: r for r in rows}
     gates = [r for r in rows if r["name"].startswith("lstm.")]
     return {
-        "gate_rows_without_inputs": _dead_gate_rows(rows, patterns),
+        "gate_rows_without_inputs": _dead_gate_rows(patterns),
         "gate_nonzeros": sum(r["nnz"] for r in gates),
         "gate_dense_equivalent": sum(int(np.prod(r["shape"])) for r in gates),
         "embedding": by["embedding.weight"]["nnz"],

@@ -256,13 +256,17 @@ def init_scheme(cfg: TrainConfig) -> str:
     return "fanin" if cfg.sparsity < 1.0 else "uniform"
 
 
+def row_fan_in(patterns: dict, layer: str):
+    """(G,) int: the stored inputs of each gate row of `layer` ("lstm.0", ...) in W_x and W_h
+    together, the row's real fan-in."""
+    return np.diff(patterns[layer + ".w_x"].indptr) + np.diff(patterns[layer + ".w_h"].indptr)
+
+
 def _fanin_values(name: str, patterns: dict, rng, dtype):
     """U(-a_r, a_r) per stored entry of gate matrix `name`, a_r = sqrt(3 / fan_in_r), fan_in_r
     the entries of row r in W_x and W_h of its layer together. Returns (N,) of dtype."""
     w = patterns[name]
-    layer = name.rsplit(".", 1)[0]
-    fan_in = np.diff(patterns[layer + ".w_x"].indptr) + np.diff(patterns[layer + ".w_h"].indptr)
-    bound = np.sqrt(3.0 / np.maximum(fan_in, 1))
+    bound = np.sqrt(3.0 / np.maximum(row_fan_in(patterns, name.rsplit(".", 1)[0]), 1))
     per_entry = np.repeat(bound, np.diff(w.indptr))
     return (rng.uniform(-1.0, 1.0, size=len(w.indices)) * per_entry).astype(dtype)
 
