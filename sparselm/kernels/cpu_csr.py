@@ -83,9 +83,10 @@ _SDDMM_WEIGHT = 4
 # Entry points in Python: csr_matmul, csr_matmul_t and csr_sddmm are plain Python functions that
 # choose a call's form and call one compiled kernel, not compiled dispatchers themselves. Numba
 # links every callee's code into its caller and optimises the whole module again at each level
-# of calls, so a compiled entry point above the kernels costs as much compile time as the
-# kernels (csr_sddmm's own level took 16 of its 50 s, cold, for one signature). The Python call
-# costs about a microsecond, against a CSRMatrix method's validation of several.
+# of calls, so a compiled entry point above the kernels re-optimises all of their code once
+# more (csr_sddmm's own level took 16 of its 50 s, cold, for one signature: timed once with a
+# throwaway script while other jobs ran). The Python call costs about a microsecond, against a
+# CSRMatrix method's validation of several.
 warnings.filterwarnings(
     "ignore",
     message=r"(?s).*'parallel=True' was specified.*cpu_csr\.py",
