@@ -86,9 +86,9 @@ class TrainConfig:
     )
     init: str = setting(
         "auto",
-        "Gate weight initialisation: 'uniform' U(-s, s) (Zaremba), 'glorot' of the dense shape, "
-        "'fanin' U(-a, a) with a = sqrt(3 / the row's real fan-in); 'auto' is fanin for sparse "
-        "gates and uniform for dense ones.",
+        "Sparse gate weights' initialisation: 'uniform' U(-s, s) (Zaremba), 'glorot' of the "
+        "dense shape, 'fanin' U(-a, a) with a = sqrt(3 / the row's real fan-in); 'auto' is "
+        "fanin. Dense gates always take U(-s, s).",
         "model",
         choices=("auto", "uniform", "glorot", "fanin"),
     )
